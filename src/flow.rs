@@ -1,0 +1,1075 @@
+//! The engine: a request (and later, callout results) in, a [`Step`] out.
+//!
+//! Nothing here touches the host. The wasm shell builds a [`Request`] from the headers and the
+//! route Envoy matched, runs [`Engine::on_request`], and applies the step: forward (with header
+//! edits), respond locally (and stop the request), or make a callout to the provider and feed
+//! its result back through [`Engine::on_callout`].
+
+use crate::config::{Acquire, Config};
+use crate::cookie;
+use crate::jwt;
+use crate::oauth::{self, BackchannelRequest, TokenError};
+use crate::policy::{is_safe_method, Access, CsrfMode, Denial, Policy, UnauthMode};
+use crate::redirect::sanitize_return_to;
+use crate::secret::Secret;
+use crate::session::{AudienceToken, Liveness, Session, SessionId};
+use crate::store::{PendingLogin, Store, StoreError};
+use crate::util::{ct_eq, hex, random_token, sha256, Random};
+use serde_json::{json, Value};
+
+/// What the engine needs to know about a request. Header values are as received; `cookie` is
+/// every `cookie` header joined with `; ` (HTTP/2 sends one header per cookie).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// `:method`.
+    pub method: String,
+    /// `:path`, with the query.
+    pub path: String,
+    /// Name of the route Envoy matched (`xds.route_name`), if any.
+    pub route: Option<String>,
+    /// All `cookie` headers, joined.
+    pub cookie: Option<String>,
+    /// The configured CSRF header's value.
+    pub csrf: Option<String>,
+    /// `origin`.
+    pub origin: Option<String>,
+    /// `sec-fetch-site`.
+    pub sec_fetch_site: Option<String>,
+    /// `sec-fetch-mode`.
+    pub sec_fetch_mode: Option<String>,
+    /// `accept`.
+    pub accept: Option<String>,
+}
+
+/// A local reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers (several `set-cookie` allowed).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+/// What to do with the `cookie` request header when forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieEdit {
+    /// Leave it (it carries no bffgate cookie).
+    Keep,
+    /// Remove every `cookie` header.
+    Remove,
+    /// Replace every `cookie` header with this one.
+    Set(String),
+}
+
+/// The engine's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Forward upstream. Any client `Authorization` is always removed; `authorization` is the
+    /// bearer token to send, if the route forwards one.
+    Forward {
+        /// Token for the route's audience.
+        authorization: Option<Secret>,
+        /// Cookie header edit.
+        cookie: CookieEdit,
+    },
+    /// Answer locally; nothing reaches the upstream.
+    Respond(Reply),
+    /// Call the provider, then resume with [`Engine::on_callout`].
+    Call {
+        /// The request.
+        request: BackchannelRequest,
+        /// The continuation.
+        then: Box<Pending>,
+    },
+}
+
+/// A paused request waiting for a callout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pending {
+    /// `/auth/callback` waiting for the code exchange.
+    CodeExchange {
+        /// The login taken from the store.
+        login: PendingLogin,
+        /// Name of this login's flow cookie (cleared in the reply).
+        flow_cookie: String,
+        /// Session presented at callback, dropped on success (no fixation).
+        old_session: Option<SessionId>,
+    },
+    /// A protected request waiting for its audience's token.
+    AudienceToken {
+        /// The session.
+        sid: SessionId,
+        /// The audience.
+        audience: String,
+        /// The route (policy name).
+        route: String,
+        /// Whether the request would be redirected to login if unauthenticated.
+        navigation: bool,
+        /// The path, for `return_to`.
+        path: String,
+        /// Cookie edit for the forward.
+        cookie: CookieEdit,
+    },
+}
+
+/// Outcome of a callout, as the shell saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallResult {
+    /// A response arrived.
+    Response {
+        /// Status.
+        status: u16,
+        /// Body.
+        body: Vec<u8>,
+    },
+    /// No response: timeout, reset, no healthy upstream, or dispatch failure.
+    Failed,
+}
+
+/// Error codes of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// No valid session.
+    Unauthenticated,
+    /// The route's token lacks a scope.
+    InsufficientScope,
+    /// Policy refused (claims, no policy for the route).
+    Forbidden,
+    /// CSRF defence refused.
+    Csrf,
+    /// Malformed request to a bffgate endpoint.
+    InvalidRequest,
+    /// The login could not be completed.
+    LoginFailed,
+    /// The provider could not be reached or misbehaved.
+    IdpUnavailable,
+}
+
+impl ErrorCode {
+    /// The wire code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InsufficientScope => "insufficient_scope",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Csrf => "csrf",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::LoginFailed => "login_failed",
+            ErrorCode::IdpUnavailable => "idp_unavailable",
+        }
+    }
+}
+
+/// Headers on every reply bffgate generates.
+fn base_headers() -> Vec<(String, String)> {
+    vec![
+        ("cache-control".into(), "no-store".into()),
+        ("x-content-type-options".into(), "nosniff".into()),
+    ]
+}
+
+/// A JSON error reply.
+pub fn error_reply(status: u16, code: ErrorCode, description: &str) -> Reply {
+    let mut headers = base_headers();
+    headers.push(("content-type".into(), "application/json".into()));
+    if status == 401 {
+        headers.push(("www-authenticate".into(), "Cookie realm=\"bffgate\"".into()));
+    }
+    Reply {
+        status,
+        headers,
+        body: json!({"error": code.as_str(), "error_description": description}).to_string(),
+    }
+}
+
+fn json_reply(status: u16, body: Value) -> Reply {
+    let mut headers = base_headers();
+    headers.push(("content-type".into(), "application/json".into()));
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn redirect(location: &str) -> Reply {
+    let mut headers = base_headers();
+    headers.push(("location".into(), location.to_string()));
+    Reply {
+        status: 302,
+        headers,
+        body: String::new(),
+    }
+}
+
+fn with_cookie(mut r: Reply, set_cookie: String) -> Reply {
+    r.headers.push(("set-cookie".into(), set_cookie));
+    r
+}
+
+/// Splits `:path` into path and query.
+fn split_path(p: &str) -> (&str, &str) {
+    p.split_once('?').unwrap_or((p, ""))
+}
+
+/// One query parameter; `Err` if it appears more than once (parameter pollution).
+fn query_param(query: &str, name: &str) -> Result<Option<String>, ()> {
+    let mut found = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == name {
+            if found.is_some() {
+                return Err(());
+            }
+            found = Some(v.into_owned());
+        }
+    }
+    Ok(found)
+}
+
+/// Lowest-effort whitespace tolerance for header values.
+fn header_is(v: Option<&str>, want: &str) -> bool {
+    v.map(str::trim) == Some(want)
+}
+
+/// Leeway for ID-token `exp` checks.
+const CLOCK_LEEWAY: u64 = 60;
+/// Bounded CAS retries for a session update.
+const CAS_RETRIES: usize = 4;
+
+/// The engine, for one request. Cheap to build: borrows everything.
+pub struct Engine<'a> {
+    /// Configuration.
+    pub cfg: &'a Config,
+    /// Now, unix seconds.
+    pub now: u64,
+    /// Randomness.
+    pub rng: &'a mut dyn Random,
+    /// Store.
+    pub store: &'a mut dyn Store,
+    /// Audit notes for the shell to log (never a secret).
+    pub notes: Vec<String>,
+}
+
+/// How the session cookie of a request resolved.
+enum SessionLookup {
+    /// No session cookie.
+    Absent,
+    /// A cookie that is malformed, forged, for an unknown key, or for a dead session.
+    Invalid,
+    /// A live session.
+    Live(SessionId, Box<Session>, u32),
+}
+
+impl<'a> Engine<'a> {
+    /// Builds an engine.
+    pub fn new(
+        cfg: &'a Config,
+        now: u64,
+        rng: &'a mut dyn Random,
+        store: &'a mut dyn Store,
+    ) -> Self {
+        Engine {
+            cfg,
+            now,
+            rng,
+            store,
+            notes: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, s: String) {
+        self.notes.push(s);
+    }
+
+    fn is_bff_cookie(&self, name: &str) -> bool {
+        // Case-insensitive: a differently-cased copy of our cookie is not forwarded either.
+        let lower = name.to_ascii_lowercase();
+        lower == self.cfg.cookie.name.to_ascii_lowercase()
+            || lower.starts_with(&self.cfg.cookie.flow_prefix.to_ascii_lowercase())
+    }
+
+    /// The `cookie` edit that strips every bffgate cookie.
+    fn strip_cookies(&self, req: &Request) -> CookieEdit {
+        match &req.cookie {
+            None => CookieEdit::Keep,
+            Some(h) => {
+                let has_ours = cookie::pairs(h).any(|(n, _)| self.is_bff_cookie(n))
+                    || h.to_ascii_lowercase().contains("__host-bff");
+                if !has_ours {
+                    return CookieEdit::Keep;
+                }
+                match cookie::without(h, |n| self.is_bff_cookie(n)) {
+                    Some(rest) => CookieEdit::Set(rest),
+                    None => CookieEdit::Remove,
+                }
+            }
+        }
+    }
+
+    fn clear_session_cookie(&self) -> String {
+        cookie::set_cookie(&self.cfg.cookie.name, "", &self.cfg.cookie.attrs, Some(0))
+    }
+
+    fn session_cookie(&self, id: &SessionId) -> String {
+        let v = self
+            .cfg
+            .cookie
+            .keys
+            .seal(&self.cfg.cookie.name, id.as_bytes());
+        cookie::set_cookie(
+            &self.cfg.cookie.name,
+            &v,
+            &self.cfg.cookie.attrs,
+            Some(self.cfg.session.absolute_timeout_s),
+        )
+    }
+
+    fn session_id_from(&self, req: &Request) -> Option<Result<SessionId, ()>> {
+        let h = req.cookie.as_deref()?;
+        let (count, value) = cookie::find(h, &self.cfg.cookie.name);
+        let value = value?;
+        if count > 1 {
+            // Two session cookies: one may be planted. Trust neither.
+            return Some(Err(()));
+        }
+        let payload = self.cfg.cookie.keys.open(&self.cfg.cookie.name, value).ok();
+        Some(payload.and_then(|p| SessionId::from_bytes(&p)).ok_or(()))
+    }
+
+    fn lookup_session(&mut self, req: &Request) -> SessionLookup {
+        let id = match self.session_id_from(req) {
+            None => return SessionLookup::Absent,
+            Some(Err(())) => return SessionLookup::Invalid,
+            Some(Ok(id)) => id,
+        };
+        let Some((s, cas)) = self.store.get_session(&id) else {
+            return SessionLookup::Invalid;
+        };
+        match s.liveness(self.now, self.cfg.session.idle_timeout_s) {
+            Liveness::Live => SessionLookup::Live(id, Box::new(s), cas),
+            why => {
+                let _ = self.store.delete_session(&id);
+                self.note(format!(
+                    "session ended reason={} session={}",
+                    if why == Liveness::Idle {
+                        "idle"
+                    } else {
+                        "expired"
+                    },
+                    id.handle()
+                ));
+                SessionLookup::Invalid
+            }
+        }
+    }
+
+    /// Writes `last_seen` back if it is stale (bounded write rate); losing the race is fine.
+    fn touch(&mut self, id: &SessionId, s: &Session, cas: u32) {
+        if s.needs_touch(self.now, self.cfg.session.touch_interval_s) {
+            let mut t = s.clone();
+            t.last_seen = self.now;
+            let _ = self.store.put_session(id, &t, Some(cas));
+        }
+    }
+
+    /// Request entry point.
+    pub fn on_request(&mut self, req: &Request) -> Step {
+        let (path, query) = split_path(&req.path);
+        let prefix = self.cfg.auth_prefix.as_str();
+        if let Some(rest) = path.strip_prefix(prefix) {
+            if rest.is_empty() || rest.starts_with('/') {
+                return self.auth_endpoint(req, rest, query);
+            }
+        }
+        let Some(policy) = req.route.as_deref().and_then(|r| self.cfg.routes.get(r)) else {
+            self.note(format!(
+                "denied reason=no_policy route={:?}",
+                req.route.as_deref().unwrap_or("")
+            ));
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "no policy for this route",
+            ));
+        };
+        let policy = policy.clone();
+        match policy.access {
+            Access::Public => Step::Forward {
+                authorization: None,
+                cookie: self.strip_cookies(req),
+            },
+            Access::Session => self.protected(req, &policy),
+        }
+    }
+
+    fn csrf_ok(&self, req: &Request, mode: CsrfMode, allowed: &[String]) -> bool {
+        let needed = mode == CsrfMode::AllMethods || !is_safe_method(&req.method);
+        if !needed {
+            return true;
+        }
+        if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
+            return false;
+        }
+        if header_is(req.sec_fetch_site.as_deref(), "cross-site") {
+            return false;
+        }
+        match req.origin.as_deref().map(str::trim) {
+            None => true,
+            Some(o) => o == self.cfg.public_origin || allowed.iter().any(|a| a == o),
+        }
+    }
+
+    fn is_navigation(req: &Request) -> bool {
+        match req.sec_fetch_mode.as_deref().map(str::trim) {
+            Some(m) => m.eq_ignore_ascii_case("navigate"),
+            None => req
+                .accept
+                .as_deref()
+                .is_some_and(|a| a.to_ascii_lowercase().contains("text/html")),
+        }
+    }
+
+    fn wants_redirect(req: &Request, mode: UnauthMode) -> bool {
+        let safe = req.method == "GET" || req.method == "HEAD";
+        match mode {
+            UnauthMode::Auto => safe && Self::is_navigation(req),
+            UnauthMode::Redirect => safe,
+            UnauthMode::Deny => false,
+        }
+    }
+
+    fn login_location(&self, path: &str) -> String {
+        let rt = sanitize_return_to(Some(path));
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("return_to", &rt);
+        format!("{}/login?{}", self.cfg.auth_prefix, q.finish())
+    }
+
+    fn unauthenticated(&self, navigation: bool, path: &str, had_cookie: bool) -> Reply {
+        let r = if navigation {
+            redirect(&self.login_location(path))
+        } else {
+            error_reply(401, ErrorCode::Unauthenticated, "sign in first")
+        };
+        if had_cookie {
+            with_cookie(r, self.clear_session_cookie())
+        } else {
+            r
+        }
+    }
+
+    fn protected(&mut self, req: &Request, policy: &Policy) -> Step {
+        if !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
+            self.note(format!("denied reason=csrf route={}", policy.route));
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Csrf,
+                "cross-site request or missing CSRF header",
+            ));
+        }
+        let navigation = Self::wants_redirect(req, policy.unauthenticated);
+        let (id, session, cas) = match self.lookup_session(req) {
+            SessionLookup::Live(id, s, cas) => (id, s, cas),
+            SessionLookup::Absent => {
+                return Step::Respond(self.unauthenticated(navigation, &req.path, false))
+            }
+            SessionLookup::Invalid => {
+                return Step::Respond(self.unauthenticated(navigation, &req.path, true))
+            }
+        };
+        if !policy.claims_ok(&session.claims) {
+            self.note(format!(
+                "denied reason=forbidden route={} session={}",
+                policy.route,
+                id.handle()
+            ));
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "not allowed for this user",
+            ));
+        }
+        let Some(audience) = policy.audience.clone() else {
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "route has no audience",
+            ));
+        };
+        let cookie = self.strip_cookies(req);
+        if let Some(t) = session.token_for(&audience, self.now, self.cfg.session.refresh_skew_s) {
+            let token = t.token.clone();
+            let scope = t.scope.clone();
+            self.touch(&id, &session, cas);
+            return self.authorize(policy, &id, &session.claims, &scope, token, cookie);
+        }
+        // No fresh token for this audience: get one with the refresh token.
+        let Some(rt) = session.refresh_token.as_ref() else {
+            // Nothing can renew the session's access: it is over.
+            let _ = self.store.delete_session(&id);
+            self.note(format!(
+                "session ended reason=no_refresh_token session={}",
+                id.handle()
+            ));
+            return Step::Respond(self.unauthenticated(navigation, &req.path, true));
+        };
+        let request = oauth::refresh_request(self.cfg, rt.expose(), &audience);
+        Step::Call {
+            request,
+            then: Box::new(Pending::AudienceToken {
+                sid: id,
+                audience,
+                route: policy.route.clone(),
+                navigation,
+                path: req.path.clone(),
+                cookie,
+            }),
+        }
+    }
+
+    fn authorize(
+        &mut self,
+        policy: &Policy,
+        id: &SessionId,
+        claims: &serde_json::Map<String, Value>,
+        scope: &str,
+        token: Secret,
+        cookie: CookieEdit,
+    ) -> Step {
+        match policy.decide(claims, scope) {
+            Ok(()) => Step::Forward {
+                authorization: Some(token),
+                cookie,
+            },
+            Err(Denial::InsufficientScope) => {
+                self.note(format!(
+                    "denied reason=insufficient_scope route={} session={}",
+                    policy.route,
+                    id.handle()
+                ));
+                Step::Respond(error_reply(
+                    403,
+                    ErrorCode::InsufficientScope,
+                    &format!("this route needs scope: {}", policy.scopes.join(" ")),
+                ))
+            }
+            Err(_) => Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "not allowed for this user",
+            )),
+        }
+    }
+
+    // ----- /auth/* -----
+
+    fn auth_endpoint(&mut self, req: &Request, rest: &str, query: &str) -> Step {
+        let m = req.method.as_str();
+        Step::Respond(match rest {
+            "/login" if m == "GET" || m == "HEAD" => self.login(req, query),
+            "/callback" if m == "GET" => match self.callback(req, query) {
+                Ok(step) => return step,
+                Err(reply) => reply,
+            },
+            "/user" if m == "GET" || m == "HEAD" => self.user(req),
+            "/logout" if m == "POST" => self.logout(req),
+            "/login" | "/callback" | "/user" | "/logout" => {
+                let mut r = error_reply(405, ErrorCode::InvalidRequest, "method not allowed");
+                let allow = if rest == "/logout" {
+                    "POST"
+                } else {
+                    "GET, HEAD"
+                };
+                r.headers.push(("allow".into(), allow.into()));
+                r
+            }
+            _ => error_reply(404, ErrorCode::InvalidRequest, "no such bffgate endpoint"),
+        })
+    }
+
+    fn flow_cookie_name(&self, state: &str) -> String {
+        let h = sha256(state.as_bytes());
+        format!(
+            "{}{}",
+            self.cfg.cookie.flow_prefix,
+            hex(h.get(..6).unwrap_or(&[]))
+        )
+    }
+
+    fn clear_flow_cookie(&self, name: &str) -> String {
+        cookie::set_cookie(name, "", &self.cfg.cookie.attrs, Some(0))
+    }
+
+    fn login(&mut self, _req: &Request, query: &str) -> Reply {
+        let return_to = match query_param(query, "return_to") {
+            Ok(v) => sanitize_return_to(v.as_deref()),
+            Err(()) => "/".to_string(),
+        };
+        let state = random_token(self.rng, 32);
+        let nonce = random_token(self.rng, 16);
+        let verifier = random_token(self.rng, 32);
+        let flow_secret = random_token(self.rng, 32);
+        let pending = PendingLogin {
+            verifier: Secret::new(verifier.clone()),
+            nonce: nonce.clone(),
+            return_to,
+            flow_hash: hex(&sha256(flow_secret.as_bytes())),
+            expires: self.now.saturating_add(self.cfg.session.login_timeout_s),
+        };
+        if self.store.put_pending(&state, &pending).is_err() {
+            return error_reply(503, ErrorCode::LoginFailed, "cannot start a login now");
+        }
+        let url = oauth::authorize_url(self.cfg, &state, &nonce, &oauth::pkce_challenge(&verifier));
+        let flow = cookie::set_cookie(
+            &self.flow_cookie_name(&state),
+            &flow_secret,
+            &self.cfg.cookie.attrs_for_flow(),
+            Some(self.cfg.session.login_timeout_s),
+        );
+        self.note("login started".into());
+        with_cookie(redirect(&url), flow)
+    }
+
+    fn login_failed(
+        &mut self,
+        status: u16,
+        code: ErrorCode,
+        why: &str,
+        flow_cookie: Option<&str>,
+    ) -> Reply {
+        self.note(format!("login failed reason={why:?}"));
+        let r = error_reply(status, code, why);
+        match flow_cookie {
+            Some(n) => with_cookie(r, self.clear_flow_cookie(n)),
+            None => r,
+        }
+    }
+}
+
+// `callback` returns a callout, not a reply; keep the plumbing explicit.
+impl Engine<'_> {
+    fn callback(&mut self, req: &Request, query: &str) -> Result<Step, Reply> {
+        let params = |name: &str| query_param(query, name);
+        let state = match params("state") {
+            Ok(Some(s)) if !s.is_empty() && s.len() <= 256 => s,
+            Ok(_) => {
+                return Err(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    "missing or invalid state",
+                    None,
+                ))
+            }
+            Err(()) => {
+                return Err(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    "repeated parameters",
+                    None,
+                ))
+            }
+        };
+        let flow_name = self.flow_cookie_name(&state);
+        let flow_value = req
+            .cookie
+            .as_deref()
+            .and_then(|h| cookie::find(h, &flow_name).1)
+            .map(str::to_string);
+        let Some(flow_value) = flow_value else {
+            return Err(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "this login was not started in this browser",
+                None,
+            ));
+        };
+        let Some(login) = self.store.take_pending(&state) else {
+            return Err(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "unknown, expired or already used state",
+                Some(&flow_name),
+            ));
+        };
+        let hash = hex(&sha256(flow_value.as_bytes()));
+        if !ct_eq(hash.as_bytes(), login.flow_hash.as_bytes()) {
+            return Err(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "this login was not started in this browser",
+                Some(&flow_name),
+            ));
+        }
+        if self.now >= login.expires {
+            return Err(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "login took too long",
+                Some(&flow_name),
+            ));
+        }
+        match params("error") {
+            Ok(None) => {}
+            Ok(Some(e)) => {
+                let code: String = e
+                    .chars()
+                    .filter(|c| c.is_ascii_lowercase() || *c == '_')
+                    .take(64)
+                    .collect();
+                let why = format!("the identity provider refused: {code}");
+                return Err(self.login_failed(400, ErrorCode::LoginFailed, &why, Some(&flow_name)));
+            }
+            Err(()) => {
+                return Err(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    "repeated parameters",
+                    Some(&flow_name),
+                ))
+            }
+        }
+        let code = match params("code") {
+            Ok(Some(c)) if !c.is_empty() && c.len() <= 2048 => c,
+            _ => {
+                return Err(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    "missing code",
+                    Some(&flow_name),
+                ))
+            }
+        };
+        let old_session = match self.session_id_from(req) {
+            Some(Ok(id)) => Some(id),
+            _ => None,
+        };
+        let request = oauth::code_request(self.cfg, &code, login.verifier.expose());
+        Ok(Step::Call {
+            request,
+            then: Box::new(Pending::CodeExchange {
+                login,
+                flow_cookie: flow_name,
+                old_session,
+            }),
+        })
+    }
+
+    fn user(&mut self, req: &Request) -> Reply {
+        match self.lookup_session(req) {
+            SessionLookup::Live(id, s, cas) => {
+                self.touch(&id, &s, cas);
+                let mut claims = s.claims.clone();
+                claims.remove("sid");
+                let last_seen = if s.needs_touch(self.now, self.cfg.session.touch_interval_s) {
+                    self.now
+                } else {
+                    s.last_seen
+                };
+                let idle_exp = last_seen.saturating_add(self.cfg.session.idle_timeout_s);
+                json_reply(
+                    200,
+                    json!({
+                        "sub": s.sub,
+                        "claims": claims,
+                        "expires_at": idle_exp.min(s.expires),
+                        "absolute_expires_at": s.expires,
+                        "idle_expires_at": idle_exp,
+                    }),
+                )
+            }
+            SessionLookup::Absent => error_reply(401, ErrorCode::Unauthenticated, "no session"),
+            SessionLookup::Invalid => with_cookie(
+                error_reply(401, ErrorCode::Unauthenticated, "no session"),
+                self.clear_session_cookie(),
+            ),
+        }
+    }
+
+    fn logout(&mut self, req: &Request) -> Reply {
+        if !self.csrf_ok(req, CsrfMode::AllMethods, &[]) {
+            self.note("denied reason=csrf route=logout".into());
+            return error_reply(
+                403,
+                ErrorCode::Csrf,
+                "cross-site request or missing CSRF header",
+            );
+        }
+        if let SessionLookup::Live(id, _s, _) = self.lookup_session(req) {
+            let _ = self.store.delete_session(&id);
+            self.note(format!(
+                "session ended reason=logout session={}",
+                id.handle()
+            ));
+        }
+        let mut body = json!({"logged_out": true});
+        if let Some(es) = &self.cfg.provider.end_session_endpoint {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("client_id", &self.cfg.client.client_id);
+            if let Some(p) = &self.cfg.client.post_logout_redirect_uri {
+                q.append_pair("post_logout_redirect_uri", p);
+            }
+            body["end_session_url"] = Value::String(format!("{es}?{}", q.finish()));
+        }
+        with_cookie(json_reply(200, body), self.clear_session_cookie())
+    }
+
+    // ----- callouts -----
+
+    /// Resumes a paused request with the result of its callout.
+    pub fn on_callout(&mut self, pending: Pending, result: CallResult) -> Step {
+        match pending {
+            Pending::CodeExchange {
+                login,
+                flow_cookie,
+                old_session,
+            } => Step::Respond(self.finish_login(login, &flow_cookie, old_session, result)),
+            Pending::AudienceToken {
+                sid,
+                audience,
+                route,
+                navigation,
+                path,
+                cookie,
+            } => self
+                .finish_audience_token(sid, &audience, &route, navigation, &path, cookie, result),
+        }
+    }
+
+    fn finish_login(
+        &mut self,
+        login: PendingLogin,
+        flow_cookie: &str,
+        old_session: Option<SessionId>,
+        result: CallResult,
+    ) -> Reply {
+        let (status, body) = match result {
+            CallResult::Response { status, body } => (status, body),
+            CallResult::Failed => {
+                return self.login_failed(
+                    503,
+                    ErrorCode::IdpUnavailable,
+                    "the identity provider did not answer",
+                    Some(flow_cookie),
+                )
+            }
+        };
+        let tokens = match oauth::parse_token_response(status, &body, self.now) {
+            Ok(t) => t,
+            Err(TokenError::Unavailable(_)) => {
+                return self.login_failed(
+                    503,
+                    ErrorCode::IdpUnavailable,
+                    "the identity provider is unavailable",
+                    Some(flow_cookie),
+                )
+            }
+            Err(e) => {
+                let why = match e {
+                    TokenError::InvalidGrant => "the authorization code was refused",
+                    TokenError::OAuth(_) => "the token endpoint refused the client",
+                    _ => "the token endpoint answered nonsense",
+                };
+                return self.login_failed(400, ErrorCode::LoginFailed, why, Some(flow_cookie));
+            }
+        };
+        let Some(id_token) = tokens.id_token.clone() else {
+            return self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "no ID token",
+                Some(flow_cookie),
+            );
+        };
+        let claims = match jwt::check_id_token(
+            id_token.expose(),
+            &self.cfg.provider.issuer,
+            &self.cfg.client.client_id,
+            &login.nonce,
+            self.now,
+            CLOCK_LEEWAY,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("the ID token was refused ({e:?})");
+                return self.login_failed(400, ErrorCode::LoginFailed, &why, Some(flow_cookie));
+            }
+        };
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut kept = serde_json::Map::new();
+        for k in &self.cfg.keep_claims {
+            if let Some(v) = claims.get(k) {
+                kept.insert(k.clone(), v.clone());
+            }
+        }
+        let scope = tokens
+            .scope
+            .clone()
+            .or_else(|| jwt_scope(tokens.access_token.expose()))
+            .unwrap_or_default();
+        let session = Session {
+            sub: sub.clone(),
+            claims: kept,
+            created: self.now,
+            last_seen: self.now,
+            expires: self.now.saturating_add(self.cfg.session.absolute_timeout_s),
+            refresh_token: tokens.refresh_token.clone(),
+            id_token: Some(id_token),
+            tokens: vec![AudienceToken {
+                aud: self.cfg.login_audience.clone(),
+                token: tokens.access_token.clone(),
+                exp: self.now.saturating_add(tokens.expires_in),
+                scope,
+            }],
+        };
+        let id = SessionId::generate(self.rng);
+        if self.store.put_session(&id, &session, None).is_err() {
+            return self.login_failed(
+                503,
+                ErrorCode::LoginFailed,
+                "cannot store the session",
+                Some(flow_cookie),
+            );
+        }
+        if let Some(old) = old_session {
+            let _ = self.store.delete_session(&old);
+            self.note(format!(
+                "session ended reason=relogin session={}",
+                old.handle()
+            ));
+        }
+        self.note(format!(
+            "login completed sub={sub:?} session={}",
+            id.handle()
+        ));
+        let mut r = redirect(&login.return_to);
+        r.headers
+            .push(("set-cookie".into(), self.session_cookie(&id)));
+        r.headers
+            .push(("set-cookie".into(), self.clear_flow_cookie(flow_cookie)));
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_audience_token(
+        &mut self,
+        sid: SessionId,
+        audience: &str,
+        route: &str,
+        navigation: bool,
+        path: &str,
+        cookie: CookieEdit,
+        result: CallResult,
+    ) -> Step {
+        let Some(policy) = self.cfg.routes.get(route).cloned() else {
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "no policy for this route",
+            ));
+        };
+        let parsed = match result {
+            CallResult::Response { status, body } => {
+                oauth::parse_token_response(status, &body, self.now)
+            }
+            CallResult::Failed => Err(TokenError::Unavailable(0)),
+        };
+        let tokens = match parsed {
+            Ok(t) => t,
+            Err(e) if e.is_terminal() => {
+                let _ = self.store.delete_session(&sid);
+                self.note(format!(
+                    "session ended reason=refresh_rejected session={}",
+                    sid.handle()
+                ));
+                return Step::Respond(self.unauthenticated(navigation, path, true));
+            }
+            Err(_) => {
+                self.note(format!(
+                    "refresh failed reason=idp_unavailable session={}",
+                    sid.handle()
+                ));
+                // Keep the session; use a token that is still valid (inside the skew) if any.
+                if let Some((s, _)) = self.store.get_session(&sid) {
+                    if let Some(t) = s.token_for(audience, self.now, 0) {
+                        let (token, scope) = (t.token.clone(), t.scope.clone());
+                        return self.authorize(&policy, &sid, &s.claims, &scope, token, cookie);
+                    }
+                }
+                return Step::Respond(error_reply(
+                    503,
+                    ErrorCode::IdpUnavailable,
+                    "the identity provider is unavailable; try again",
+                ));
+            }
+        };
+        let scope = tokens
+            .scope
+            .clone()
+            .or_else(|| jwt_scope(tokens.access_token.expose()))
+            .unwrap_or_default();
+        let token = AudienceToken {
+            aud: audience.to_string(),
+            token: tokens.access_token.clone(),
+            exp: self.now.saturating_add(tokens.expires_in),
+            scope: scope.clone(),
+        };
+        let mut claims = None;
+        for _ in 0..CAS_RETRIES {
+            let Some((mut s, cas)) = self.store.get_session(&sid) else {
+                // Logged out while we were waiting.
+                return Step::Respond(self.unauthenticated(navigation, path, true));
+            };
+            s.put_token(token.clone());
+            if let Some(rt) = &tokens.refresh_token {
+                s.refresh_token = Some(rt.clone());
+            }
+            s.last_seen = s.last_seen.max(self.now);
+            match self.store.put_session(&sid, &s, Some(cas)) {
+                Ok(()) => {
+                    claims = Some(s.claims);
+                    break;
+                }
+                Err(StoreError::CasMismatch) => continue,
+                Err(_) => break,
+            }
+        }
+        let Some(claims) = claims else {
+            return Step::Respond(error_reply(
+                503,
+                ErrorCode::IdpUnavailable,
+                "session store busy; try again",
+            ));
+        };
+        self.authorize(&policy, &sid, &claims, &scope, tokens.access_token, cookie)
+    }
+}
+
+fn jwt_scope(token: &str) -> Option<String> {
+    jwt::decode_payload(token)?
+        .get("scope")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+impl crate::config::CookieConfig {
+    /// Flow cookies: like the session cookie, but always `SameSite=Lax` — the callback is a
+    /// top-level navigation from the provider's site, which `Strict` would strip.
+    pub fn attrs_for_flow(&self) -> cookie::Attributes {
+        let mut a = self.attrs.clone();
+        a.same_site = cookie::SameSite::Lax;
+        a
+    }
+}
+
+/// Whether an audience is obtained at login (used by the shell for metrics).
+pub fn is_login_audience(cfg: &Config, aud: &str) -> bool {
+    cfg.audiences
+        .iter()
+        .any(|a| a.id == aud && a.acquire == Acquire::Login)
+}

@@ -1,0 +1,348 @@
+//! OAuth 2.0 messages as values: PKCE, the authorization URL, token-endpoint requests and the
+//! parsing of their responses into typed results.
+
+use crate::config::{AuthMethod, Config};
+use crate::secret::Secret;
+use crate::util::{b64url, sha256};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::Value;
+
+/// PKCE S256 challenge for a verifier.
+pub fn pkce_challenge(verifier: &str) -> String {
+    b64url(&sha256(verifier.as_bytes()))
+}
+
+/// The authorization request URL.
+pub fn authorize_url(cfg: &Config, state: &str, nonce: &str, challenge: &str) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::with_capacity(512));
+    q.append_pair("response_type", "code")
+        .append_pair("client_id", &cfg.client.client_id)
+        .append_pair("redirect_uri", &cfg.client.redirect_uri)
+        .append_pair("scope", &cfg.client.scope)
+        .append_pair("state", state)
+        .append_pair("nonce", nonce)
+        .append_pair("code_challenge", challenge)
+        .append_pair("code_challenge_method", "S256");
+    for a in &cfg.audiences {
+        q.append_pair("resource", &a.id);
+    }
+    for (k, v) in &cfg.client.extra_authorize_params {
+        q.append_pair(k, v);
+    }
+    format!("{}?{}", cfg.provider.authorization_endpoint, q.finish())
+}
+
+/// A request to the provider's back channel, as a value the shell turns into a callout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackchannelRequest {
+    /// Path on the provider cluster.
+    pub path: String,
+    /// Extra headers (`authorization` for Basic client auth).
+    pub headers: Vec<(String, Secret)>,
+    /// `application/x-www-form-urlencoded` body (contains secrets: never log it).
+    pub body: Secret,
+}
+
+fn client_request(
+    cfg: &Config,
+    path: &str,
+    mut form: form_urlencoded::Serializer<String>,
+) -> BackchannelRequest {
+    let mut headers = Vec::new();
+    match cfg.client.auth_method {
+        AuthMethod::ClientSecretBasic => {
+            // RFC 6749 2.3.1: id and secret are form-urlencoded before Basic encoding.
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let raw = format!(
+                "{}:{}",
+                enc(&cfg.client.client_id),
+                enc(cfg.client.secret.expose())
+            );
+            headers.push((
+                "authorization".to_string(),
+                Secret::new(format!("Basic {}", STANDARD.encode(raw))),
+            ));
+        }
+        AuthMethod::ClientSecretPost => {
+            form.append_pair("client_id", &cfg.client.client_id);
+            form.append_pair("client_secret", cfg.client.secret.expose());
+        }
+    }
+    BackchannelRequest {
+        path: path.to_string(),
+        headers,
+        body: Secret::new(form.finish()),
+    }
+}
+
+/// The authorization-code exchange (with PKCE verifier and the login audience).
+pub fn code_request(cfg: &Config, code: &str, verifier: &str) -> BackchannelRequest {
+    let mut f = form_urlencoded::Serializer::new(String::new());
+    f.append_pair("grant_type", "authorization_code")
+        .append_pair("code", code)
+        .append_pair("redirect_uri", &cfg.client.redirect_uri)
+        .append_pair("code_verifier", verifier)
+        .append_pair("resource", &cfg.login_audience);
+    client_request(cfg, &cfg.provider.token_path, f)
+}
+
+/// A refresh-token grant for one audience (RFC 8707 `resource`).
+pub fn refresh_request(cfg: &Config, refresh_token: &str, audience: &str) -> BackchannelRequest {
+    let mut f = form_urlencoded::Serializer::new(String::new());
+    f.append_pair("grant_type", "refresh_token")
+        .append_pair("refresh_token", refresh_token)
+        .append_pair("resource", audience);
+    client_request(cfg, &cfg.provider.token_path, f)
+}
+
+/// An RFC 7009 revocation request.
+pub fn revoke_request(cfg: &Config, token: &str, hint: &str) -> Option<BackchannelRequest> {
+    let path = cfg.provider.revocation_path.as_deref()?;
+    let mut f = form_urlencoded::Serializer::new(String::new());
+    f.append_pair("token", token)
+        .append_pair("token_type_hint", hint);
+    Some(client_request(cfg, path, f))
+}
+
+/// A successful token response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSet {
+    /// Access token.
+    pub access_token: Secret,
+    /// Lifetime in seconds (from `expires_in`, else the JWT `exp`, else a short default).
+    pub expires_in: u64,
+    /// Granted scopes (space-separated), if the response said.
+    pub scope: Option<String>,
+    /// Refresh token, if issued (rotation).
+    pub refresh_token: Option<Secret>,
+    /// ID token, if issued.
+    pub id_token: Option<Secret>,
+}
+
+/// Why a token request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// `invalid_grant`: the code or refresh token is dead. Terminal for a session.
+    InvalidGrant,
+    /// Another OAuth error code from a 4xx (terminal: configuration or client problem).
+    OAuth(String),
+    /// 5xx, 429 or other status: the provider is unwell; transient.
+    Unavailable(u16),
+    /// 2xx without a usable token, or not JSON: the provider misbehaves; transient.
+    Malformed(&'static str),
+}
+
+impl TokenError {
+    /// Whether the session's grant is dead (as opposed to the provider being unwell).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, TokenError::InvalidGrant | TokenError::OAuth(_))
+    }
+}
+
+/// Lifetime assumed when a response gives no usable `expires_in` and the token is opaque.
+pub const DEFAULT_EXPIRES_IN: u64 = 60;
+/// Longest token response body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Parses a token-endpoint response.
+pub fn parse_token_response(status: u16, body: &[u8], now: u64) -> Result<TokenSet, TokenError> {
+    if body.len() > MAX_BODY {
+        return Err(TokenError::Malformed("response too large"));
+    }
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    if !(200..300).contains(&status) {
+        if (400..500).contains(&status) && status != 429 {
+            let code = json
+                .as_ref()
+                .and_then(|j| j.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            return Err(match code {
+                "invalid_grant" => TokenError::InvalidGrant,
+                "" => TokenError::Unavailable(status),
+                other => TokenError::OAuth(other.chars().take(64).collect()),
+            });
+        }
+        return Err(TokenError::Unavailable(status));
+    }
+    let Some(Value::Object(j)) = json else {
+        return Err(TokenError::Malformed("token response is not a JSON object"));
+    };
+    let access_token = match j.get("access_token") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 16 * 1024 => Secret::new(s.clone()),
+        _ => return Err(TokenError::Malformed("no access_token")),
+    };
+    match j.get("token_type").and_then(Value::as_str) {
+        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        _ => return Err(TokenError::Malformed("token_type is not Bearer")),
+    }
+    let from_jwt = || {
+        crate::jwt::decode_payload(access_token.expose())
+            .and_then(|c| c.get("exp").and_then(Value::as_u64))
+            .map(|exp| exp.saturating_sub(now))
+    };
+    let expires_in = match j.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64(),
+        // Some providers send a numeric string; accept it, but nothing else.
+        Some(Value::String(s)) => s.parse::<u64>().ok(),
+        _ => None,
+    }
+    .or_else(from_jwt)
+    .unwrap_or(DEFAULT_EXPIRES_IN)
+    .min(365 * 86400);
+    let opt_str = |k: &str| match j.get(k) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    Ok(TokenSet {
+        access_token,
+        expires_in,
+        scope: opt_str("scope"),
+        refresh_token: opt_str("refresh_token").map(Secret::new),
+        id_token: opt_str("id_token").map(Secret::new),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{test_raw, test_secrets, Config};
+
+    fn cfg() -> Config {
+        Config::compile(&test_raw(), &test_secrets).unwrap()
+    }
+
+    #[test]
+    fn pkce_matches_rfc7636_appendix_b() {
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn authorize_url_carries_pkce_state_nonce_and_resources() {
+        let u = authorize_url(&cfg(), "st", "no", "ch");
+        assert!(u.starts_with("http://localhost:9000/auth?response_type=code&client_id=bffgate"));
+        for part in [
+            "state=st",
+            "nonce=no",
+            "code_challenge=ch",
+            "code_challenge_method=S256",
+            "redirect_uri=https%3A%2F%2Flocalhost%3A8443%2Fauth%2Fcallback",
+            "resource=https%3A%2F%2Forders.api.local",
+            "resource=https%3A%2F%2Fprofile.api.local",
+            "scope=openid+profile+offline_access+orders%3Aread+orders%3Awrite",
+            "prompt=consent",
+        ] {
+            assert!(u.contains(part), "{part} in {u}");
+        }
+    }
+
+    #[test]
+    fn code_request_uses_basic_auth_and_the_login_audience() {
+        let r = code_request(&cfg(), "c0de", "v3r");
+        assert_eq!(r.path, "/token");
+        let body = r.body.expose();
+        assert!(body.contains("grant_type=authorization_code"));
+        assert!(body.contains("code_verifier=v3r"));
+        assert!(body.contains("resource=https%3A%2F%2Forders.api.local"));
+        assert!(!body.contains("client_secret"));
+        let (_, auth) = &r.headers[0];
+        assert_eq!(
+            auth.expose(),
+            format!("Basic {}", STANDARD.encode("bffgate:test-client-secret"))
+        );
+        assert_eq!(format!("{r:?}").matches("[redacted]").count(), 2);
+    }
+
+    #[test]
+    fn parses_a_good_response() {
+        let b = br#"{"access_token":"at","token_type":"Bearer","expires_in":300,"scope":"a b","refresh_token":"rt","id_token":"it"}"#;
+        let t = parse_token_response(200, b, 0).unwrap();
+        assert_eq!(t.access_token.expose(), "at");
+        assert_eq!(t.expires_in, 300);
+        assert_eq!(t.scope.as_deref(), Some("a b"));
+        assert_eq!(t.refresh_token.unwrap().expose(), "rt");
+    }
+
+    #[test]
+    fn expires_in_fallbacks() {
+        let s = parse_token_response(
+            200,
+            br#"{"access_token":"at","token_type":"bearer","expires_in":"120"}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.expires_in, 120);
+        let s = parse_token_response(
+            200,
+            br#"{"access_token":"at","token_type":"bearer","expires_in":"soon"}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.expires_in, DEFAULT_EXPIRES_IN);
+        let jwt = crate::jwt::make_jwt(&serde_json::json!({"exp": 1500}));
+        let body = format!(r#"{{"access_token":"{jwt}","token_type":"Bearer"}}"#);
+        assert_eq!(
+            parse_token_response(200, body.as_bytes(), 1000)
+                .unwrap()
+                .expires_in,
+            500
+        );
+        let s = parse_token_response(
+            200,
+            br#"{"access_token":"at","token_type":"Bearer","expires_in":-5}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.expires_in, DEFAULT_EXPIRES_IN);
+    }
+
+    #[test]
+    fn classifies_errors() {
+        assert_eq!(
+            parse_token_response(400, br#"{"error":"invalid_grant"}"#, 0),
+            Err(TokenError::InvalidGrant)
+        );
+        assert_eq!(
+            parse_token_response(401, br#"{"error":"invalid_client"}"#, 0),
+            Err(TokenError::OAuth("invalid_client".into()))
+        );
+        assert_eq!(
+            parse_token_response(500, b"oops", 0),
+            Err(TokenError::Unavailable(500))
+        );
+        assert_eq!(
+            parse_token_response(429, br#"{"error":"slow_down"}"#, 0),
+            Err(TokenError::Unavailable(429))
+        );
+        assert_eq!(
+            parse_token_response(404, b"<html>", 0),
+            Err(TokenError::Unavailable(404))
+        );
+        for (b, why) in [
+            (&b"not json"[..], "token response is not a JSON object"),
+            (b"[]", "token response is not a JSON object"),
+            (br#"{"token_type":"Bearer"}"#, "no access_token"),
+            (
+                br#"{"access_token":5,"token_type":"Bearer"}"#,
+                "no access_token",
+            ),
+            (
+                br#"{"access_token":"x","token_type":"mac"}"#,
+                "token_type is not Bearer",
+            ),
+            (br#"{"access_token":"x"}"#, "token_type is not Bearer"),
+        ] {
+            assert_eq!(
+                parse_token_response(200, b, 0),
+                Err(TokenError::Malformed(why))
+            );
+        }
+        assert!(TokenError::InvalidGrant.is_terminal());
+        assert!(!TokenError::Unavailable(503).is_terminal());
+    }
+}

@@ -1,0 +1,267 @@
+//! Building the filter's JSON configuration from the human-edited files, and checking an Envoy
+//! configuration against it. Used by the native `bffgate-config` tool (`make config`,
+//! `make check`); the filter itself only ever reads the resulting JSON.
+
+use crate::config::{Config, ConfigError, RawConfig, Secrets};
+use crate::policy::RawPolicy;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// One policy file: `routes:` mapping route names to policies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Policies by Envoy route name.
+    pub routes: BTreeMap<String, RawPolicy>,
+}
+
+/// The placeholder line in the Envoy template that receives the JSON.
+pub const PLACEHOLDER: &str = "__BFFGATE_CONFIG_JSON__";
+
+/// Merges settings (everything but `routes`) with policy files. Returns the merged JSON value
+/// and, for each route, the file that defined it.
+pub fn merge(
+    settings: Value,
+    policies: Vec<(String, PolicyFile)>,
+) -> Result<(Value, BTreeMap<String, String>), String> {
+    let Value::Object(mut obj) = settings else {
+        return Err("settings: the document must be a mapping".into());
+    };
+    if obj.contains_key("routes") {
+        return Err("settings: field `routes`: route policies belong in the policy files".into());
+    }
+    let mut routes = Map::new();
+    let mut origin: BTreeMap<String, String> = BTreeMap::new();
+    for (file, pf) in policies {
+        for (name, p) in pf.routes {
+            if let Some(first) = origin.get(&name) {
+                return Err(format!(
+                    "{file}: field `routes.{name}`: route already has a policy in {first}"
+                ));
+            }
+            routes.insert(
+                name.clone(),
+                serde_json::to_value(&p).map_err(|e| format!("{file}: {e}"))?,
+            );
+            origin.insert(name, file.clone());
+        }
+    }
+    obj.insert("routes".into(), Value::Object(routes));
+    Ok((Value::Object(obj), origin))
+}
+
+/// Validates merged JSON with the filter's own entry point, attributing errors to files.
+pub fn validate(
+    json: &Value,
+    origin: &BTreeMap<String, String>,
+    settings_file: &str,
+    secrets: &dyn Secrets,
+) -> Result<Config, String> {
+    let bytes = serde_json::to_vec(json).map_err(|e| e.to_string())?;
+    Config::from_json(&bytes, secrets).map_err(|e: ConfigError| {
+        let file = e
+            .field
+            .strip_prefix("routes.")
+            .and_then(|rest| {
+                origin
+                    .iter()
+                    .filter(|(name, _)| {
+                        rest == name.as_str() || rest.starts_with(&format!("{name}."))
+                    })
+                    .map(|(_, f)| f.as_str())
+                    .next()
+            })
+            .unwrap_or(settings_file);
+        format!("{file}: {e}")
+    })
+}
+
+/// Replaces the placeholder line with the pretty JSON, indented like the placeholder.
+pub fn render_template(template: &str, json: &Value) -> Result<String, String> {
+    let pretty = serde_json::to_string_pretty(json).map_err(|e| e.to_string())?;
+    let mut out = String::with_capacity(template.len() + pretty.len() * 2);
+    let mut found = 0;
+    for line in template.lines() {
+        if line.trim() == PLACEHOLDER {
+            found += 1;
+            let indent = &line[..line.len() - line.trim_start().len()];
+            for j in pretty.lines() {
+                out.push_str(indent);
+                out.push_str(j);
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    match found {
+        1 => Ok(out),
+        0 => Err(format!("template: no line containing only `{PLACEHOLDER}`")),
+        n => Err(format!("template: `{PLACEHOLDER}` appears {n} times")),
+    }
+}
+
+/// What the check found in an Envoy configuration (as JSON converted from YAML).
+#[derive(Debug, Default)]
+pub struct EnvoyFacts {
+    /// Route names of every route config (unnamed routes appear as `""`).
+    pub routes: Vec<String>,
+    /// The bffgate plugin configurations (StringValue contents) and their failure policies.
+    pub plugins: Vec<(String, Option<String>)>,
+}
+
+/// Walks an Envoy bootstrap for route names and wasm plugin configurations.
+pub fn envoy_facts(v: &Value) -> EnvoyFacts {
+    let mut f = EnvoyFacts::default();
+    walk(v, &mut f);
+    f
+}
+
+fn walk(v: &Value, f: &mut EnvoyFacts) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::Array(vhs)) = m.get("virtual_hosts") {
+                for vh in vhs {
+                    if let Some(Value::Array(routes)) = vh.get("routes") {
+                        for r in routes {
+                            f.routes.push(
+                                r.get("name")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                                    .to_string(),
+                            );
+                        }
+                    }
+                }
+            }
+            let is_wasm = m
+                .get("@type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("envoy.extensions.filters.http.wasm.v3.Wasm"));
+            if is_wasm {
+                if let Some(cfg) = m.get("config") {
+                    let value = cfg
+                        .get("configuration")
+                        .and_then(|c| c.get("value"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let fp = cfg
+                        .get("failure_policy")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    f.plugins.push((value, fp));
+                }
+            }
+            for (_, child) in m {
+                walk(child, f);
+            }
+        }
+        Value::Array(a) => {
+            for child in a {
+                walk(child, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Cross-checks Envoy routes against policies. Returns every problem found.
+pub fn cross_check(facts: &EnvoyFacts, cfg: &RawConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in &facts.routes {
+        if r.is_empty() {
+            problems.push(
+                "envoy: a route has no `name`: bffgate finds policies by route name".to_string(),
+            );
+        } else if !cfg.routes.contains_key(r) {
+            problems.push(format!(
+                "envoy: route `{r}` has no policy (requests to it would be refused)"
+            ));
+        }
+    }
+    for name in cfg.routes.keys() {
+        if !facts.routes.iter().any(|r| r == name) {
+            problems.push(format!(
+                "policy for route `{name}` names no route in the Envoy config"
+            ));
+        }
+    }
+    if facts.plugins.is_empty() {
+        problems.push("envoy: no envoy.filters.http.wasm filter found".into());
+    }
+    for (_, fp) in &facts.plugins {
+        if fp.as_deref() != Some("FAIL_RELOAD") {
+            problems.push(format!(
+                "envoy: wasm failure_policy is {:?}; ship FAIL_RELOAD (FAIL_OPEN would serve protected routes unauthenticated)",
+                fp.as_deref().unwrap_or("unset (FAIL_CLOSED: 503 forever after a crash)")
+            ));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn placeholder_is_replaced_with_indented_json() {
+        let t = "a:\n  value: |\n    __BFFGATE_CONFIG_JSON__\nb: 1\n";
+        let out = render_template(t, &json!({"k": 1})).unwrap();
+        assert_eq!(out, "a:\n  value: |\n    {\n      \"k\": 1\n    }\nb: 1\n");
+        assert!(render_template("x: 1\n", &json!({})).is_err());
+    }
+
+    #[test]
+    fn duplicate_routes_across_files_are_refused() {
+        let pf = |n: &str| PolicyFile {
+            routes: [(
+                n.to_string(),
+                serde_json::from_value(json!({"access": "public"})).unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let e = merge(
+            json!({}),
+            vec![("a.yaml".into(), pf("r")), ("b.yaml".into(), pf("r"))],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("b.yaml") && e.contains("a.yaml") && e.contains("routes.r"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cross_check_finds_missing_and_extra_routes() {
+        let envoy = json!({"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"typed_config": {
+            "http_filters": [{"typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {"failure_policy": "FAIL_OPEN", "configuration": {"value": "{}"}}}}],
+            "route_config": {"virtual_hosts": [{"routes": [{"name": "a"}, {"name": "b"}, {}]}]}}}]}]}]}});
+        let facts = envoy_facts(&envoy);
+        assert_eq!(facts.routes, vec!["a", "b", ""]);
+        let mut raw = crate::config::test_raw();
+        raw.routes = [
+            (
+                "a".to_string(),
+                serde_json::from_value(json!({"access": "public"})).unwrap(),
+            ),
+            (
+                "c".to_string(),
+                serde_json::from_value(json!({"access": "public"})).unwrap(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let p = cross_check(&facts, &raw).join("\n");
+        assert!(p.contains("route `b` has no policy"), "{p}");
+        assert!(p.contains("route `c` names no route"), "{p}");
+        assert!(p.contains("has no `name`"), "{p}");
+        assert!(p.contains("FAIL_RELOAD"), "{p}");
+    }
+}
