@@ -810,7 +810,12 @@ impl Engine<'_> {
             if let Some(p) = &self.cfg.client.post_logout_redirect_uri {
                 q.append_pair("post_logout_redirect_uri", p);
             }
-            body["end_session_url"] = Value::String(format!("{es}?{}", q.finish()));
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert(
+                    "end_session_url".into(),
+                    Value::String(format!("{es}?{}", q.finish())),
+                );
+            }
         }
         with_cookie(json_reply(200, body), self.clear_session_cookie())
     }

@@ -192,16 +192,9 @@ mod tests {
                 if s == v {
                     continue;
                 }
-                // base64url without padding can have non-canonical trailing bits that decode to
-                // the same bytes; those are the same value and may verify. Anything else must not.
-                match r.open("c", &s) {
-                    Ok(p) => {
-                        let parts: Vec<&str> = s.split('.').collect();
-                        assert_eq!(p, b"0123456789abcdef", "flip at {i}/{bit} changed payload");
-                        assert_eq!(parts[0], "k1");
-                    }
-                    Err(_) => {}
-                }
+                // Non-canonical base64url (spare trailing bits) is refused too, so no other
+                // string than the one we issued verifies.
+                assert!(r.open("c", &s).is_err(), "flip at {i}/{bit} accepted: {s}");
             }
         }
     }
