@@ -46,13 +46,16 @@ pub enum Access {
 }
 
 /// Accepted value(s) of a claim.
+///
+/// `untagged` tries the variants in order, and `One(Value)` accepts any JSON, arrays included:
+/// `AnyOf` must come first or a list would become a single array value that never matches.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum ClaimRule {
-    /// Exactly this value (string, number or boolean compared as JSON).
-    One(serde_json::Value),
     /// Any of these values.
     AnyOf(Vec<serde_json::Value>),
+    /// Exactly this value (string, number or boolean compared as JSON).
+    One(serde_json::Value),
 }
 
 /// When the CSRF header is required.
@@ -246,6 +249,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(p.csrf, CsrfMode::AllMethods);
+        // A list is "any of", not one array value (untagged variant order).
+        assert_eq!(
+            p.claims["role"],
+            ClaimRule::AnyOf(vec![json!("admin"), json!("owner")])
+        );
+        assert_eq!(p.claims["tier"], ClaimRule::One(json!("gold")));
         assert!(
             serde_json::from_value::<RawPolicy>(json!({"access": "session", "scope": ["x"]}))
                 .is_err()
