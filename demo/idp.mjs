@@ -8,7 +8,13 @@
 //     https://orders.api.local (orders:read orders:write) and https://profile.api.local (profile);
 //   - demo users alice/alice (orders:read orders:write profile) and bob/bob (orders:read profile),
 //     a plain HTML login form at /interaction/:uid and consent granted server-side, per user;
-//   - GET /__stats (token-endpoint grants and revocations counted) and POST /__reset.
+//   - RFC 8693 token exchange for `bffgate`: an access token this IdP issued to bffgate (JWT, or
+//     opaque) exchanged for a JWT access token of another audience (allowed targets:
+//     BFFGATE_EXCHANGE_TARGETS), scope limited to what the user holds for that audience;
+//   - down-scoping on the refresh_token grant (`resource` + a narrower `scope`);
+//   - GET /__stats (token-endpoint requests and grants by grant type, revocations counted),
+//     GET/POST /__fault (fault injection on /token and /token/revocation, for tests) and
+//     POST /__reset (zeroes the counters and clears the faults); loopback only.
 //
 // Environment:
 //   BFFGATE_CLIENT_SECRET      (required) secret of client `bffgate`
@@ -21,6 +27,8 @@
 //                              default <public origin>/auth/backchannel-logout; "off" disables it
 //   BFFGATE_TLS_CA             PEM file trusted for the back-channel logout call,
 //                              default .run/tls/cert.pem (read when a logout is sent)
+//   BFFGATE_EXCHANGE_TARGETS   comma-separated resources a token exchange may target,
+//                              default https://profile.api.local
 //
 // Never logs tokens, codes, secrets or query strings.
 
@@ -30,6 +38,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import * as path from 'node:path';
 
+import { calculateJwkThumbprint, createLocalJWKSet, jwtVerify } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 // ---------------------------------------------------------------------------------------------
@@ -69,6 +78,7 @@ const BACKCHANNEL_URI = (() => {
   return raw || `${PUBLIC_ORIGIN}/auth/backchannel-logout`;
 })();
 const TLS_CA_FILE = path.resolve(process.env.BFFGATE_TLS_CA || '.run/tls/cert.pem');
+const EXCHANGE_TARGETS_RAW = process.env.BFFGATE_EXCHANGE_TARGETS || 'https://profile.api.local';
 
 const CLIENT_SECRET = process.env.BFFGATE_CLIENT_SECRET;
 if (!CLIENT_SECRET) {
@@ -108,6 +118,11 @@ const USERS = {
   },
 };
 
+const EXCHANGE_TARGETS = new Set(EXCHANGE_TARGETS_RAW.split(',').map((s) => s.trim()).filter(Boolean));
+for (const t of EXCHANGE_TARGETS) {
+  if (!Object.hasOwn(RESOURCE_SERVERS, t)) fail(`BFFGATE_EXCHANGE_TARGETS: ${JSON.stringify(t)} is not a resource server of this IdP`);
+}
+
 function checkPassword(login, password) {
   const user = Object.hasOwn(USERS, login) ? USERS[login] : undefined;
   const expected = Buffer.from(user ? user.password : 'x'.repeat(16));
@@ -140,7 +155,6 @@ async function loadOrCreateKeys(file) {
   } catch (err) {
     if (err.code !== 'ENOENT') fail(`cannot use key file ${file}: ${err.message} (delete it to regenerate)`);
   }
-  const { calculateJwkThumbprint } = await import('jose');
   const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
   const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
   const keys = [];
@@ -259,6 +273,35 @@ ${error ? `<p id="error" class="error" role="alert">${esc(error)}</p>` : ''}
 // ---------------------------------------------------------------------------------------------
 // provider
 
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+
+async function getResourceServerInfo(ctx, resourceIndicator, client) {
+  const rs = Object.hasOwn(RESOURCE_SERVERS, resourceIndicator) ? RESOURCE_SERVERS[resourceIndicator] : undefined;
+  if (!rs || client.clientId !== 'bffgate') {
+    throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
+  }
+  // refresh_token grant with `scope` (down-scoping): oidc-provider checks the scopes against the
+  // refresh token and filters them by the resource and the grant; when nothing would be left,
+  // answer invalid_scope instead of issuing a token without any scope.
+  if (ctx?.oidc?.route === 'token' && ctx.oidc.params?.grant_type === 'refresh_token' && ctx.oidc.params.scope) {
+    const rsScopes = new Set(rs.scope.split(' '));
+    const wanted = [...ctx.oidc.requestParamScopes].filter((s) => rsScopes.has(s));
+    const grant = ctx.oidc.entities?.Grant;
+    const left = grant ? String(grant.getResourceScopeFiltered(resourceIndicator, wanted) || '').split(' ').filter(Boolean) : wanted;
+    if (left.length === 0) {
+      throw new errors.InvalidScope(`none of the requested scopes is granted for ${resourceIndicator}`, ctx.oidc.params.scope);
+    }
+  }
+  return {
+    scope: rs.scope,
+    audience: resourceIndicator,
+    accessTokenTTL: ACCESS_TOKEN_TTL,
+    accessTokenFormat: 'jwt',
+    jwt: { sign: { alg: 'ES256' } },
+  };
+}
+
 const provider = new Provider(ISSUER, {
   clients: [{
     client_id: 'bffgate',
@@ -267,7 +310,7 @@ const provider = new Provider(ISSUER, {
     token_endpoint_auth_method: 'client_secret_basic',
     redirect_uris: [`${PUBLIC_ORIGIN}/auth/callback`],
     post_logout_redirect_uris: [`${PUBLIC_ORIGIN}/`],
-    grant_types: ['authorization_code', 'refresh_token'],
+    grant_types: ['authorization_code', 'refresh_token', TOKEN_EXCHANGE],
     response_types: ['code'],
     ...(BACKCHANNEL_URI ? {
       backchannel_logout_uri: BACKCHANNEL_URI,
@@ -317,19 +360,7 @@ ${form}
       // A token request without `resource` gets an opaque userinfo token (openid is requested),
       // never a silently chosen API audience.
       useGrantedResource: async () => false,
-      getResourceServerInfo: async (ctx, resourceIndicator, client) => {
-        const rs = Object.hasOwn(RESOURCE_SERVERS, resourceIndicator) ? RESOURCE_SERVERS[resourceIndicator] : undefined;
-        if (!rs || client.clientId !== 'bffgate') {
-          throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
-        }
-        return {
-          scope: rs.scope,
-          audience: resourceIndicator,
-          accessTokenTTL: ACCESS_TOKEN_TTL,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: 'ES256' } },
-        };
-      },
+      getResourceServerInfo,
     },
   },
   // The client asks for offline_access (with prompt=consent); issue a refresh token whenever the
@@ -367,11 +398,140 @@ ${form}
 provider.proxy = false;
 
 // ---------------------------------------------------------------------------------------------
+// RFC 8693 token exchange: bffgate trades an access token this IdP issued to it (normally the JWT
+// for https://orders.api.local) for a JWT access token of another audience for the same user.
+//
+// POST /token (client authentication as for every grant)
+//   grant_type=urn:ietf:params:oauth:grant-type:token-exchange
+//   subject_token=<access token>  subject_token_type=urn:ietf:params:oauth:token-type:access_token
+//   resource=<one allowed target> (or audience=<the same>)  [scope=<space-separated>]
+//   [requested_token_type=urn:ietf:params:oauth:token-type:access_token]
+// -> 200 {access_token, issued_token_type, token_type: "Bearer", expires_in, scope}
+// Errors: invalid_request (missing/unsupported parameters, actor_token), invalid_grant (subject
+// token not issued by this IdP to this client, bad signature, expired, wrong type, unknown user),
+// invalid_target (no, several, unknown or not allowed target), invalid_scope (a requested scope
+// the target does not define, or none left that the user holds).
+
+const OWN_JWKS = createLocalJWKSet({
+  keys: keyData.keys.map(({ kty, crv, x, y, n, e, kid, alg, use }) => Object.fromEntries(
+    Object.entries({ kty, crv, x, y, n, e, kid, alg, use }).filter(([, v]) => v !== undefined),
+  )),
+});
+
+function invalidGrant(description, detail) {
+  const err = new errors.InvalidGrant(detail || description);
+  err.error_description = description;
+  return err;
+}
+
+const asList = (v) => (v === undefined ? [] : [].concat(v)).filter((x) => x !== '');
+
+// returns the accountId the subject token was issued for
+async function validateSubjectToken(ctx, value) {
+  const { client } = ctx.oidc;
+  if (value.split('.').length === 3) {
+    let payload;
+    try {
+      ({ payload } = await jwtVerify(value, OWN_JWKS, {
+        issuer: ISSUER,
+        typ: 'at+jwt',
+        algorithms: ['ES256', 'RS256'],
+        requiredClaims: ['sub', 'exp', 'iat', 'client_id', 'aud', 'jti'],
+      }));
+    } catch (err) {
+      if (err.code === 'ERR_JWT_EXPIRED') throw invalidGrant('subject_token is expired', err.code);
+      throw invalidGrant('subject_token is invalid', err.code || err.name);
+    }
+    const auds = asList(payload.aud);
+    if (auds.length === 0 || !auds.every((a) => Object.hasOwn(RESOURCE_SERVERS, a))) {
+      throw invalidGrant('subject_token is not an access token for a resource of this provider', 'audience');
+    }
+    if (payload.client_id !== client.clientId) {
+      throw invalidGrant('subject_token was not issued to this client', 'client_id');
+    }
+    return String(payload.sub);
+  }
+  // opaque access tokens (the userinfo-only kind) are stored by the provider
+  const token = await provider.AccessToken.find(value);
+  if (!token) throw invalidGrant('subject_token is invalid', 'opaque access token not found or expired');
+  if (token.clientId !== client.clientId) throw invalidGrant('subject_token was not issued to this client', 'client_id');
+  if (!token.accountId) throw invalidGrant('subject_token has no subject', 'accountId');
+  return token.accountId;
+}
+
+async function tokenExchangeHandler(ctx) {
+  const { params, client } = ctx.oidc;
+  for (const name of ['subject_token', 'subject_token_type']) {
+    if (!params[name]) throw new errors.InvalidRequest(`missing required parameter '${name}'`);
+  }
+  if (params.subject_token_type !== TOKEN_TYPE_ACCESS_TOKEN) {
+    throw new errors.InvalidRequest(`unsupported subject_token_type (only ${TOKEN_TYPE_ACCESS_TOKEN})`);
+  }
+  if (params.requested_token_type !== undefined && params.requested_token_type !== TOKEN_TYPE_ACCESS_TOKEN) {
+    throw new errors.InvalidRequest(`unsupported requested_token_type (only ${TOKEN_TYPE_ACCESS_TOKEN})`);
+  }
+  if (params.actor_token !== undefined || params.actor_token_type !== undefined) {
+    throw new errors.InvalidRequest('delegation (actor_token) is not supported');
+  }
+
+  const targets = [...new Set([...asList(params.resource), ...asList(params.audience)])];
+  if (targets.length === 0) throw new errors.InvalidTarget('a target (resource or audience) is required for token exchange');
+  if (targets.length > 1) throw new errors.InvalidTarget('only a single target is supported for token exchange');
+  const [target] = targets;
+  if (!Object.hasOwn(RESOURCE_SERVERS, target)) throw new errors.InvalidTarget(`unknown target ${target}`);
+  if (!EXCHANGE_TARGETS.has(target)) throw new errors.InvalidTarget(`token exchange to ${target} is not allowed`);
+  const rsInfo = await getResourceServerInfo(ctx, target, client);
+  const rsScopes = rsInfo.scope.split(' ');
+
+  const requested = params.scope === undefined ? undefined : [...new Set(params.scope.split(' ').filter(Boolean))];
+  if (requested) {
+    const unknown = requested.filter((sc) => !rsScopes.includes(sc));
+    if (unknown.length) throw new errors.InvalidScope(`scope not available for ${target}: ${unknown.join(' ')}`, unknown.join(' '));
+  }
+
+  const accountId = await validateSubjectToken(ctx, params.subject_token);
+  const account = await findAccount(ctx, accountId);
+  if (!account) throw invalidGrant('the subject of subject_token does not exist', 'account');
+  ctx.oidc.entity('Account', account);
+
+  // what the user holds for the target; requested scopes beyond that are not granted
+  const held = rsScopes.filter((sc) => USERS[accountId].scopes.has(sc));
+  const granted = (requested || rsScopes).filter((sc) => held.includes(sc));
+  if (granted.length === 0) {
+    throw new errors.InvalidScope(`the user holds none of the requested scopes for ${target}`, (requested || rsScopes).join(' '));
+  }
+
+  const at = new provider.AccessToken({
+    accountId,
+    client,
+    gty: TOKEN_EXCHANGE,
+    scope: granted.join(' '),
+  });
+  at.resourceServer = new provider.ResourceServer(target, rsInfo);
+  ctx.oidc.entity('AccessToken', at);
+  const value = await at.save();
+
+  ctx.body = {
+    access_token: value,
+    issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
+    token_type: at.tokenType,
+    expires_in: at.expiration,
+    scope: at.scope,
+  };
+}
+
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  tokenExchangeHandler,
+  ['subject_token', 'subject_token_type', 'requested_token_type', 'actor_token', 'actor_token_type', 'resource', 'audience', 'scope'],
+  ['resource', 'audience'],
+);
+
+// ---------------------------------------------------------------------------------------------
 // stats: successful token issuances by grant type (grant.success fires after the response body is
 // built), token requests by grant type, and revocation requests. Node runs these handlers on one
 // thread, so plain increments are race-free.
 
-const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 function zeroStats() {
   return {
     grants: { authorization_code: 0, refresh_token: 0, [TOKEN_EXCHANGE]: 0 },
@@ -541,6 +701,126 @@ async function handleInteraction(req, res, uid, action) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// fault injection (tests): POST /__fault {"endpoint": "token"|"revocation"|"all",
+// "mode": "none"|"slow"|"error500"|"garbage"|"reset"|"invalid_grant", "delay_ms": n, "count": n}
+// applies to POST /token and POST /token/revocation only. "slow" waits delay_ms, then the provider
+// answers normally; the other modes answer without the provider (after delay_ms when given) and
+// are counted in token_requests / revocation_requests but never in grants / revocations. With
+// "count" the fault applies to the next n matching requests, then that endpoint reverts to none.
+
+const FAULT_MODES = new Set(['none', 'slow', 'error500', 'garbage', 'reset', 'invalid_grant']);
+const FAULT_PATHS = { '/token': 'token', '/token/revocation': 'revocation' };
+const FAULT_KEYS = new Set(['endpoint', 'mode', 'delay_ms', 'count']);
+const noFault = () => ({ mode: 'none', delay_ms: 0, remaining: null });
+let faults = { token: noFault(), revocation: noFault() };
+let faultsApplied = { token: 0, revocation: 0 };
+
+const faultState = () => ({
+  token: { ...faults.token }, revocation: { ...faults.revocation }, applied: { ...faultsApplied },
+});
+
+function parseFault(body) {
+  if (!body || typeof body !== 'object' || Array.isArray(body)) return 'body must be a JSON object';
+  const extra = Object.keys(body).filter((k) => !FAULT_KEYS.has(k));
+  if (extra.length) return `unknown field(s): ${extra.join(', ')}`;
+  const { endpoint, mode } = body;
+  if (!['token', 'revocation', 'all'].includes(endpoint)) return 'endpoint must be "token", "revocation" or "all"';
+  if (!FAULT_MODES.has(mode)) return `mode must be one of ${[...FAULT_MODES].join(', ')}`;
+  const intOrNull = (v, min, max) => (v === undefined || v === null ? null
+    : (Number.isInteger(v) && v >= min && v <= max ? v : undefined));
+  const delay = intOrNull(body.delay_ms, 0, 120000);
+  if (delay === undefined) return 'delay_ms must be an integer between 0 and 120000';
+  const count = intOrNull(body.count, 1, 1000000);
+  if (count === undefined) return 'count must be an integer between 1 and 1000000';
+  const setting = mode === 'none' ? noFault() : {
+    mode, delay_ms: delay ?? (mode === 'slow' ? 1000 : 0), remaining: count,
+  };
+  return { endpoints: endpoint === 'all' ? ['token', 'revocation'] : [endpoint], setting };
+}
+
+// the fault for this request, if any (consumes one of "count")
+function takeFault(endpoint) {
+  const f = faults[endpoint];
+  if (f.mode === 'none') return undefined;
+  const taken = { ...f };
+  if (f.remaining !== null) {
+    f.remaining -= 1;
+    if (f.remaining <= 0) faults[endpoint] = noFault();
+  }
+  faultsApplied[endpoint] += 1;
+  return taken;
+}
+
+const sleep = (ms) => new Promise((r) => { setTimeout(r, ms); });
+
+async function readBody(req, limit) {
+  let size = 0;
+  const chunks = [];
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size <= limit) chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+// answers a faulted request itself; returns false when the provider should answer ("slow")
+async function applyFault(req, res, endpoint, fault) {
+  log('fault.applied', { endpoint, mode: fault.mode, delay_ms: fault.delay_ms || undefined });
+  if (fault.mode === 'slow') {
+    await sleep(fault.delay_ms);
+    return false;
+  }
+  let body = '';
+  try { body = await readBody(req, 64 * 1024); } catch { /* client went away: still counted */ }
+  if (endpoint === 'token') {
+    const gty = new URLSearchParams(body).get('grant_type');
+    stats.token_requests[gty !== null && Object.hasOwn(stats.token_requests, gty) && gty !== 'other' ? gty : 'other'] += 1;
+  } else {
+    stats.revocation_requests += 1;
+  }
+  if (fault.delay_ms) await sleep(fault.delay_ms);
+  switch (fault.mode) {
+    case 'error500':
+      sendHtml(res, 500, page('Internal Server Error', '<h1>500 Internal Server Error</h1><p>injected fault</p>'));
+      break;
+    case 'garbage':
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end('<html>this is not JSON {"access_token":');
+      break;
+    case 'invalid_grant':
+      sendJson(res, 400, { error: 'invalid_grant' });
+      break;
+    case 'reset':
+    default:
+      req.socket.destroy();
+      break;
+  }
+  return true;
+}
+
+const isLoopback = (addr) => addr === '127.0.0.1' || addr === '::1' || addr === '::ffff:127.0.0.1';
+
+async function handleFaultApi(req, res) {
+  if (req.method === 'GET' || req.method === 'HEAD') return sendJson(res, 200, faultState());
+  if (req.method !== 'POST') return sendJson(res, 405, { error: 'method_not_allowed' });
+  // a JSON content type keeps browsers from posting here cross-origin without a preflight
+  if (!/^application\/json\b/i.test(req.headers['content-type'] || '')) {
+    return sendJson(res, 415, { error: 'invalid_request', error_description: 'content-type must be application/json' });
+  }
+  const raw = await readBody(req, 8192);
+  if (Buffer.byteLength(raw) >= 8192) return sendJson(res, 413, { error: 'payload_too_large' });
+  let parsed;
+  try { parsed = JSON.parse(raw); } catch { parsed = undefined; }
+  const result = parseFault(parsed);
+  if (typeof result === 'string') return sendJson(res, 400, { error: 'invalid_request', error_description: result });
+  for (const ep of result.endpoints) faults[ep] = { ...result.setting };
+  log('fault.set', {
+    endpoint: result.endpoints.join(','), mode: result.setting.mode, delay_ms: result.setting.delay_ms, count: result.setting.remaining ?? undefined,
+  });
+  return sendJson(res, 200, faultState());
+}
+
+// ---------------------------------------------------------------------------------------------
 // server
 
 const providerCallback = provider.callback();
@@ -563,7 +843,19 @@ const server = http.createServer(async (req, res) => {
     if (url.pathname === '/__reset') {
       if (req.method !== 'POST') return sendJson(res, 405, { error: 'method_not_allowed' });
       stats = zeroStats();
+      faults = { token: noFault(), revocation: noFault() };
+      faultsApplied = { token: 0, revocation: 0 };
+      log('reset', { stats: 'zeroed', faults: 'cleared' });
       return sendJson(res, 200, { reset: true });
+    }
+    if (url.pathname === '/__fault') {
+      if (!isLoopback(req.socket.remoteAddress)) return sendJson(res, 403, { error: 'forbidden' });
+      return await handleFaultApi(req, res);
+    }
+    if (req.method === 'POST' && Object.hasOwn(FAULT_PATHS, url.pathname)) {
+      const endpoint = FAULT_PATHS[url.pathname];
+      const fault = takeFault(endpoint);
+      if (fault && await applyFault(req, res, endpoint, fault)) return undefined;
     }
     const m = /^\/interaction\/([A-Za-z0-9_-]{1,128})(?:\/(abort|login))?\/?$/.exec(url.pathname);
     if (m) {

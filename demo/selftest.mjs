@@ -1,7 +1,9 @@
 // Self-test of the demo identity provider and demo APIs, acting as the bffgate client without
 // Envoy: authorize (PKCE S256, state, nonce, both resources, prompt=consent) through the login
 // form with a cookie jar, code exchange for the orders audience, refresh for the profile audience,
-// API calls with those bearers, per-user scopes (bob), revocation, /__stats, wrong audience.
+// API calls with those bearers, per-user scopes (bob), revocation, /__stats, wrong audience,
+// RFC 8693 token exchange, refresh down-scoping, exact counters under concurrency and (--spawn
+// only: they change shared state) the /__fault fault injection and forged subject tokens.
 //
 // Usage:
 //   node demo/selftest.mjs           test the running processes (IdP :9000, APIs :9101-9103);
@@ -21,7 +23,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose';
+import {
+  createLocalJWKSet, decodeJwt, decodeProtectedHeader, generateKeyPair, importJWK, jwtVerify, SignJWT,
+} from 'jose';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SPAWN = process.argv.includes('--spawn');
@@ -29,6 +33,8 @@ const DEADLINE_MS = 90_000;
 
 const ORDERS = 'https://orders.api.local';
 const PROFILE = 'https://profile.api.local';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const AT_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 const REDIRECT_URI = 'https://localhost:8443/auth/callback';
 const SCOPE = 'openid profile offline_access orders:read orders:write';
 
@@ -326,6 +332,8 @@ async function main() {
   check('discovery: issuer, S256 only, revocation, introspection, end_session', disco?.issuer === cfg.issuer
     && same(new Set(disco.code_challenge_methods_supported), ['S256']) && disco.revocation_endpoint === `${cfg.issuer}/token/revocation`
     && disco.introspection_endpoint && disco.end_session_endpoint === `${cfg.issuer}/session/end`, disco);
+  check('discovery: grant_types_supported has authorization_code, refresh_token and token-exchange', ['authorization_code', 'refresh_token', TOKEN_EXCHANGE]
+    .every((g) => disco?.grant_types_supported?.includes(g)), disco?.grant_types_supported);
 
   const stats0 = await stats();
   must('/__stats answers grants and revocations', stats0?.grants && typeof stats0.grants.authorization_code === 'number'
@@ -580,14 +588,410 @@ async function main() {
   const cleared = await req('GET', `${cfg.orders}/api/orders`, { headers: { authorization: `Bearer ${t1.json.access_token}` } });
   check('orders API /__reset clears the orders', cleared.json?.orders?.length === 0, cleared.json?.orders);
 
+  await lifecycleChecks(localKeys, t3b.json.access_token);
   if (SPAWN) await restartChecks(t1.json.access_token, keys);
+}
+
+// ---------------------------------------------------------------------------------------------
+// token lifecycle: RFC 8693 token exchange, refresh down-scoping, fault injection, counters
+
+function exchange(subjectToken, extra = {}, { headers } = {}) {
+  const body = new URLSearchParams({ grant_type: TOKEN_EXCHANGE });
+  if (subjectToken !== undefined) body.set('subject_token', subjectToken);
+  body.set('subject_token_type', AT_TYPE);
+  for (const [k, v] of Object.entries(extra)) {
+    body.delete(k);
+    if (v !== undefined) for (const one of [].concat(v)) body.append(k, one);
+  }
+  return req('POST', `${cfg.issuer}/token`, { headers: { authorization: basic(), accept: 'application/json', ...headers }, body });
+}
+
+// like req(), but a connection error is a result ({error}) instead of an exception
+async function attempt(method, url, opts) {
+  const t0 = Date.now();
+  try {
+    const r = await req(method, url, opts);
+    return { ...r, ms: Date.now() - t0 };
+  } catch (err) {
+    return { error: err.cause?.code || err.cause?.message || err.name, ms: Date.now() - t0 };
+  }
+}
+
+const setFault = (body) => req('POST', `${cfg.issuer}/__fault`, { json: body });
+const getFault = async () => (await req('GET', `${cfg.issuer}/__fault`)).json;
+const errorIs = (r, status, error) => r.status === status && r.json?.error === error;
+
+async function codeTokens(user) {
+  const l = await login(user, user, { label: `${user} (lifecycle)` });
+  const t = await tokenRequest({
+    grant_type: 'authorization_code', code: l.code, redirect_uri: REDIRECT_URI, code_verifier: l.verifier, resource: ORDERS,
+  });
+  must(`${user} (lifecycle): code exchange -> 200 with access and refresh token`, t.status === 200 && t.json?.access_token && t.json.refresh_token, { status: t.status, error: t.json?.error });
+  return t.json;
+}
+
+async function lifecycleChecks(localKeys, endedSessionToken) {
+  const alice = await codeTokens('alice');
+  const bob = await codeTokens('bob');
+  const s0 = await stats();
+  let teRequests = 0;
+  let teGrants = 0;
+  let rtRequests = 0;
+  let rtGrants = 0;
+  const te = async (...args) => {
+    teRequests += 1;
+    const r = await exchange(...args);
+    if (r.status === 200) teGrants += 1;
+    return r;
+  };
+  const rtReq = async (params) => {
+    rtRequests += 1;
+    const r = await tokenRequest({ grant_type: 'refresh_token', ...params });
+    if (r.status === 200) rtGrants += 1;
+    return r;
+  };
+
+  // ---- token exchange: success
+  {
+    const r = await te(alice.access_token, { resource: PROFILE });
+    must('exchange: alice orders token -> profile answers 200', r.status === 200 && r.json?.access_token, { status: r.status, body: r.json });
+    check('exchange: response has exactly access_token, issued_token_type, token_type, expires_in, scope', same(new Set(Object.keys(r.json)), ['access_token', 'issued_token_type', 'token_type', 'expires_in', 'scope'])
+      && r.json.issued_token_type === AT_TYPE && r.json.token_type === 'Bearer' && r.json.expires_in === cfg.ttl && r.json.scope === 'profile', { keys: Object.keys(r.json), ...r.json, access_token: undefined });
+    check('exchange: response is not cacheable', /no-store/.test(r.headers.get('cache-control') || ''), r.headers.get('cache-control'));
+    const { payload, protectedHeader } = await jwtVerify(r.json.access_token, localKeys, { issuer: cfg.issuer, audience: PROFILE, typ: 'at+jwt' });
+    check('exchange: issued token verifies against the JWKS: typ at+jwt, aud=profile, sub=alice, client_id=bffgate, scope=profile, ttl', protectedHeader.typ === 'at+jwt'
+      && payload.aud === PROFILE && payload.sub === 'alice' && payload.client_id === 'bffgate' && payload.scope === 'profile' && payload.exp - payload.iat === cfg.ttl,
+    { typ: protectedHeader.typ, aud: payload.aud, sub: payload.sub, scope: payload.scope });
+    check('exchange: profile token carries the profile claims (name)', payload.name === 'Alice Example', payload.name);
+    const api = await req('GET', `${cfg.profile}/api/profile`, { headers: { authorization: `Bearer ${r.json.access_token}` } });
+    check('exchange: the profile API accepts the exchanged token (profile.sub alice)', api.status === 200 && api.json?.profile?.sub === 'alice', { status: api.status, error: api.json?.error });
+    const wrong = await req('GET', `${cfg.orders}/api/orders`, { headers: { authorization: `Bearer ${r.json.access_token}` } });
+    check('exchange: the orders API refuses the exchanged token (wrong aud)', wrong.status === 401, wrong.status);
+  }
+  {
+    const r = await te(bob.access_token, { resource: PROFILE, scope: 'profile' });
+    const p = r.status === 200 ? decodeJwt(r.json.access_token) : {};
+    check('exchange: bob with scope=profile -> 200, sub=bob, scope profile', r.status === 200 && p.sub === 'bob' && p.aud === PROFILE && p.scope === 'profile' && r.json.scope === 'profile', { status: r.status, body: r.json?.error });
+    const a = await te(bob.access_token, { audience: PROFILE, requested_token_type: AT_TYPE });
+    check('exchange: `audience` instead of `resource` (and requested_token_type access_token) -> 200 aud=profile', a.status === 200 && decodeJwt(a.json.access_token).aud === PROFILE, { status: a.status, body: a.json });
+    const opaque = await rtReq({ refresh_token: alice.refresh_token });
+    const o = await te(opaque.json?.access_token, { resource: PROFILE });
+    check('exchange: an opaque (userinfo) access token of alice is a valid subject token -> sub alice', o.status === 200 && decodeJwt(o.json.access_token).sub === 'alice', { status: o.status, body: o.json });
+    const ended = await te(endedSessionToken, { resource: PROFILE });
+    check('exchange: an opaque access token of an ended session (logged out at the IdP) -> 400 invalid_grant', errorIs(ended, 400, 'invalid_grant'), ended.json);
+  }
+
+  // ---- token exchange: refused
+  {
+    const r = await te('not-a-token', { resource: PROFILE });
+    check('exchange: garbage subject_token -> 400 invalid_grant', errorIs(r, 400, 'invalid_grant'), r.json);
+    const tampered = `${alice.access_token.slice(0, -4)}AAAA`;
+    const r2 = await te(tampered, { resource: PROFILE });
+    check('exchange: subject_token with a tampered signature -> 400 invalid_grant', errorIs(r2, 400, 'invalid_grant'), r2.json);
+    const [h, p, sig] = alice.access_token.split('.');
+    const claims = JSON.parse(Buffer.from(p, 'base64url').toString());
+    const swapped = `${h}.${Buffer.from(JSON.stringify({ ...claims, sub: 'bob' })).toString('base64url')}.${sig}`;
+    const r3 = await te(swapped, { resource: PROFILE });
+    check('exchange: subject_token with a modified payload (sub) -> 400 invalid_grant', errorIs(r3, 400, 'invalid_grant'), r3.json);
+    const r4 = await te(alice.id_token, { resource: PROFILE });
+    check('exchange: an ID token as subject_token -> 400 invalid_grant', errorIs(r4, 400, 'invalid_grant'), r4.json);
+    const r5 = await te(alice.refresh_token, { resource: PROFILE });
+    check('exchange: a refresh token as subject_token -> 400 invalid_grant', errorIs(r5, 400, 'invalid_grant'), r5.json);
+  }
+  if (SPAWN) {
+    // tokens forged with the IdP's own signing key (from the spawned IdP's key file) and a foreign one
+    const keyFile = JSON.parse(fs.readFileSync(cfg.env.BFFGATE_IDP_KEYS, 'utf8'));
+    const jwk = keyFile.keys.find((k) => k.alg === 'ES256');
+    const ownKey = await importJWK(jwk, 'ES256');
+    const real = decodeJwt(alice.access_token);
+    const now = Math.floor(Date.now() / 1000);
+    const forge = (claims, key = ownKey, kid = jwk.kid) => new SignJWT({ ...real, jti: crypto.randomUUID(), ...claims })
+      .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid }).sign(key);
+    const control = await te(await forge({}), { resource: PROFILE });
+    check('exchange (forged with the IdP key, control): valid claims -> 200', control.status === 200, control.json);
+    const expired = await te(await forge({ iat: now - 600, exp: now - 300 }), { resource: PROFILE });
+    check('exchange: expired subject_token -> 400 invalid_grant (expired)', errorIs(expired, 400, 'invalid_grant') && /expired/.test(expired.json.error_description), expired.json);
+    const otherClient = await te(await forge({ client_id: 'some-other-client' }), { resource: PROFILE });
+    check('exchange: subject_token issued to another client -> 400 invalid_grant', errorIs(otherClient, 400, 'invalid_grant'), otherClient.json);
+    const gone = await te(await forge({ sub: 'mallory' }), { resource: PROFILE });
+    check('exchange: subject_token of an account that does not exist -> 400 invalid_grant', errorIs(gone, 400, 'invalid_grant'), gone.json);
+    const otherIss = await te(await forge({ iss: 'http://localhost:1' }), { resource: PROFILE });
+    check('exchange: subject_token with a foreign iss -> 400 invalid_grant', errorIs(otherIss, 400, 'invalid_grant'), otherIss.json);
+    const { privateKey } = await generateKeyPair('ES256');
+    const foreignSameKid = await te(await forge({}, privateKey), { resource: PROFILE });
+    check('exchange: subject_token signed by a foreign key (same kid) -> 400 invalid_grant', errorIs(foreignSameKid, 400, 'invalid_grant'), foreignSameKid.json);
+    const foreignKid = crypto.randomBytes(16).toString('base64url');
+    const foreign = await te(await forge({}, privateKey, foreignKid), { resource: PROFILE });
+    check('exchange: subject_token signed by a foreign key (unknown kid) -> 400 invalid_grant', errorIs(foreign, 400, 'invalid_grant'), foreign.json);
+    const foreignAud = await te(await forge({ aud: 'https://elsewhere.example' }), { resource: PROFILE });
+    check('exchange: subject_token for an audience this IdP does not serve -> 400 invalid_grant', errorIs(foreignAud, 400, 'invalid_grant'), foreignAud.json);
+  }
+  {
+    const unknown = await te(alice.access_token, { resource: 'https://unknown.api.local' });
+    check('exchange: unknown target -> 400 invalid_target', errorIs(unknown, 400, 'invalid_target'), unknown.json);
+    const notAllowed = await te(alice.access_token, { resource: ORDERS });
+    check('exchange: orders is not an allowed exchange target -> 400 invalid_target', errorIs(notAllowed, 400, 'invalid_target'), notAllowed.json);
+    const none = await te(alice.access_token, {});
+    check('exchange: no target -> 400 invalid_target', errorIs(none, 400, 'invalid_target'), none.json);
+    const two = await te(alice.access_token, { resource: [PROFILE, ORDERS] });
+    check('exchange: two targets -> 400 invalid_target', errorIs(two, 400, 'invalid_target'), two.json);
+    const beyond = await te(bob.access_token, { resource: PROFILE, scope: 'profile orders:write' });
+    check('exchange: bob asking for profile + orders:write at the profile target -> 400 invalid_scope, nothing granted', errorIs(beyond, 400, 'invalid_scope') && !beyond.json.access_token, beyond.json);
+    const oidc = await te(bob.access_token, { resource: PROFILE, scope: 'openid' });
+    check('exchange: scope the target does not define (openid) -> 400 invalid_scope', errorIs(oidc, 400, 'invalid_scope'), oidc.json);
+    const badType = await te(alice.access_token, { resource: PROFILE, subject_token_type: 'urn:ietf:params:oauth:token-type:id_token' });
+    check('exchange: unsupported subject_token_type -> 400 invalid_request', errorIs(badType, 400, 'invalid_request'), badType.json);
+    const noSubject = await te(undefined, { resource: PROFILE });
+    check('exchange: missing subject_token -> 400 invalid_request', errorIs(noSubject, 400, 'invalid_request'), noSubject.json);
+    const actor = await te(alice.access_token, { resource: PROFILE, actor_token: bob.access_token, actor_token_type: AT_TYPE });
+    check('exchange: actor_token (delegation) -> 400 invalid_request', errorIs(actor, 400, 'invalid_request'), actor.json);
+    const reqType = await te(alice.access_token, { resource: PROFILE, requested_token_type: 'urn:ietf:params:oauth:token-type:refresh_token' });
+    check('exchange: requested_token_type refresh_token -> 400 invalid_request', errorIs(reqType, 400, 'invalid_request'), reqType.json);
+    const badClient = await te(alice.access_token, { resource: PROFILE }, { headers: { authorization: `Basic ${Buffer.from('bffgate:wrong-secret').toString('base64')}` } });
+    check('exchange: wrong client secret -> 401 invalid_client', errorIs(badClient, 401, 'invalid_client'), badClient.json);
+  }
+
+  // ---- refresh_token grant: down-scoping with resource + scope
+  {
+    const r1 = await rtReq({ refresh_token: alice.refresh_token, resource: ORDERS, scope: 'orders:read' });
+    const p1 = r1.status === 200 ? decodeJwt(r1.json.access_token) : {};
+    check('refresh down-scoping: alice resource=orders scope=orders:read -> token with only orders:read', r1.status === 200 && p1.aud === ORDERS
+      && same(scopesOf(p1), ['orders:read']) && r1.json.scope === 'orders:read', { status: r1.status, scope: p1.scope, body: r1.json?.error });
+    if (r1.status === 200) {
+      const get = await req('GET', `${cfg.orders}/api/orders`, { headers: { authorization: `Bearer ${r1.json.access_token}` } });
+      const post = await req('POST', `${cfg.orders}/api/orders`, { headers: { authorization: `Bearer ${r1.json.access_token}` }, json: { item: 'x' } });
+      check('refresh down-scoping: the orders:read token may GET (200) but not POST (403 insufficient_scope)', get.status === 200 && post.status === 403 && post.json?.error === 'insufficient_scope', { get: get.status, post: post.status });
+    }
+    const r2 = await rtReq({ refresh_token: alice.refresh_token, resource: ORDERS, scope: 'orders:write' });
+    check('refresh down-scoping: scope=orders:write -> only orders:write', r2.status === 200 && same(scopesOf(decodeJwt(r2.json.access_token)), ['orders:write']), { status: r2.status, scope: r2.json?.scope });
+    const r3 = await rtReq({ refresh_token: alice.refresh_token, resource: ORDERS });
+    check('refresh down-scoping does not narrow the refresh token: no scope -> orders:read orders:write again', r3.status === 200 && same(scopesOf(decodeJwt(r3.json.access_token)), ['orders:read', 'orders:write']), { status: r3.status, scope: r3.json?.scope });
+    const r4 = await rtReq({ refresh_token: alice.refresh_token, resource: ORDERS, scope: 'openid orders:read' });
+    check('refresh down-scoping: OIDC scopes next to orders:read are dropped from the API token', r4.status === 200 && same(scopesOf(decodeJwt(r4.json.access_token)), ['orders:read']), { status: r4.status, scope: r4.json?.scope });
+    const r5 = await rtReq({ refresh_token: alice.refresh_token, resource: ORDERS, scope: 'profile' });
+    check('refresh down-scoping: scope of another resource (profile at orders) -> 400 invalid_scope', errorIs(r5, 400, 'invalid_scope'), r5.json);
+    const r6 = await rtReq({ refresh_token: alice.refresh_token, resource: ORDERS, scope: 'orders:delete' });
+    check('refresh down-scoping: scope never requested (orders:delete) -> 400 invalid_scope', errorIs(r6, 400, 'invalid_scope'), r6.json);
+    const r7 = await rtReq({ refresh_token: alice.refresh_token, resource: PROFILE, scope: 'profile' });
+    check('refresh down-scoping: resource=profile scope=profile -> profile', r7.status === 200 && decodeJwt(r7.json.access_token).aud === PROFILE && same(scopesOf(decodeJwt(r7.json.access_token)), ['profile']), { status: r7.status, scope: r7.json?.scope });
+    const b1 = await rtReq({ refresh_token: bob.refresh_token, resource: ORDERS, scope: 'orders:write' });
+    check('refresh down-scoping: bob asking for orders:write (not his) -> 400 invalid_scope', errorIs(b1, 400, 'invalid_scope'), b1.json);
+    const b2 = await rtReq({ refresh_token: bob.refresh_token, resource: ORDERS, scope: 'orders:read orders:write' });
+    check('refresh down-scoping: bob asking for orders:read orders:write -> 400 invalid_scope (orders:write was never granted to him)', errorIs(b2, 400, 'invalid_scope'), b2.json);
+    const b3 = await rtReq({ refresh_token: bob.refresh_token, resource: ORDERS, scope: 'orders:read' });
+    check('refresh down-scoping: bob scope=orders:read -> orders:read', b3.status === 200 && same(scopesOf(decodeJwt(b3.json.access_token)), ['orders:read']) && b3.json.scope === 'orders:read', { status: b3.status, scope: b3.json?.scope });
+  }
+
+  {
+    const s1 = await stats();
+    check('/__stats: token-exchange grants count exactly the successful exchanges', s1.grants[TOKEN_EXCHANGE] - s0.grants[TOKEN_EXCHANGE] === teGrants, { delta: s1.grants[TOKEN_EXCHANGE] - s0.grants[TOKEN_EXCHANGE], teGrants });
+    check('/__stats: token_requests count every token-exchange request (refused ones too)', s1.token_requests[TOKEN_EXCHANGE] - s0.token_requests[TOKEN_EXCHANGE] === teRequests, { delta: s1.token_requests[TOKEN_EXCHANGE] - s0.token_requests[TOKEN_EXCHANGE], teRequests });
+    check('/__stats: refresh_token grants and requests moved exactly by the down-scoping calls', s1.grants.refresh_token - s0.grants.refresh_token === rtGrants
+      && s1.token_requests.refresh_token - s0.token_requests.refresh_token === rtRequests, {
+      grants: s1.grants.refresh_token - s0.grants.refresh_token, rtGrants, requests: s1.token_requests.refresh_token - s0.token_requests.refresh_token, rtRequests,
+    });
+  }
+
+  // ---- counters stay exact under concurrency: 50 parallel refreshes, then 25 refreshes + 25 exchanges
+  {
+    const a0 = await stats();
+    const all = await Promise.all(Array.from({ length: 50 }, () => tokenRequest({ grant_type: 'refresh_token', refresh_token: bob.refresh_token, resource: PROFILE })));
+    const a1 = await stats();
+    check('50 parallel refreshes: all 200, grants.refresh_token and token_requests.refresh_token +50 exactly', all.every((r) => r.status === 200)
+      && a1.grants.refresh_token - a0.grants.refresh_token === 50 && a1.token_requests.refresh_token - a0.token_requests.refresh_token === 50,
+    { statuses: [...new Set(all.map((r) => r.status))], grants: a1.grants.refresh_token - a0.grants.refresh_token, requests: a1.token_requests.refresh_token - a0.token_requests.refresh_token });
+    const mixed = await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2
+      ? exchange(bob.access_token, { resource: PROFILE })
+      : tokenRequest({ grant_type: 'refresh_token', refresh_token: alice.refresh_token, resource: ORDERS }))));
+    const a2 = await stats();
+    check('25 refreshes + 25 exchanges in parallel: all 200, each grant type +25 exactly', mixed.every((r) => r.status === 200)
+      && a2.grants.refresh_token - a1.grants.refresh_token === 25 && a2.grants[TOKEN_EXCHANGE] - a1.grants[TOKEN_EXCHANGE] === 25
+      && a2.token_requests.refresh_token - a1.token_requests.refresh_token === 25 && a2.token_requests[TOKEN_EXCHANGE] - a1.token_requests[TOKEN_EXCHANGE] === 25,
+    { statuses: [...new Set(mixed.map((r) => r.status))], rt: a2.grants.refresh_token - a1.grants.refresh_token, te: a2.grants[TOKEN_EXCHANGE] - a1.grants[TOKEN_EXCHANGE] });
+  }
+
+  if (SPAWN) await faultChecks(alice, bob);
+}
+
+// /__fault changes the IdP for every client: only against our own spawned IdP
+async function faultChecks(alice, bob) {
+  const refresh = () => attempt('POST', `${cfg.issuer}/token`, {
+    headers: { authorization: basic(), accept: 'application/json' },
+    body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: alice.refresh_token, resource: ORDERS }),
+  });
+  const revoke = (token) => attempt('POST', `${cfg.issuer}/token/revocation`, {
+    headers: { authorization: basic() }, body: new URLSearchParams({ token, token_type_hint: 'refresh_token' }),
+  });
+  const isNone = (f) => f?.mode === 'none' && f.remaining === null;
+
+  {
+    const f = await getFault();
+    check('GET /__fault: no fault at start, shape {token, revocation, applied}', isNone(f?.token) && isNone(f.revocation) && f.applied?.token === 0 && f.applied.revocation === 0, f);
+    const plain = await req('POST', `${cfg.issuer}/__fault`, { headers: { 'content-type': 'text/plain' }, body: '{"endpoint":"token","mode":"error500"}' });
+    check('POST /__fault without a JSON content type -> 415', plain.status === 415, plain.status);
+    for (const [label, body] of [
+      ['unknown mode', { endpoint: 'token', mode: 'explode' }],
+      ['unknown endpoint', { endpoint: 'jwks', mode: 'error500' }],
+      ['unknown field', { endpoint: 'token', mode: 'error500', delay: 5 }],
+      ['negative delay_ms', { endpoint: 'token', mode: 'slow', delay_ms: -1 }],
+      ['count 0', { endpoint: 'token', mode: 'error500', count: 0 }],
+    ]) {
+      const r = await setFault(body);
+      check(`POST /__fault with ${label} -> 400 invalid_request`, r.status === 400 && r.json?.error === 'invalid_request', r.json);
+    }
+    const bad = await req('POST', `${cfg.issuer}/__fault`, { headers: { 'content-type': 'application/json' }, body: 'not json' });
+    check('POST /__fault with a non-JSON body -> 400', bad.status === 400, bad.status);
+    check('refused /__fault requests changed nothing', isNone((await getFault()).token));
+  }
+
+  const s0 = await stats();
+  let requests = 0;
+  let successes = 0;
+
+  // every mode once (count 1), seen from a client, then back to none by itself
+  {
+    const set = await setFault({ endpoint: 'token', mode: 'slow', delay_ms: 700, count: 1 });
+    check('POST /__fault slow -> 200 with the new state', set.status === 200 && set.json?.token?.mode === 'slow' && set.json.token.delay_ms === 700 && set.json.token.remaining === 1 && isNone(set.json.revocation), set.json);
+    const r = await refresh();
+    requests += 1;
+    if (r.status === 200) successes += 1;
+    check('fault slow: the token request answers normally (200 with a token) after >= delay_ms', r.status === 200 && r.json?.access_token && r.ms >= 650, { status: r.status, ms: r.ms, error: r.error });
+    check('fault slow with count 1: back to none afterwards', isNone((await getFault()).token));
+  }
+  {
+    await setFault({ endpoint: 'token', mode: 'error500', count: 1 });
+    const r = await refresh();
+    requests += 1;
+    check('fault error500: 500 with an HTML body', r.status === 500 && /^text\/html/.test(r.headers?.get('content-type') || '') && /<html/i.test(r.text) && r.json === null, { status: r.status, error: r.error });
+  }
+  {
+    await setFault({ endpoint: 'token', mode: 'garbage', count: 1 });
+    const r = await refresh();
+    requests += 1;
+    let parsed = true;
+    try { JSON.parse(r.text); } catch { parsed = false; }
+    check('fault garbage: 200 with a body that is not JSON', r.status === 200 && typeof r.text === 'string' && r.text.length > 0 && !parsed, { status: r.status, error: r.error });
+  }
+  {
+    await setFault({ endpoint: 'token', mode: 'reset', count: 1 });
+    const r = await refresh();
+    requests += 1;
+    check('fault reset: the connection is closed without an answer', r.error !== undefined && r.status === undefined, { status: r.status, error: r.error });
+  }
+  {
+    await setFault({ endpoint: 'token', mode: 'invalid_grant', count: 1 });
+    const r = await refresh();
+    requests += 1;
+    check('fault invalid_grant: 400 {"error":"invalid_grant"}', r.status === 400 && r.json?.error === 'invalid_grant' && /^application\/json/.test(r.headers.get('content-type')), { status: r.status, body: r.json });
+    const after = await refresh();
+    requests += 1;
+    if (after.status === 200) successes += 1;
+    check('after the count-1 faults: the next token request succeeds (the refresh token was never touched)', after.status === 200 && after.json?.access_token, { status: after.status, body: after.json?.error });
+  }
+  {
+    await setFault({ endpoint: 'token', mode: 'error500', count: 2 });
+    const rs = [];
+    for (let i = 0; i < 3; i += 1) rs.push(await refresh());
+    requests += 3;
+    successes += rs.filter((r) => r.status === 200).length;
+    check('fault count 2: exactly the next 2 token requests fail, the 3rd succeeds', rs[0].status === 500 && rs[1].status === 500 && rs[2].status === 200, rs.map((r) => r.status ?? r.error));
+  }
+  {
+    await setFault({ endpoint: 'token', mode: 'invalid_grant' });
+    const f = await getFault();
+    check('fault without count: remaining null (until changed)', f.token.mode === 'invalid_grant' && f.token.remaining === null, f.token);
+    const rs = [await refresh(), await refresh()];
+    requests += 2;
+    check('fault without count: stays on (2 requests refused)', rs.every((r) => r.status === 400 && r.json?.error === 'invalid_grant'), rs.map((r) => r.status));
+    const ex = await exchange(bob.access_token, { resource: PROFILE });
+    check('fault on token also hits token exchange', ex.status === 400 && ex.json?.error === 'invalid_grant' && ex.json.error_description === undefined, ex.json);
+    const cleared = await setFault({ endpoint: 'token', mode: 'none' });
+    check('POST /__fault mode none clears it', cleared.status === 200 && isNone(cleared.json?.token), cleared.json);
+    const r = await refresh();
+    requests += 1;
+    if (r.status === 200) successes += 1;
+    check('after clearing: token requests succeed again', r.status === 200, r.status);
+  }
+  {
+    await setFault({ endpoint: 'token', mode: 'error500', delay_ms: 400, count: 1 });
+    const r = await refresh();
+    requests += 1;
+    check('fault error500 with delay_ms: 500 after >= delay_ms', r.status === 500 && r.ms >= 350, { status: r.status, ms: r.ms });
+  }
+  {
+    const s1 = await stats();
+    check('faulted token requests are counted in token_requests, not in grants (slow counts as a normal grant)', s1.token_requests.refresh_token - s0.token_requests.refresh_token === requests
+      && s1.grants.refresh_token - s0.grants.refresh_token === successes, {
+      requests: s1.token_requests.refresh_token - s0.token_requests.refresh_token, expected: requests, grants: s1.grants.refresh_token - s0.grants.refresh_token, successes,
+    });
+  }
+
+  // revocation endpoint faults; /token unaffected by them
+  {
+    const r0 = await stats();
+    await setFault({ endpoint: 'revocation', mode: 'invalid_grant' });
+    const rv = await revoke(bob.refresh_token);
+    check('fault on revocation: POST /token/revocation -> 400 invalid_grant', rv.status === 400 && rv.json?.error === 'invalid_grant', { status: rv.status, error: rv.error });
+    const tok = await refresh();
+    check('fault on revocation only: /token still answers 200', tok.status === 200, tok.status);
+    await setFault({ endpoint: 'revocation', mode: 'error500', count: 1 });
+    const rv2 = await revoke(bob.refresh_token);
+    check('fault error500 on revocation: 500', rv2.status === 500, rv2.status ?? rv2.error);
+    const bobOk = await tokenRequest({ grant_type: 'refresh_token', refresh_token: bob.refresh_token, resource: PROFILE });
+    check("faulted revocations did not revoke bob's refresh token", bobOk.status === 200, bobOk.status);
+    const r1 = await stats();
+    check('faulted revocations: revocation_requests +2, revocations +0', r1.revocation_requests - r0.revocation_requests === 2 && r1.revocations === r0.revocations,
+      { requests: r1.revocation_requests - r0.revocation_requests, revocations: r1.revocations - r0.revocations });
+    await setFault({ endpoint: 'revocation', mode: 'none' });
+  }
+
+  // endpoint "all": both endpoints reset the connection; everything else is unaffected
+  {
+    const set = await setFault({ endpoint: 'all', mode: 'reset' });
+    check('POST /__fault endpoint all -> both endpoints set', set.json?.token?.mode === 'reset' && set.json.revocation.mode === 'reset', set.json);
+    const tok = await refresh();
+    const rv = await revoke(bob.refresh_token);
+    check('fault all/reset: /token and /token/revocation both close the connection', tok.error !== undefined && rv.error !== undefined, { token: tok.status ?? tok.error, revocation: rv.status ?? rv.error });
+    const jwksR = await attempt('GET', `${cfg.issuer}/jwks`);
+    const disco = await attempt('GET', `${cfg.issuer}/.well-known/openid-configuration`);
+    const intro = await attempt('POST', `${cfg.issuer}/token/introspection`, { headers: { authorization: basic() }, body: new URLSearchParams({ token: bob.refresh_token }) });
+    const jar = new Jar();
+    const auth = await attempt('GET', authorizeUrl({ state: 'state-0123456789', nonce: 'nonce-0123456789', challenge: crypto.randomBytes(32).toString('base64url') }), { jar });
+    const loginPage = auth.location ? await attempt('GET', new URL(auth.location, cfg.issuer).href, { jar }) : {};
+    const getToken = await attempt('GET', `${cfg.issuer}/token`);
+    check('fault all: jwks, discovery, introspection, /auth + login page and a GET on /token are unaffected', jwksR.status === 200 && disco.status === 200 && intro.status === 200 && intro.json?.active === true
+      && auth.status === 303 && loginPage.status === 200 && formOf(loginPage.text).hasPassword && getToken.status === 404,
+    { jwks: jwksR.status, disco: disco.status, intro: intro.status, auth: auth.status, login: loginPage.status ?? loginPage.error, getToken: getToken.status ?? getToken.error });
+    const f = await getFault();
+    check('GET /__fault: applied counts the faulted requests per endpoint', f.applied.token === 12 && f.applied.revocation === 3, f.applied);
+    const reset = await req('POST', `${cfg.issuer}/__reset`);
+    const after = await getFault();
+    check('POST /__reset clears the faults and their counts', reset.status === 200 && isNone(after.token) && isNone(after.revocation) && after.applied.token === 0 && after.applied.revocation === 0, after);
+    const s = await stats();
+    check('POST /__reset zeroes /__stats (all grant types present)', Object.values(s.grants).every((n) => n === 0) && s.revocations === 0 && s.token_requests[TOKEN_EXCHANGE] === 0, s);
+    const tok2 = await refresh();
+    const rv2 = await revoke(alice.refresh_token);
+    check('after /__reset: /token and /token/revocation answer normally', tok2.status === 200 && rv2.status === 200, { token: tok2.status ?? tok2.error, revocation: rv2.status ?? rv2.error });
+  }
+
+  // count-limited fault under concurrency: exactly `count` requests are faulted
+  {
+    const s1 = await stats();
+    await setFault({ endpoint: 'token', mode: 'error500', count: 10 });
+    const rs = await Promise.all(Array.from({ length: 30 }, () => tokenRequest({ grant_type: 'refresh_token', refresh_token: bob.refresh_token, resource: PROFILE })));
+    const s2 = await stats();
+    const by = (code) => rs.filter((r) => r.status === code).length;
+    check('30 parallel refreshes with error500 count 10: exactly 10 x 500 and 20 x 200; counters exact', by(500) === 10 && by(200) === 20
+      && s2.token_requests.refresh_token - s1.token_requests.refresh_token === 30 && s2.grants.refresh_token - s1.grants.refresh_token === 20
+      && isNone((await getFault()).token), { s500: by(500), s200: by(200), requests: s2.token_requests.refresh_token - s1.token_requests.refresh_token, grants: s2.grants.refresh_token - s1.grants.refresh_token });
+  }
 }
 
 async function restartChecks(oldAccessToken, oldKeys) {
   // keys survive an IdP restart; refresh-token rotation when BFFGATE_ROTATE_REFRESH=1
   const r = await stopProcess(cfg.idp);
   check('IdP exits 0 on SIGTERM', r.code === 0, r);
-  cfg.idp = startProcess('idp', 'idp.mjs', { ...cfg.env, BFFGATE_ROTATE_REFRESH: '1' }, path.join(cfg.dir, 'idp.log'));
+  cfg.idp = startProcess('idp', 'idp.mjs', { ...cfg.env, BFFGATE_ROTATE_REFRESH: '1', BFFGATE_EXCHANGE_TARGETS: `${PROFILE}, ${ORDERS}` }, path.join(cfg.dir, 'idp.log'));
   must('IdP restarted', await waitFor(`${cfg.issuer}/.well-known/openid-configuration`));
   const keys = await jwks();
   check('IdP restart reuses the persisted keys (same kids)', same(new Set(keys.keys.map((k) => k.kid)), oldKeys.keys.map((k) => k.kid)));
@@ -606,16 +1010,38 @@ async function restartChecks(oldAccessToken, oldKeys) {
   const t3 = await tokenRequest({ grant_type: 'refresh_token', refresh_token: rt0, resource: PROFILE });
   check('rotation on: reusing the old refresh token -> invalid_grant', t3.status === 400 && t3.json?.error === 'invalid_grant', t3.json);
 
+  // BFFGATE_EXCHANGE_TARGETS=profile,orders: exchange to orders, limited to what the user holds
+  const exchanged = [];
+  {
+    const bob = await codeTokens('bob');
+    const partial = await exchange(bob.access_token, { resource: ORDERS, scope: 'orders:read orders:write' });
+    const pp = partial.status === 200 ? decodeJwt(partial.json.access_token) : {};
+    check('exchange to orders (allowed by BFFGATE_EXCHANGE_TARGETS): bob asking orders:read orders:write gets only orders:read', partial.status === 200
+      && pp.aud === ORDERS && pp.sub === 'bob' && same(scopesOf(pp), ['orders:read']) && partial.json.scope === 'orders:read', { status: partial.status, body: partial.json?.error, scope: pp.scope });
+    const beyond = await exchange(bob.access_token, { resource: ORDERS, scope: 'orders:write' });
+    check('exchange to orders: bob asking only orders:write (not his) -> 400 invalid_scope, no token', errorIs(beyond, 400, 'invalid_scope') && !beyond.json.access_token, beyond.json);
+    const dflt = await exchange(bob.access_token, { resource: ORDERS });
+    check('exchange to orders without scope: bob gets what he holds (orders:read)', dflt.status === 200 && same(scopesOf(decodeJwt(dflt.json.access_token)), ['orders:read']), { status: dflt.status, scope: dflt.json?.scope });
+    const aliceEx = await exchange(t.json.access_token, { resource: ORDERS });
+    exchanged.push(bob.access_token, partial.json?.access_token, dflt.json?.access_token, aliceEx.json?.access_token);
+    check('exchange to orders without scope: alice gets orders:read orders:write', aliceEx.status === 200 && same(scopesOf(decodeJwt(aliceEx.json.access_token)), ['orders:read', 'orders:write']), { status: aliceEx.status, scope: aliceEx.json?.scope });
+  }
+
   const noSecret = startProcess('idp-nosecret', 'idp.mjs', { ...cfg.env, BFFGATE_CLIENT_SECRET: '', BFFGATE_IDP_PORT: String(Number(new URL(cfg.issuer).port) + 50) }, path.join(cfg.dir, 'idp-nosecret.log'));
   const res = await Promise.race([noSecret.exited, new Promise((x) => setTimeout(() => x(null), 5000))]);
   const log = fs.readFileSync(path.join(cfg.dir, 'idp-nosecret.log'), 'utf8');
   check('IdP refuses to start without BFFGATE_CLIENT_SECRET, with a clear message', res && res.code !== 0 && /BFFGATE_CLIENT_SECRET/.test(log), { res, log: log.slice(0, 200) });
   if (!res) await stopProcess(noSecret);
+  const badTarget = startProcess('idp-badtarget', 'idp.mjs', { ...cfg.env, BFFGATE_EXCHANGE_TARGETS: 'https://unknown.api.local', BFFGATE_IDP_PORT: String(Number(new URL(cfg.issuer).port) + 51) }, path.join(cfg.dir, 'idp-badtarget.log'));
+  const res2 = await Promise.race([badTarget.exited, new Promise((x) => setTimeout(() => x(null), 5000))]);
+  const log2 = fs.readFileSync(path.join(cfg.dir, 'idp-badtarget.log'), 'utf8');
+  check('IdP refuses to start with an unknown BFFGATE_EXCHANGE_TARGETS entry', res2 && res2.code !== 0 && /BFFGATE_EXCHANGE_TARGETS/.test(log2), { res2, log: log2.slice(0, 200) });
+  if (!res2) await stopProcess(badTarget);
 
   const idpLog = fs.readFileSync(path.join(cfg.dir, 'idp.log'), 'utf8');
   const apiLog = fs.readFileSync(path.join(cfg.dir, 'api.log'), 'utf8');
-  const secrets = [cfg.secret, oldAccessToken, rt0, t2.json?.refresh_token, a.code, a.verifier].filter(Boolean);
-  check('no secret, token, code or verifier in the IdP or API logs', secrets.every((s) => !idpLog.includes(s) && !apiLog.includes(s)));
+  const secrets = [cfg.secret, oldAccessToken, rt0, t2.json?.refresh_token, a.code, a.verifier, ...exchanged].filter(Boolean);
+  check('no secret, token (exchanged ones too), code or verifier in the IdP or API logs', secrets.every((s) => !idpLog.includes(s) && !apiLog.includes(s)));
 }
 
 const timer = setTimeout(() => {

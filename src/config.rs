@@ -87,6 +87,10 @@ pub struct RawProvider {
     /// Callout timeout in milliseconds.
     #[serde(default = "d_timeout_ms")]
     pub timeout_ms: u64,
+    /// Timeout of each revocation callout at logout: the user never waits longer than this per
+    /// token on a slow provider (the session is already gone locally).
+    #[serde(default = "d_revocation_timeout_ms")]
+    pub revocation_timeout_ms: u64,
 }
 
 /// Client authentication at the token endpoint.
@@ -122,6 +126,11 @@ pub struct RawClient {
     /// Where the provider sends the browser after RP-initiated logout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_logout_redirect_uri: Option<String>,
+    /// Put the ID token into `end_session_url` as `id_token_hint`. Off by default: it hands
+    /// the ID token to the browser, which bffgate otherwise never does; `client_id` identifies
+    /// the client to the provider instead (OIDC RP-Initiated Logout 1.0, section 2).
+    #[serde(default)]
+    pub logout_id_token_hint: bool,
 }
 
 /// Cookie settings.
@@ -215,6 +224,8 @@ pub enum Acquire {
     Login,
     /// A refresh-token grant with `resource` (RFC 8707).
     Refresh,
+    /// An RFC 8693 token exchange of the login audience's access token for this audience.
+    Exchange,
 }
 
 /// An audience.
@@ -223,6 +234,10 @@ pub enum Acquire {
 pub struct RawAudience {
     /// How its token is obtained.
     pub acquire: Acquire,
+    /// Scopes asked for when renewing or exchanging (down-scoping); default: whatever the
+    /// provider grants for the resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 fn d_auth_prefix() -> String {
@@ -230,6 +245,9 @@ fn d_auth_prefix() -> String {
 }
 fn d_timeout_ms() -> u64 {
     5000
+}
+fn d_revocation_timeout_ms() -> u64 {
+    1000
 }
 fn d_client_secret_env() -> String {
     "BFFGATE_CLIENT_SECRET".into()
@@ -299,6 +317,8 @@ pub struct Provider {
     pub authority: String,
     /// Callout timeout.
     pub timeout_ms: u64,
+    /// Revocation callout timeout.
+    pub revocation_timeout_ms: u64,
 }
 
 /// OAuth client, compiled.
@@ -318,6 +338,8 @@ pub struct Client {
     pub extra_authorize_params: Vec<(String, String)>,
     /// Post-logout redirect.
     pub post_logout_redirect_uri: Option<String>,
+    /// Whether `end_session_url` carries `id_token_hint`.
+    pub logout_id_token_hint: bool,
 }
 
 /// Cookies, compiled.
@@ -340,6 +362,8 @@ pub struct Audience {
     pub id: String,
     /// How its token is obtained.
     pub acquire: Acquire,
+    /// Space-joined `scope` parameter for renewals and exchanges, if configured.
+    pub scope: Option<String>,
 }
 
 /// The validated configuration the filter runs on.
@@ -487,6 +511,12 @@ impl Config {
         }
         if pr.timeout_ms == 0 || pr.timeout_ms > 60_000 {
             return Err(err("provider.timeout_ms", "must be between 1 and 60000"));
+        }
+        if pr.revocation_timeout_ms == 0 || pr.revocation_timeout_ms > pr.timeout_ms {
+            return Err(err(
+                "provider.revocation_timeout_ms",
+                "must be between 1 and provider.timeout_ms",
+            ));
         }
         let authority = pr.authority.clone().unwrap_or(token_authority);
         if authority.is_empty() {
@@ -653,9 +683,24 @@ impl Config {
                 }
                 login_audience = Some(id.clone());
             }
+            let scope = match &a.scopes {
+                None => None,
+                Some(v) => {
+                    for (i, sc) in v.iter().enumerate() {
+                        if sc.is_empty() || sc.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+                            return Err(err(
+                                format!("audiences.{id}.scopes[{i}]"),
+                                "not a scope token",
+                            ));
+                        }
+                    }
+                    Some(v.join(" "))
+                }
+            };
             audiences.push(Audience {
                 id: id.clone(),
                 acquire: a.acquire,
+                scope,
             });
         }
         let login_audience = login_audience
@@ -766,6 +811,7 @@ impl Config {
                 cluster: pr.cluster.clone(),
                 authority,
                 timeout_ms: pr.timeout_ms,
+                revocation_timeout_ms: pr.revocation_timeout_ms,
             },
             client: Client {
                 client_id: c.client_id.clone(),
@@ -775,6 +821,7 @@ impl Config {
                 scope: c.scopes.join(" "),
                 extra_authorize_params: extra,
                 post_logout_redirect_uri: c.post_logout_redirect_uri.clone(),
+                logout_id_token_hint: c.logout_id_token_hint,
             },
             cookie: CookieConfig {
                 name: ck.name.clone(),

@@ -37,6 +37,8 @@ pub struct Request {
     pub sec_fetch_site: Option<String>,
     /// `sec-fetch-mode`.
     pub sec_fetch_mode: Option<String>,
+    /// `sec-fetch-dest`.
+    pub sec_fetch_dest: Option<String>,
     /// `accept`.
     pub accept: Option<String>,
 }
@@ -83,6 +85,12 @@ pub enum Step {
         /// The continuation.
         then: Box<Pending>,
     },
+    /// Pause until another request finishes renewing this session's token; the shell polls
+    /// [`Engine::on_wake`] (on its timer) until it returns a step.
+    Wait {
+        /// The continuation.
+        then: Box<Pending>,
+    },
 }
 
 /// A paused request waiting for a callout.
@@ -97,21 +105,58 @@ pub enum Pending {
         /// Session presented at callback, dropped on success (no fixation).
         old_session: Option<SessionId>,
     },
-    /// A protected request waiting for its audience's token.
-    AudienceToken {
-        /// The session.
-        sid: SessionId,
-        /// The audience.
-        audience: String,
-        /// The route (policy name).
-        route: String,
-        /// Whether the request would be redirected to login if unauthenticated.
-        navigation: bool,
-        /// The path, for `return_to`.
-        path: String,
-        /// Cookie edit for the forward.
-        cookie: CookieEdit,
+    /// A protected request whose token for its audience is being obtained (this request holds
+    /// the session's refresh lock).
+    Token {
+        /// The request to resume.
+        resume: Resume,
+        /// Which call is in flight.
+        call: TokenCall,
     },
+    /// A protected request waiting for another request's renewal (it does not hold the lock).
+    AwaitToken {
+        /// The request to resume.
+        resume: Resume,
+        /// Unix seconds when it started waiting.
+        since: u64,
+        /// Unix seconds when it gives up with 503.
+        deadline: u64,
+    },
+    /// `/auth/logout` revoking the session's tokens before it answers.
+    Logout {
+        /// The reply to send once revocation is done (or timed out).
+        reply: Reply,
+        /// Tokens still to revoke, with their `token_type_hint`.
+        remaining: Vec<(Secret, &'static str)>,
+    },
+}
+
+/// A protected request paused for its token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    /// The session.
+    pub sid: SessionId,
+    /// The audience.
+    pub audience: String,
+    /// The route (policy name).
+    pub route: String,
+    /// Whether an unauthenticated outcome is a redirect to login.
+    pub navigation: bool,
+    /// The path, for `return_to`.
+    pub path: String,
+    /// Cookie edit for the forward.
+    pub cookie: CookieEdit,
+}
+
+/// The token-endpoint call made for a [`Resume`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCall {
+    /// Refresh-token grant for the resume's audience.
+    Refresh,
+    /// Refresh of the login audience, to be followed by an exchange for the resume's audience.
+    RefreshForExchange,
+    /// RFC 8693 exchange for the resume's audience.
+    Exchange,
 }
 
 /// Outcome of a callout, as the shell saw it.
@@ -421,14 +466,21 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// A navigation is decided from Fetch Metadata first (`Sec-Fetch-Mode`, then
+    /// `Sec-Fetch-Dest`), and from `Accept` only for clients that send neither.
     fn is_navigation(req: &Request) -> bool {
-        match req.sec_fetch_mode.as_deref().map(str::trim) {
-            Some(m) => m.eq_ignore_ascii_case("navigate"),
-            None => req
-                .accept
-                .as_deref()
-                .is_some_and(|a| a.to_ascii_lowercase().contains("text/html")),
+        if let Some(m) = req.sec_fetch_mode.as_deref().map(str::trim) {
+            return m.eq_ignore_ascii_case("navigate");
         }
+        if let Some(d) = req.sec_fetch_dest.as_deref().map(str::trim) {
+            return matches!(
+                d.to_ascii_lowercase().as_str(),
+                "document" | "iframe" | "frame" | "embed" | "object"
+            );
+        }
+        req.accept
+            .as_deref()
+            .is_some_and(|a| a.to_ascii_lowercase().contains("text/html"))
     }
 
     fn wants_redirect(req: &Request, mode: UnauthMode) -> bool {
@@ -505,28 +557,183 @@ impl<'a> Engine<'a> {
             self.touch(&id, &session, cas);
             return self.authorize(policy, &id, &session.claims, &scope, token, cookie);
         }
-        // No fresh token for this audience: get one with the refresh token.
-        let Some(rt) = session.refresh_token.as_ref() else {
-            // Nothing can renew the session's access: it is over.
-            let _ = self.store.delete_session(&id);
-            self.note(format!(
-                "session ended reason=no_refresh_token session={}",
-                id.handle()
-            ));
-            return Step::Respond(self.unauthenticated(navigation, &req.path, true));
+        let resume = Resume {
+            sid: id,
+            audience,
+            route: policy.route.clone(),
+            navigation,
+            path: req.path.clone(),
+            cookie,
         };
-        let request = oauth::refresh_request(self.cfg, rt.expose(), &audience);
-        Step::Call {
-            request,
-            then: Box::new(Pending::AudienceToken {
-                sid: id,
-                audience,
-                route: policy.route.clone(),
-                navigation,
-                path: req.path.clone(),
-                cookie,
-            }),
+        self.obtain(resume, None)
+    }
+
+    /// Gets a token for `r.audience`: uses a fresh one, waits for a renewal in progress, or
+    /// takes the session's refresh lock and calls the provider.
+    fn obtain(&mut self, r: Resume, waited_since: Option<u64>) -> Step {
+        let Some(policy) = self.cfg.routes.get(&r.route).cloned() else {
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "no policy for this route",
+            ));
+        };
+        for _ in 0..CAS_RETRIES {
+            let Some((mut s, cas)) = self.store.get_session(&r.sid) else {
+                return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
+            };
+            if s.liveness(self.now, self.cfg.session.idle_timeout_s) != Liveness::Live {
+                let _ = self.store.delete_session(&r.sid);
+                return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
+            }
+            if let Some(t) = s.token_for(&r.audience, self.now, self.cfg.session.refresh_skew_s) {
+                let (token, scope) = (t.token.clone(), t.scope.clone());
+                return self.authorize(&policy, &r.sid, &s.claims, &scope, token, r.cookie);
+            }
+            if s.refresh_locked(self.now) {
+                // Someone else is renewing. A token that has not expired yet is still good.
+                if let Some(t) = s.token_for(&r.audience, self.now, 0) {
+                    let (token, scope) = (t.token.clone(), t.scope.clone());
+                    return self.authorize(&policy, &r.sid, &s.claims, &scope, token, r.cookie);
+                }
+                let deadline = self.now.saturating_add(self.lock_ttl());
+                return Step::Wait {
+                    then: Box::new(Pending::AwaitToken {
+                        resume: r,
+                        since: waited_since.unwrap_or(self.now),
+                        deadline,
+                    }),
+                };
+            }
+            if let Some(since) = waited_since {
+                if s.refresh_failed_at != 0 && s.refresh_failed_at >= since {
+                    // The renewal we waited for failed: the provider is unwell; fail fast.
+                    return self.transient_failure(&policy, &r);
+                }
+            }
+            // Decide the call before taking the lock.
+            let acquire = self
+                .cfg
+                .audiences
+                .iter()
+                .find(|a| a.id == r.audience)
+                .map_or(Acquire::Refresh, |a| a.acquire);
+            let call = match acquire {
+                Acquire::Exchange => {
+                    if s.token_for(
+                        &self.cfg.login_audience,
+                        self.now,
+                        self.cfg.session.refresh_skew_s,
+                    )
+                    .is_some()
+                    {
+                        TokenCall::Exchange
+                    } else {
+                        TokenCall::RefreshForExchange
+                    }
+                }
+                _ => TokenCall::Refresh,
+            };
+            let request = match call {
+                TokenCall::Exchange => s
+                    .token_for(&self.cfg.login_audience, self.now, 0)
+                    .map(|t| oauth::exchange_request(self.cfg, t.token.expose(), &r.audience)),
+                TokenCall::Refresh => s
+                    .refresh_token
+                    .as_ref()
+                    .map(|rt| oauth::refresh_request(self.cfg, rt.expose(), &r.audience)),
+                TokenCall::RefreshForExchange => s.refresh_token.as_ref().map(|rt| {
+                    oauth::refresh_request(self.cfg, rt.expose(), &self.cfg.login_audience)
+                }),
+            };
+            let Some(request) = request else {
+                // Nothing can renew this session's access: it is over.
+                let _ = self.store.delete_session(&r.sid);
+                self.note(format!(
+                    "session ended reason=no_refresh_token session={}",
+                    r.sid.handle()
+                ));
+                return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
+            };
+            s.refreshing_until = self.now.saturating_add(self.lock_ttl());
+            match self.store.put_session(&r.sid, &s, Some(cas)) {
+                Ok(()) => {
+                    return Step::Call {
+                        request,
+                        then: Box::new(Pending::Token { resume: r, call }),
+                    }
+                }
+                Err(StoreError::CasMismatch) => continue,
+                Err(_) => break,
+            }
         }
+        Step::Respond(error_reply(
+            503,
+            ErrorCode::IdpUnavailable,
+            "session store busy; try again",
+        ))
+    }
+
+    /// How long a refresh lock (and a wait for it) lasts: the callout timeout, rounded up, plus
+    /// a margin for the store write.
+    fn lock_ttl(&self) -> u64 {
+        self.cfg
+            .provider
+            .timeout_ms
+            .div_ceil(1000)
+            .saturating_add(2)
+    }
+
+    /// The provider could not renew: use a token that is still valid, else 503.
+    fn transient_failure(&mut self, policy: &Policy, r: &Resume) -> Step {
+        if let Some((s, _)) = self.store.get_session(&r.sid) {
+            if let Some(t) = s.token_for(&r.audience, self.now, 0) {
+                let (token, scope) = (t.token.clone(), t.scope.clone());
+                return self.authorize(policy, &r.sid, &s.claims, &scope, token, r.cookie.clone());
+            }
+        }
+        Step::Respond(error_reply(
+            503,
+            ErrorCode::IdpUnavailable,
+            "the identity provider is unavailable; try again",
+        ))
+    }
+
+    /// Polled by the shell for a request in [`Step::Wait`]: `None` while the renewal it waits
+    /// for is still in progress.
+    pub fn on_wake(&mut self, pending: &Pending) -> Option<Step> {
+        let Pending::AwaitToken {
+            resume,
+            since,
+            deadline,
+        } = pending
+        else {
+            return Some(Step::Respond(error_reply(
+                500,
+                ErrorCode::IdpUnavailable,
+                "internal: not a waiting request",
+            )));
+        };
+        if let Some((s, _)) = self.store.get_session(&resume.sid) {
+            let fresh = s
+                .token_for(&resume.audience, self.now, self.cfg.session.refresh_skew_s)
+                .is_some();
+            if !fresh && s.refresh_locked(self.now) && self.now < *deadline {
+                return None;
+            }
+        }
+        if self.now >= *deadline {
+            self.note(format!(
+                "refresh failed reason=wait_timeout session={}",
+                resume.sid.handle()
+            ));
+            return Some(Step::Respond(error_reply(
+                503,
+                ErrorCode::IdpUnavailable,
+                "the identity provider is slow; try again",
+            )));
+        }
+        Some(self.obtain(resume.clone(), Some(*since)))
     }
 
     fn authorize(
@@ -574,7 +781,7 @@ impl<'a> Engine<'a> {
                 Err(reply) => reply,
             },
             "/user" if m == "GET" || m == "HEAD" => self.user(req),
-            "/logout" if m == "POST" => self.logout(req),
+            "/logout" if m == "POST" => return self.logout(req),
             "/login" | "/callback" | "/user" | "/logout" => {
                 let mut r = error_reply(405, ErrorCode::InvalidRequest, "method not allowed");
                 let allow = if rest == "/logout" {
@@ -787,26 +994,43 @@ impl Engine<'_> {
         }
     }
 
-    fn logout(&mut self, req: &Request) -> Reply {
+    fn logout(&mut self, req: &Request) -> Step {
         if !self.csrf_ok(req, CsrfMode::AllMethods, &[]) {
             self.note("denied reason=csrf route=logout".into());
-            return error_reply(
+            return Step::Respond(error_reply(
                 403,
                 ErrorCode::Csrf,
                 "cross-site request or missing CSRF header",
-            );
+            ));
         }
-        if let SessionLookup::Live(id, _s, _) = self.lookup_session(req) {
+        let mut revoke: Vec<(Secret, &'static str)> = Vec::new();
+        let mut id_token = None;
+        if let SessionLookup::Live(id, s, _) = self.lookup_session(req) {
+            // Gone locally first (every worker sees it at once); revocation follows.
             let _ = self.store.delete_session(&id);
             self.note(format!(
                 "session ended reason=logout session={}",
                 id.handle()
             ));
+            if let Some(rt) = &s.refresh_token {
+                revoke.push((rt.clone(), "refresh_token"));
+            }
+            for t in &s.tokens {
+                if t.exp > self.now {
+                    revoke.push((t.token.clone(), "access_token"));
+                }
+            }
+            id_token = s.id_token.clone();
         }
         let mut body = json!({"logged_out": true});
         if let Some(es) = &self.cfg.provider.end_session_endpoint {
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("client_id", &self.cfg.client.client_id);
+            if self.cfg.client.logout_id_token_hint {
+                if let Some(it) = &id_token {
+                    q.append_pair("id_token_hint", it.expose());
+                }
+            }
             if let Some(p) = &self.cfg.client.post_logout_redirect_uri {
                 q.append_pair("post_logout_redirect_uri", p);
             }
@@ -817,7 +1041,8 @@ impl Engine<'_> {
                 );
             }
         }
-        with_cookie(json_reply(200, body), self.clear_session_cookie())
+        let reply = with_cookie(json_reply(200, body), self.clear_session_cookie());
+        self.next_revocation(reply, revoke)
     }
 
     // ----- callouts -----
@@ -830,15 +1055,13 @@ impl Engine<'_> {
                 flow_cookie,
                 old_session,
             } => Step::Respond(self.finish_login(login, &flow_cookie, old_session, result)),
-            Pending::AudienceToken {
-                sid,
-                audience,
-                route,
-                navigation,
-                path,
-                cookie,
-            } => self
-                .finish_audience_token(sid, &audience, &route, navigation, &path, cookie, result),
+            Pending::Token { resume, call } => self.finish_token(resume, call, result),
+            Pending::Logout { reply, remaining } => self.next_revocation(reply, remaining),
+            Pending::AwaitToken { .. } => Step::Respond(error_reply(
+                500,
+                ErrorCode::IdpUnavailable,
+                "internal: unexpected callout",
+            )),
         }
     }
 
@@ -931,6 +1154,8 @@ impl Engine<'_> {
                 exp: self.now.saturating_add(tokens.expires_in),
                 scope,
             }],
+            refreshing_until: 0,
+            refresh_failed_at: 0,
         };
         let id = SessionId::generate(self.rng);
         if self.store.put_session(&id, &session, None).is_err() {
@@ -960,18 +1185,26 @@ impl Engine<'_> {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish_audience_token(
-        &mut self,
-        sid: SessionId,
-        audience: &str,
-        route: &str,
-        navigation: bool,
-        path: &str,
-        cookie: CookieEdit,
-        result: CallResult,
-    ) -> Step {
-        let Some(policy) = self.cfg.routes.get(route).cloned() else {
+    /// Releases the refresh lock, recording a transient failure if `failed`.
+    fn release_lock(&mut self, sid: &SessionId, failed: bool) {
+        for _ in 0..CAS_RETRIES {
+            let Some((mut s, cas)) = self.store.get_session(sid) else {
+                return;
+            };
+            s.refreshing_until = 0;
+            if failed {
+                s.refresh_failed_at = self.now;
+            }
+            match self.store.put_session(sid, &s, Some(cas)) {
+                Err(StoreError::CasMismatch) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    fn finish_token(&mut self, r: Resume, call: TokenCall, result: CallResult) -> Step {
+        let Some(policy) = self.cfg.routes.get(&r.route).cloned() else {
+            self.release_lock(&r.sid, false);
             return Step::Respond(error_reply(
                 403,
                 ErrorCode::Forbidden,
@@ -986,31 +1219,35 @@ impl Engine<'_> {
         };
         let tokens = match parsed {
             Ok(t) => t,
+            Err(e) if e.is_terminal() && call == TokenCall::Exchange => {
+                // The exchange was refused (policy at the provider): the session itself is fine.
+                self.release_lock(&r.sid, false);
+                self.note(format!(
+                    "denied reason=exchange_refused route={} session={}",
+                    r.route,
+                    r.sid.handle()
+                ));
+                return Step::Respond(error_reply(
+                    403,
+                    ErrorCode::Forbidden,
+                    "the identity provider refused a token for this audience",
+                ));
+            }
             Err(e) if e.is_terminal() => {
-                let _ = self.store.delete_session(&sid);
+                let _ = self.store.delete_session(&r.sid);
                 self.note(format!(
                     "session ended reason=refresh_rejected session={}",
-                    sid.handle()
+                    r.sid.handle()
                 ));
-                return Step::Respond(self.unauthenticated(navigation, path, true));
+                return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
             }
             Err(_) => {
+                self.release_lock(&r.sid, true);
                 self.note(format!(
                     "refresh failed reason=idp_unavailable session={}",
-                    sid.handle()
+                    r.sid.handle()
                 ));
-                // Keep the session; use a token that is still valid (inside the skew) if any.
-                if let Some((s, _)) = self.store.get_session(&sid) {
-                    if let Some(t) = s.token_for(audience, self.now, 0) {
-                        let (token, scope) = (t.token.clone(), t.scope.clone());
-                        return self.authorize(&policy, &sid, &s.claims, &scope, token, cookie);
-                    }
-                }
-                return Step::Respond(error_reply(
-                    503,
-                    ErrorCode::IdpUnavailable,
-                    "the identity provider is unavailable; try again",
-                ));
+                return self.transient_failure(&policy, &r);
             }
         };
         let scope = tokens
@@ -1018,40 +1255,88 @@ impl Engine<'_> {
             .clone()
             .or_else(|| jwt_scope(tokens.access_token.expose()))
             .unwrap_or_default();
+        let got_aud = if call == TokenCall::RefreshForExchange {
+            self.cfg.login_audience.clone()
+        } else {
+            r.audience.clone()
+        };
         let token = AudienceToken {
-            aud: audience.to_string(),
+            aud: got_aud,
             token: tokens.access_token.clone(),
             exp: self.now.saturating_add(tokens.expires_in),
             scope: scope.clone(),
         };
-        let mut claims = None;
+        let keep_lock = call == TokenCall::RefreshForExchange;
+        let mut saved = None;
         for _ in 0..CAS_RETRIES {
-            let Some((mut s, cas)) = self.store.get_session(&sid) else {
-                // Logged out while we were waiting.
-                return Step::Respond(self.unauthenticated(navigation, path, true));
+            let Some((mut s, cas)) = self.store.get_session(&r.sid) else {
+                // Logged out while we were waiting: do not revive it.
+                return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
             };
             s.put_token(token.clone());
             if let Some(rt) = &tokens.refresh_token {
+                // Rotation: the new refresh token replaces the old one in the same write.
                 s.refresh_token = Some(rt.clone());
             }
-            s.last_seen = s.last_seen.max(self.now);
-            match self.store.put_session(&sid, &s, Some(cas)) {
+            if !keep_lock {
+                s.refreshing_until = 0;
+            }
+            s.refresh_failed_at = 0;
+            match self.store.put_session(&r.sid, &s, Some(cas)) {
                 Ok(()) => {
-                    claims = Some(s.claims);
+                    saved = Some(s);
                     break;
                 }
                 Err(StoreError::CasMismatch) => continue,
                 Err(_) => break,
             }
         }
-        let Some(claims) = claims else {
+        let Some(s) = saved else {
             return Step::Respond(error_reply(
                 503,
                 ErrorCode::IdpUnavailable,
                 "session store busy; try again",
             ));
         };
-        self.authorize(&policy, &sid, &claims, &scope, tokens.access_token, cookie)
+        if keep_lock {
+            // Now exchange the fresh login-audience token for the route's audience.
+            let request =
+                oauth::exchange_request(self.cfg, tokens.access_token.expose(), &r.audience);
+            return Step::Call {
+                request,
+                then: Box::new(Pending::Token {
+                    resume: r,
+                    call: TokenCall::Exchange,
+                }),
+            };
+        }
+        self.authorize(
+            &policy,
+            &r.sid,
+            &s.claims,
+            &scope,
+            tokens.access_token,
+            r.cookie,
+        )
+    }
+
+    /// Logout: revokes the next token (bounded timeout each), then answers.
+    fn next_revocation(
+        &mut self,
+        reply: Reply,
+        mut remaining: Vec<(Secret, &'static str)>,
+    ) -> Step {
+        if remaining.is_empty() {
+            return Step::Respond(reply);
+        }
+        let (token, hint) = remaining.remove(0);
+        match oauth::revoke_request(self.cfg, token.expose(), hint) {
+            Some(request) => Step::Call {
+                request,
+                then: Box::new(Pending::Logout { reply, remaining }),
+            },
+            None => Step::Respond(reply),
+        }
     }
 }
 

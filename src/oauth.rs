@@ -42,6 +42,8 @@ pub struct BackchannelRequest {
     pub headers: Vec<(String, Secret)>,
     /// `application/x-www-form-urlencoded` body (contains secrets: never log it).
     pub body: Secret,
+    /// Callout timeout in milliseconds.
+    pub timeout_ms: u64,
 }
 
 fn client_request(
@@ -73,6 +75,7 @@ fn client_request(
         path: path.to_string(),
         headers,
         body: Secret::new(form.finish()),
+        timeout_ms: cfg.provider.timeout_ms,
     }
 }
 
@@ -87,12 +90,43 @@ pub fn code_request(cfg: &Config, code: &str, verifier: &str) -> BackchannelRequ
     client_request(cfg, &cfg.provider.token_path, f)
 }
 
-/// A refresh-token grant for one audience (RFC 8707 `resource`).
+fn audience_scope<'c>(cfg: &'c Config, audience: &str) -> Option<&'c str> {
+    cfg.audiences
+        .iter()
+        .find(|a| a.id == audience)
+        .and_then(|a| a.scope.as_deref())
+}
+
+/// A refresh-token grant for one audience (RFC 8707 `resource`), down-scoped to the audience's
+/// configured scopes if any.
 pub fn refresh_request(cfg: &Config, refresh_token: &str, audience: &str) -> BackchannelRequest {
     let mut f = form_urlencoded::Serializer::new(String::new());
     f.append_pair("grant_type", "refresh_token")
         .append_pair("refresh_token", refresh_token)
         .append_pair("resource", audience);
+    if let Some(sc) = audience_scope(cfg, audience) {
+        f.append_pair("scope", sc);
+    }
+    client_request(cfg, &cfg.provider.token_path, f)
+}
+
+/// The RFC 8693 grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 token type of an access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// An RFC 8693 token exchange: the session's login-audience access token for a token whose
+/// audience is `audience`.
+pub fn exchange_request(cfg: &Config, subject_token: &str, audience: &str) -> BackchannelRequest {
+    let mut f = form_urlencoded::Serializer::new(String::new());
+    f.append_pair("grant_type", TOKEN_EXCHANGE)
+        .append_pair("subject_token", subject_token)
+        .append_pair("subject_token_type", ACCESS_TOKEN_TYPE)
+        .append_pair("requested_token_type", ACCESS_TOKEN_TYPE)
+        .append_pair("resource", audience);
+    if let Some(sc) = audience_scope(cfg, audience) {
+        f.append_pair("scope", sc);
+    }
     client_request(cfg, &cfg.provider.token_path, f)
 }
 

@@ -78,6 +78,19 @@ pub struct Session {
     /// Access tokens per audience.
     #[serde(default)]
     pub tokens: Vec<AudienceToken>,
+    /// Refresh lock: while `now` is before this, one request (on some worker) is renewing a
+    /// token for this session and others wait for its result. Taken and released with CAS; a
+    /// holder that died simply lets it expire.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refreshing_until: u64,
+    /// When the last renewal failed for a transient reason (provider down); requests that were
+    /// waiting on it then fail fast instead of queueing more renewals.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refresh_failed_at: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Whether a session is still usable at `now`.
@@ -120,6 +133,11 @@ impl Session {
             .find(|t| t.aud == aud && t.exp > now.saturating_add(skew))
     }
 
+    /// Whether another request holds the refresh lock at `now`.
+    pub fn refresh_locked(&self, now: u64) -> bool {
+        self.refreshing_until > now
+    }
+
     /// Stores (or replaces) the token for its audience.
     pub fn put_token(&mut self, t: AudienceToken) {
         self.tokens.retain(|x| x.aud != t.aud);
@@ -142,6 +160,8 @@ mod tests {
             refresh_token: Some(Secret::new("rt")),
             id_token: None,
             tokens: vec![],
+            refreshing_until: 0,
+            refresh_failed_at: 0,
         }
     }
 

@@ -176,6 +176,8 @@ mod tests {
             refresh_token: None,
             id_token: None,
             tokens: vec![],
+            refreshing_until: 0,
+            refresh_failed_at: 0,
         }
     }
 

@@ -278,7 +278,7 @@ fn assert_no_secret(step: &Step, notes: &[String], secrets: &[String]) {
     match step {
         Step::Respond(r) => visible.push(render(r)),
         Step::Forward { cookie, .. } => visible.push(format!("{cookie:?}")),
-        Step::Call { .. } => {}
+        Step::Call { .. } | Step::Wait { .. } => {}
     }
     visible.extend(notes.iter().cloned());
     for text in &visible {
@@ -372,6 +372,7 @@ fn api(b: &Browser, method: &str, path: &str, route: &str) -> Request {
         origin: unsafe_method.then(|| ORIGIN.to_string()),
         sec_fetch_site: Some("same-origin".into()),
         sec_fetch_mode: Some("cors".into()),
+        sec_fetch_dest: Some("empty".into()),
         accept: Some("application/json".into()),
     }
 }
@@ -497,6 +498,29 @@ impl Gate {
     }
 
     /// Runs a request through a fresh engine at the current time.
+    /// POST /auth/logout, answering each revocation callout with 200; returns the final reply
+    /// and the revocation requests made.
+    fn logout_done(&mut self, b: &Browser) -> (Reply, Vec<BackchannelRequest>) {
+        let mut step = self.request(&logout(b));
+        let mut calls = Vec::new();
+        loop {
+            match step {
+                Step::Call { request, then } => {
+                    calls.push(request);
+                    step = self.resume(
+                        *then,
+                        CallResult::Response {
+                            status: 200,
+                            body: Vec::new(),
+                        },
+                    );
+                }
+                Step::Respond(r) => return (r, calls),
+                other => panic!("unexpected step during logout: {other:?}"),
+            }
+        }
+    }
+
     fn request(&mut self, req: &Request) -> Step {
         let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store);
         let step = e.on_request(req);
@@ -525,12 +549,20 @@ impl Gate {
                     }
                 }
                 let body = request.body.expose();
-                for key in ["code", "code_verifier", "refresh_token", "client_secret"] {
+                for key in [
+                    "code",
+                    "code_verifier",
+                    "refresh_token",
+                    "client_secret",
+                    "subject_token",
+                    "token",
+                ] {
                     for v in params(body, key) {
                         self.register(&v);
                     }
                 }
             }
+            Step::Wait { .. } => {}
             Step::Forward { cookie, .. } => {
                 if let CookieEdit::Set(h) = cookie {
                     assert!(
@@ -1948,7 +1980,7 @@ fn logout_from_another_origin_is_refused() {
 #[test]
 fn logout_ends_the_session_and_clears_the_cookie() {
     let (mut g, b, _) = signed_in(ALICE);
-    let r = reply(g.request(&logout(&b)));
+    let r = g.logout_done(&b).0;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(json_body(&r)["logged_out"], true);
     assert_clears_session_cookie(&r);
@@ -1959,7 +1991,7 @@ fn logout_ends_the_session_and_clears_the_cookie() {
 #[test]
 fn logout_offers_the_provider_end_session_url() {
     let (mut g, b, _) = signed_in(ALICE);
-    let body = json_body(&reply(g.request(&logout(&b))));
+    let body = json_body(&g.logout_done(&b).0);
     let url = body["end_session_url"].as_str().expect("end_session_url");
     let (endpoint, q) = url.split_once('?').unwrap();
     assert_eq!(endpoint, "http://localhost:9000/session/end");
@@ -2188,7 +2220,7 @@ fn without_rotation_the_refresh_token_is_kept() {
 fn a_refresh_answer_arriving_after_logout_does_not_revive_the_session() {
     let (mut g, b, _) = signed_in(ALICE);
     let (_, then) = call(g.request(&profile(&b)));
-    reply(g.request(&logout(&b)));
+    g.logout_done(&b);
     let t = g.refresh_answer("profile", true);
     assert_rejected_and_cleared(g.resume(then, t.result()));
     assert_eq!(g.live_sessions(), 0);
@@ -2356,7 +2388,7 @@ fn a_whole_session_never_shows_a_secret_to_the_browser_or_the_log() {
     let verifier = param(exchange.body.expose(), "code_verifier").unwrap();
     reply(g.resume(then, answer(200, "garbage")));
     g.sign_in(&mut b, ALICE);
-    reply(g.request(&logout(&b)));
+    g.logout_done(&b);
 
     let tracked = |s: &str| g.secrets.iter().any(|x| x == s);
     assert!(tracked(CLIENT_SECRET));

@@ -4,6 +4,14 @@
 //! applies the resulting [`Step`]. It reads the clock and draws randomness for the core, and
 //! adapts shared data to the core's [`SharedData`] trait.
 //!
+//! Every host operation on a request goes through free functions on the *current effective
+//! context*, so the same code serves a request from its own callbacks and from the root
+//! context's timer (which wakes requests waiting for another request's token renewal, on this
+//! worker, by switching the effective context to them). Callouts belong to the root context on
+//! the host side (proxy-wasm `http_call` is made by the root), so their results are routed here
+//! by token through [`Shared::calls`]: a result is applied to the session even when the request
+//! that asked for it has gone away, so a rotated refresh token is never lost.
+//!
 //! Only the `_bytes` header accessors are used on downstream input: the SDK's `String` variants
 //! panic on non-UTF-8 header values, and nothing may panic on input.
 
@@ -13,14 +21,21 @@ use crate::store::{Cas, SharedData, SharedStore, StoreError};
 use crate::util::Random;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, Status};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { shared: Rc::new(Shared::default()) })
+    });
 }}
+
+/// How often the root context wakes waiting requests.
+const TICK: Duration = Duration::from_millis(20);
 
 fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
@@ -63,11 +78,209 @@ impl SharedData for HostData {
     }
 }
 
-struct Root {
-    config: Option<Rc<Config>>,
+/// State shared by the root context and every request context of one VM (one worker thread).
+#[derive(Default)]
+struct Shared {
+    config: RefCell<Option<Rc<Config>>>,
+    /// Callouts in flight: token -> (request context id, continuation).
+    calls: RefCell<HashMap<u32, (u32, Pending)>>,
+    /// Requests waiting for another request's renewal: context id -> continuation.
+    waiters: RefCell<HashMap<u32, Pending>>,
+    /// Requests that are paused or answered locally: their body must not continue them.
+    stopped: RefCell<std::collections::HashSet<u32>>,
+    /// Request contexts still alive.
+    alive: RefCell<std::collections::HashSet<u32>>,
 }
 
-impl Context for Root {}
+impl Shared {
+    fn config(&self) -> Option<Rc<Config>> {
+        self.config.borrow().clone()
+    }
+    fn set_stopped(&self, ctx: u32, stopped: bool) {
+        if stopped {
+            self.stopped.borrow_mut().insert(ctx);
+        } else {
+            self.stopped.borrow_mut().remove(&ctx);
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    hostcalls::get_current_time()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs the engine with host clock, randomness and store; logs its notes.
+fn run<F>(cfg: &Config, f: F) -> Step
+where
+    F: FnOnce(&mut Engine<'_>) -> Step,
+{
+    let mut rng = HostRandom;
+    let mut store = SharedStore { data: HostData };
+    let mut engine = Engine::new(cfg, now_secs(), &mut rng, &mut store);
+    let step = f(&mut engine);
+    for n in &engine.notes {
+        log(LogLevel::Info, &format!("bffgate: {n}"));
+    }
+    step
+}
+
+fn respond(
+    shared: &Shared,
+    ctx: u32,
+    status: u16,
+    headers: &[(String, String)],
+    body: &str,
+) -> Action {
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let body = if body.is_empty() {
+        None
+    } else {
+        Some(body.as_bytes())
+    };
+    shared.set_stopped(ctx, true);
+    let _ = hostcalls::send_http_response(u32::from(status), h, body);
+    Action::Pause
+}
+
+fn fail_closed(shared: &Shared, ctx: u32, why: &str) -> Action {
+    let r = crate::flow::error_reply(503, crate::flow::ErrorCode::IdpUnavailable, why);
+    respond(shared, ctx, r.status, &r.headers, &r.body)
+}
+
+/// Applies a step to the request `ctx`, which must be the current effective context.
+/// `resumed` is true when the request is paused (so forwarding must resume it).
+fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> Action {
+    match step {
+        Step::Forward {
+            authorization,
+            cookie,
+        } => {
+            // Never forward an Authorization header the client sent.
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None);
+            if let Some(t) = authorization {
+                let v = format!("Bearer {}", t.expose());
+                let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, "authorization", &v);
+            }
+            match cookie {
+                CookieEdit::Keep => {}
+                CookieEdit::Remove => {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", None);
+                }
+                CookieEdit::Set(v) => {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", None);
+                    let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, "cookie", &v);
+                }
+            }
+            shared.set_stopped(ctx, false);
+            if resumed {
+                let _ = hostcalls::resume_http_request();
+            }
+            Action::Continue
+        }
+        Step::Respond(r) => respond(shared, ctx, r.status, &r.headers, &r.body),
+        Step::Wait { then } => {
+            shared.set_stopped(ctx, true);
+            shared.waiters.borrow_mut().insert(ctx, *then);
+            Action::Pause
+        }
+        Step::Call { request, then } => {
+            let mut headers: Vec<(&str, &str)> = vec![
+                (":method", "POST"),
+                (":path", request.path.as_str()),
+                (":authority", cfg.provider.authority.as_str()),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("accept", "application/json"),
+            ];
+            for (k, v) in &request.headers {
+                headers.push((k.as_str(), v.expose()));
+            }
+            match hostcalls::dispatch_http_call(
+                &cfg.provider.cluster,
+                headers,
+                Some(request.body.expose().as_bytes()),
+                vec![],
+                Duration::from_millis(request.timeout_ms),
+            ) {
+                Ok(token) => {
+                    shared.calls.borrow_mut().insert(token, (ctx, *then));
+                    shared.set_stopped(ctx, true);
+                    Action::Pause
+                }
+                Err(_) => {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "bffgate: callout to cluster `{}` could not be dispatched",
+                            cfg.provider.cluster
+                        ),
+                    );
+                    // Feed the engine a failed call so locks are released and state stays right.
+                    let step = run(cfg, |e| e.on_callout(*then, CallResult::Failed));
+                    match step {
+                        Step::Call { .. } | Step::Wait { .. } => {
+                            fail_closed(shared, ctx, "the identity provider is unreachable")
+                        }
+                        other => apply(shared, cfg, ctx, other, resumed),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A callout finished (or failed): route it to its request.
+fn on_call_done(shared: &Shared, token: u32, body_size: usize) {
+    let Some((ctx, pending)) = shared.calls.borrow_mut().remove(&token) else {
+        return;
+    };
+    let Some(cfg) = shared.config() else { return };
+    let status = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+        });
+    let result = match status {
+        Some(status) => CallResult::Response {
+            status,
+            body: hostcalls::get_buffer(
+                proxy_wasm::types::BufferType::HttpCallResponseBody,
+                0,
+                body_size.min(crate::oauth::MAX_BODY + 1),
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+        },
+        None => CallResult::Failed,
+    };
+    // The engine records the result in the session whether or not the request is still there.
+    let step = run(&cfg, |e| e.on_callout(pending, result));
+    let alive = shared.alive.borrow().contains(&ctx);
+    if alive && hostcalls::set_effective_context(ctx).is_ok() {
+        apply(shared, &cfg, ctx, step, true);
+    }
+}
+
+struct Root {
+    shared: Rc<Shared>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
+        on_call_done(&self.shared, token, body_size);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -89,7 +302,8 @@ impl RootContext for Root {
                         c.cookie.keys.current_kid()
                     ),
                 );
-                self.config = Some(Rc::new(c));
+                *self.shared.config.borrow_mut() = Some(Rc::new(c));
+                self.set_tick_period(TICK);
                 true
             }
             Err(e) => {
@@ -102,12 +316,46 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        let shared = &self.shared;
+        if shared.waiters.borrow().is_empty() {
+            return;
+        }
+        let Some(cfg) = shared.config() else { return };
+        let ids: Vec<u32> = shared.waiters.borrow().keys().copied().collect();
+        for ctx in ids {
+            let Some(pending) = shared.waiters.borrow_mut().remove(&ctx) else {
+                continue;
+            };
+            if !shared.alive.borrow().contains(&ctx) {
+                continue;
+            }
+            let mut woke = None;
+            let step = run(&cfg, |e| match e.on_wake(&pending) {
+                Some(s) => {
+                    woke = Some(());
+                    s
+                }
+                None => Step::Wait {
+                    then: Box::new(pending.clone()),
+                },
+            });
+            if woke.is_none() {
+                shared.waiters.borrow_mut().insert(ctx, pending);
+                continue;
+            }
+            if hostcalls::set_effective_context(ctx).is_ok() {
+                apply(shared, &cfg, ctx, step, true);
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Always return a context (None makes the SDK panic); without a config it fails closed.
+        self.shared.alive.borrow_mut().insert(context_id);
         Some(Box::new(Http {
-            config: self.config.clone(),
-            pending: None,
-            stopped: false,
+            id: context_id,
+            shared: self.shared.clone(),
         }))
     }
 
@@ -117,18 +365,8 @@ impl RootContext for Root {
 }
 
 struct Http {
-    config: Option<Rc<Config>>,
-    /// The callout in flight and what to do with its result.
-    pending: Option<(u32, Pending)>,
-    /// The request is paused or was answered locally: nothing may continue it but us.
-    stopped: bool,
-}
-
-fn now(ctx: &dyn Context) -> u64 {
-    ctx.get_current_time()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    id: u32,
+    shared: Rc<Shared>,
 }
 
 fn text(b: &[u8]) -> String {
@@ -147,6 +385,7 @@ impl Http {
                 "origin" => req.origin = Some(text(&value)),
                 "sec-fetch-site" => req.sec_fetch_site = Some(text(&value)),
                 "sec-fetch-mode" => req.sec_fetch_mode = Some(text(&value)),
+                "sec-fetch-dest" => req.sec_fetch_dest = Some(text(&value)),
                 "accept" => req.accept = Some(text(&value)),
                 n if n == cfg.csrf_header => req.csrf = Some(text(&value)),
                 _ => {}
@@ -162,179 +401,39 @@ impl Http {
         req
     }
 
-    fn respond(&mut self, status: u16, headers: &[(String, String)], body: &str) -> Action {
-        let h: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let body = if body.is_empty() {
-            None
-        } else {
-            Some(body.as_bytes())
-        };
-        self.stopped = true;
-        self.send_http_response(u32::from(status), h, body);
-        Action::Pause
-    }
-
-    fn apply(&mut self, cfg: &Config, step: Step, resumed: bool) -> Action {
-        match step {
-            Step::Forward {
-                authorization,
-                cookie,
-            } => {
-                // Never forward an Authorization header the client sent.
-                self.set_http_request_header("authorization", None);
-                if let Some(t) = authorization {
-                    let v = format!("Bearer {}", t.expose());
-                    self.add_http_request_header("authorization", &v);
-                }
-                match cookie {
-                    CookieEdit::Keep => {}
-                    CookieEdit::Remove => self.set_http_request_header("cookie", None),
-                    CookieEdit::Set(v) => {
-                        self.set_http_request_header("cookie", None);
-                        self.add_http_request_header("cookie", &v);
-                    }
-                }
-                self.stopped = false;
-                if resumed {
-                    self.resume_http_request();
-                }
-                Action::Continue
-            }
-            Step::Respond(r) => self.respond(r.status, &r.headers, &r.body),
-            Step::Call { request, then } => {
-                let mut headers: Vec<(&str, &str)> = vec![
-                    (":method", "POST"),
-                    (":path", request.path.as_str()),
-                    (":authority", cfg.provider.authority.as_str()),
-                    ("content-type", "application/x-www-form-urlencoded"),
-                    ("accept", "application/json"),
-                ];
-                for (k, v) in &request.headers {
-                    headers.push((k.as_str(), v.expose()));
-                }
-                let timeout = Duration::from_millis(cfg.provider.timeout_ms);
-                match self.dispatch_http_call(
-                    &cfg.provider.cluster,
-                    headers,
-                    Some(request.body.expose().as_bytes()),
-                    vec![],
-                    timeout,
-                ) {
-                    Ok(token) => {
-                        self.pending = Some((token, *then));
-                        self.stopped = true;
-                        Action::Pause
-                    }
-                    Err(_) => {
-                        log(
-                            LogLevel::Warn,
-                            &format!(
-                                "bffgate: callout to cluster `{}` could not be dispatched",
-                                cfg.provider.cluster
-                            ),
-                        );
-                        let r = crate::flow::error_reply(
-                            503,
-                            crate::flow::ErrorCode::IdpUnavailable,
-                            "the identity provider is unreachable",
-                        );
-                        self.respond(r.status, &r.headers, &r.body)
-                    }
-                }
-            }
-        }
-    }
-
-    fn run<F>(&mut self, f: F) -> Option<(Rc<Config>, Step)>
-    where
-        F: FnOnce(&mut Engine<'_>) -> Step,
-    {
-        let cfg = self.config.clone()?;
-        let mut rng = HostRandom;
-        let mut store = SharedStore { data: HostData };
-        let t = now(self);
-        let mut engine = Engine::new(&cfg, t, &mut rng, &mut store);
-        let step = f(&mut engine);
-        for n in &engine.notes {
-            log(LogLevel::Info, &format!("bffgate: {n}"));
-        }
-        drop(engine);
-        Some((cfg, step))
-    }
-
-    fn unconfigured(&mut self) -> Action {
-        let r = crate::flow::error_reply(
-            503,
-            crate::flow::ErrorCode::IdpUnavailable,
-            "bffgate is not configured",
-        );
-        self.respond(r.status, &r.headers, &r.body)
+    fn paused(&self) -> bool {
+        self.shared.stopped.borrow().contains(&self.id)
     }
 }
 
 impl Context for Http {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _t: usize,
-    ) {
-        let Some((expected, pending)) = self.pending.take() else {
-            return;
-        };
-        if expected != token_id {
-            self.pending = Some((expected, pending));
-            return;
-        }
-        let status = self
-            .get_http_call_response_headers_bytes()
-            .into_iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| {
-                std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.parse::<u16>().ok())
-            });
-        let result = match status {
-            Some(status) => CallResult::Response {
-                status,
-                body: self
-                    .get_http_call_response_body(0, body_size.min(crate::oauth::MAX_BODY + 1))
-                    .unwrap_or_default(),
-            },
-            None => CallResult::Failed,
-        };
-        match self.run(|e| e.on_callout(pending, result)) {
-            Some((cfg, step)) => {
-                self.apply(&cfg, step, true);
-            }
-            None => {
-                self.unconfigured();
-            }
-        }
+    fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
+        on_call_done(&self.shared, token, body_size);
+    }
+
+    fn on_done(&mut self) -> bool {
+        let s = &self.shared;
+        s.alive.borrow_mut().remove(&self.id);
+        s.waiters.borrow_mut().remove(&self.id);
+        s.stopped.borrow_mut().remove(&self.id);
+        true
     }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(cfg) = self.config.clone() else {
-            return self.unconfigured();
+        let Some(cfg) = self.shared.config() else {
+            return fail_closed(&self.shared, self.id, "bffgate is not configured");
         };
         let req = self.request(&cfg);
-        match self.run(|e| e.on_request(&req)) {
-            Some((cfg, step)) => self.apply(&cfg, step, false),
-            None => self.unconfigured(),
-        }
+        let step = run(&cfg, |e| e.on_request(&req));
+        apply(&self.shared, &cfg, self.id, step, false)
     }
 
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        // While a callout is in flight (or after a local reply), the body must not continue the
-        // request: Continue here would forward the headers without our decision.
-        if self.stopped {
+        // While a callout or a wait is in progress (or after a local reply), the body must not
+        // continue the request: Continue here would forward the headers without our decision.
+        if self.paused() {
             Action::Pause
         } else {
             Action::Continue
@@ -342,7 +441,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.stopped {
+        if self.paused() {
             Action::Pause
         } else {
             Action::Continue
