@@ -57,6 +57,9 @@ pub struct RawConfig {
     /// CSRF header.
     #[serde(default)]
     pub csrf: RawCsrf,
+    /// The embedded session store.
+    #[serde(default)]
+    pub store: RawStore,
     /// Audiences (resource indicators) and how their tokens are obtained.
     pub audiences: BTreeMap<String, RawAudience>,
     /// Policies by Envoy route name.
@@ -193,6 +196,38 @@ impl Default for RawSession {
             refresh_skew_s: d_skew(),
         }
     }
+}
+
+/// Session store settings (the embedded shared-data store).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Session slots: the most sessions held at once (memory is bounded by it).
+    #[serde(default = "d_max_sessions")]
+    pub max_sessions: u32,
+    /// Pending-login slots: the most logins in progress at once.
+    #[serde(default = "d_max_pending")]
+    pub max_pending_logins: u32,
+    /// When every sampled slot holds a live session: `evict_least_recently_used` or `refuse`.
+    #[serde(default)]
+    pub when_full: crate::store::WhenFull,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            max_sessions: d_max_sessions(),
+            max_pending_logins: d_max_pending(),
+            when_full: crate::store::WhenFull::default(),
+        }
+    }
+}
+
+fn d_max_sessions() -> u32 {
+    10_000
+}
+fn d_max_pending() -> u32 {
+    1_000
 }
 
 /// CSRF header settings.
@@ -381,6 +416,8 @@ pub struct Config {
     pub cookie: CookieConfig,
     /// Lifetimes.
     pub session: RawSession,
+    /// Store sizes and policies.
+    pub store: crate::store::Limits,
     /// CSRF header name, lower-case.
     pub csrf_header: String,
     /// CSRF header value.
@@ -653,6 +690,17 @@ impl Config {
             return Err(err("session.login_timeout_s", "must be between 1 and 3600"));
         }
 
+        // Store.
+        if raw.store.max_sessions == 0 || raw.store.max_sessions > 1_000_000 {
+            return Err(err("store.max_sessions", "must be between 1 and 1000000"));
+        }
+        if raw.store.max_pending_logins == 0 || raw.store.max_pending_logins > 100_000 {
+            return Err(err(
+                "store.max_pending_logins",
+                "must be between 1 and 100000",
+            ));
+        }
+
         // CSRF.
         if !token_chars(&raw.csrf.header) {
             return Err(err("csrf.header", "must be a header name"));
@@ -836,6 +884,12 @@ impl Config {
                 keys,
             },
             session: s.clone(),
+            store: crate::store::Limits {
+                max_sessions: raw.store.max_sessions,
+                max_pending: raw.store.max_pending_logins,
+                idle_s: s.idle_timeout_s,
+                when_full: raw.store.when_full,
+            },
             csrf_header: raw.csrf.header.to_ascii_lowercase(),
             csrf_value: raw.csrf.value.clone(),
             audiences,

@@ -362,7 +362,7 @@ impl<'a> Engine<'a> {
             .cfg
             .cookie
             .keys
-            .seal(&self.cfg.cookie.name, id.as_bytes());
+            .seal(&self.cfg.cookie.name, &id.to_bytes());
         cookie::set_cookie(
             &self.cfg.cookie.name,
             &v,
@@ -415,7 +415,7 @@ impl<'a> Engine<'a> {
         if s.needs_touch(self.now, self.cfg.session.touch_interval_s) {
             let mut t = s.clone();
             t.last_seen = self.now;
-            let _ = self.store.put_session(id, &t, Some(cas));
+            let _ = self.store.put_session(id, &t, cas);
         }
     }
 
@@ -656,7 +656,7 @@ impl<'a> Engine<'a> {
                 return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
             };
             s.refreshing_until = self.now.saturating_add(self.lock_ttl());
-            match self.store.put_session(&r.sid, &s, Some(cas)) {
+            match self.store.put_session(&r.sid, &s, cas) {
                 Ok(()) => {
                     return Step::Call {
                         request,
@@ -814,7 +814,6 @@ impl<'a> Engine<'a> {
             Ok(v) => sanitize_return_to(v.as_deref()),
             Err(()) => "/".to_string(),
         };
-        let state = random_token(self.rng, 32);
         let nonce = random_token(self.rng, 16);
         let verifier = random_token(self.rng, 32);
         let flow_secret = random_token(self.rng, 32);
@@ -824,10 +823,18 @@ impl<'a> Engine<'a> {
             return_to,
             flow_hash: hex(&sha256(flow_secret.as_bytes())),
             expires: self.now.saturating_add(self.cfg.session.login_timeout_s),
+            state_hash: String::new(),
         };
-        if self.store.put_pending(&state, &pending).is_err() {
-            return error_reply(503, ErrorCode::LoginFailed, "cannot start a login now");
-        }
+        let state = match self.store.create_pending(&pending, self.rng, self.now) {
+            Ok(s) => s,
+            Err(_) => {
+                return error_reply(
+                    503,
+                    ErrorCode::LoginFailed,
+                    "cannot start a login now; try again",
+                )
+            }
+        };
         let url = oauth::authorize_url(self.cfg, &state, &nonce, &oauth::pkce_challenge(&verifier));
         let flow = cookie::set_cookie(
             &self.flow_cookie_name(&state),
@@ -1141,6 +1148,8 @@ impl Engine<'_> {
             .or_else(|| jwt_scope(tokens.access_token.expose()))
             .unwrap_or_default();
         let session = Session {
+            owner: String::new(),
+            handle: String::new(),
             sub: sub.clone(),
             claims: kept,
             created: self.now,
@@ -1157,15 +1166,25 @@ impl Engine<'_> {
             refreshing_until: 0,
             refresh_failed_at: 0,
         };
-        let id = SessionId::generate(self.rng);
-        if self.store.put_session(&id, &session, None).is_err() {
-            return self.login_failed(
-                503,
-                ErrorCode::LoginFailed,
-                "cannot store the session",
-                Some(flow_cookie),
-            );
-        }
+        let id = match self.store.create_session(&session, self.rng, self.now) {
+            Ok((id, evicted)) => {
+                if let Some(ev) = evicted {
+                    self.note(format!(
+                        "session ended reason=evicted session={} sub={:?}",
+                        ev.handle, ev.sub
+                    ));
+                }
+                id
+            }
+            Err(_) => {
+                return self.login_failed(
+                    503,
+                    ErrorCode::LoginFailed,
+                    "too many sessions; try again later",
+                    Some(flow_cookie),
+                )
+            }
+        };
         if let Some(old) = old_session {
             let _ = self.store.delete_session(&old);
             self.note(format!(
@@ -1195,7 +1214,7 @@ impl Engine<'_> {
             if failed {
                 s.refresh_failed_at = self.now;
             }
-            match self.store.put_session(sid, &s, Some(cas)) {
+            match self.store.put_session(sid, &s, cas) {
                 Err(StoreError::CasMismatch) => continue,
                 _ => return,
             }
@@ -1282,7 +1301,7 @@ impl Engine<'_> {
                 s.refreshing_until = 0;
             }
             s.refresh_failed_at = 0;
-            match self.store.put_session(&r.sid, &s, Some(cas)) {
+            match self.store.put_session(&r.sid, &s, cas) {
                 Ok(()) => {
                     saved = Some(s);
                     break;

@@ -4,12 +4,18 @@ use crate::secret::Secret;
 use crate::util::{hex, Random};
 use serde::{Deserialize, Serialize};
 
-/// Session id length in bytes (128 bits from the host CSPRNG).
+/// Length of the random part of a session id (128 bits from the host CSPRNG).
 pub const ID_LEN: usize = 16;
+/// Length of a session id in a cookie: slot (u32, big-endian) and the random part.
+pub const COOKIE_LEN: usize = 4 + ID_LEN;
 
-/// An opaque session id. Its `Debug` is redacted; the store key is derived from it.
+/// A session id: the slot of the store that holds the session, and 128 random bits that the
+/// slot's record must match. Its `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SessionId([u8; ID_LEN]);
+pub struct SessionId {
+    slot: u32,
+    secret: [u8; ID_LEN],
+}
 
 impl std::fmt::Debug for SessionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -18,27 +24,45 @@ impl std::fmt::Debug for SessionId {
 }
 
 impl SessionId {
-    /// A fresh random id.
-    pub fn generate(rng: &mut dyn Random) -> SessionId {
-        let mut b = [0u8; ID_LEN];
-        rng.fill(&mut b);
-        SessionId(b)
+    /// A fresh random id for `slot`.
+    pub fn generate(rng: &mut dyn Random, slot: u32) -> SessionId {
+        let mut secret = [0u8; ID_LEN];
+        rng.fill(&mut secret);
+        SessionId { slot, secret }
     }
     /// From the payload of a verified cookie.
     pub fn from_bytes(b: &[u8]) -> Option<SessionId> {
-        <[u8; ID_LEN]>::try_from(b).ok().map(SessionId)
+        let slot = u32::from_be_bytes(<[u8; 4]>::try_from(b.get(..4)?).ok()?);
+        let secret = <[u8; ID_LEN]>::try_from(b.get(4..)?).ok()?;
+        Some(SessionId { slot, secret })
     }
-    /// Raw bytes (the cookie payload).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// The cookie payload.
+    pub fn to_bytes(&self) -> [u8; COOKIE_LEN] {
+        let mut out = [0u8; COOKIE_LEN];
+        for (o, b) in out
+            .iter_mut()
+            .zip(self.slot.to_be_bytes().iter().chain(self.secret.iter()))
+        {
+            *o = *b;
+        }
+        out
     }
-    /// Hex form, used only to build store keys.
-    pub fn to_hex(&self) -> String {
-        hex(&self.0)
+    /// The store slot.
+    pub fn slot(&self) -> u32 {
+        self.slot
     }
-    /// A non-reversible handle for logs and audit: the first 12 hex digits of SHA-256(id).
+    /// Hex of SHA-256 of the random part: what the slot's record holds to be matched (the id
+    /// itself is never stored, so a dump of shared data cannot be turned into cookies).
+    pub fn verifier(&self) -> String {
+        hex(&crate::util::sha256(&self.secret))
+    }
+    /// A non-reversible handle for logs and audit: 12 hex digits of SHA-256 of a domain tag
+    /// and the id (unrelated to [`SessionId::verifier`]).
     pub fn handle(&self) -> String {
-        let h = crate::util::sha256(&self.0);
+        let mut buf = Vec::with_capacity(ID_LEN + 16);
+        buf.extend_from_slice(b"bffgate-handle:");
+        buf.extend_from_slice(&self.secret);
+        let h = crate::util::sha256(&buf);
         hex(h.get(..6).unwrap_or(&[]))
     }
 }
@@ -57,8 +81,14 @@ pub struct AudienceToken {
 }
 
 /// The server-side session record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Session {
+    /// [`SessionId::verifier`] of the session that owns this record (set by the store).
+    #[serde(default)]
+    pub owner: String,
+    /// Non-reversible audit handle ([`SessionId::handle`], set by the store).
+    #[serde(default)]
+    pub handle: String,
     /// Subject.
     pub sub: String,
     /// Kept ID-token claims (display claims and those policies use).
@@ -152,6 +182,8 @@ mod tests {
 
     fn s() -> Session {
         Session {
+            owner: String::new(),
+            handle: String::new(),
             sub: "alice".into(),
             claims: Default::default(),
             created: 1000,
@@ -168,15 +200,18 @@ mod tests {
     #[test]
     fn ids_are_random_and_redacted() {
         let mut r = TestRandom(1);
-        let a = SessionId::generate(&mut r);
-        let b = SessionId::generate(&mut r);
+        let a = SessionId::generate(&mut r, 7);
+        let b = SessionId::generate(&mut r, 7);
         assert_ne!(a, b);
-        assert_eq!(a.to_hex().len(), 32);
+        assert_eq!(a.slot(), 7);
+        assert_eq!(a.verifier().len(), 64);
         assert_eq!(format!("{a:?}"), "SessionId([redacted])");
         assert_eq!(a.handle().len(), 12);
-        assert!(!a.to_hex().starts_with(&a.handle()));
-        assert_eq!(SessionId::from_bytes(a.as_bytes()), Some(a));
+        assert!(!a.verifier().starts_with(&a.handle()));
+        assert_eq!(SessionId::from_bytes(&a.to_bytes()), Some(a.clone()));
+        assert_eq!(a.to_bytes().len(), COOKIE_LEN);
         assert_eq!(SessionId::from_bytes(&[1, 2, 3]), None);
+        assert_eq!(SessionId::from_bytes(&[0; COOKIE_LEN + 1]), None);
     }
 
     #[test]

@@ -1,12 +1,21 @@
-//! The session store interface and its implementation over proxy-wasm shared data.
+//! The session store interface and its bounded implementation over proxy-wasm shared data.
 //!
 //! Shared data is per Envoy process and visible to every worker's VM. It offers get and
-//! set-with-CAS only (no delete, no TTL): a deleted entry is an empty value, and every
-//! read-modify-write goes through CAS so two workers never lose each other's update.
+//! set-with-CAS only: no delete, no TTL, no key listing, and a CAS is only checked against an
+//! existing key (there is no insert-if-absent). So the store is a **fixed table of slots**
+//! (`bffgate:s:<i>` for `i < max_sessions`, `bffgate:p:<i>` for pending logins), created empty
+//! once at configuration time. A session id carries its slot; the slot's record carries a hash
+//! of the id's random part, compared in constant time. Claiming a slot, updating it and
+//! emptying it are all CAS writes on an existing key, so two workers never hand out the same
+//! slot and never lose each other's update. Memory is bounded by the number of slots: expired,
+//! idle, logged-out and revoked sessions leave an empty or reclaimable slot behind.
+//!
+//! When no slot is free among those sampled, the configured policy decides: evict the least
+//! recently used of the sampled sessions (default), or refuse the login.
 
 use crate::secret::Secret;
-use crate::session::{Session, SessionId};
-use crate::util::{hex, sha256};
+use crate::session::{Liveness, Session, SessionId};
+use crate::util::{ct_eq, hex, random_token, sha256, Random};
 use serde::{Deserialize, Serialize};
 
 /// A CAS token from a read.
@@ -18,6 +27,10 @@ pub type Cas = u32;
 pub enum StoreError {
     /// The entry changed since it was read.
     CasMismatch,
+    /// Every sampled slot is in use and the policy is to refuse.
+    Full,
+    /// The entry does not exist (or belongs to another session).
+    NotFound,
     /// The host refused the operation.
     Unavailable,
 }
@@ -25,7 +38,7 @@ pub enum StoreError {
 /// The key-value surface of proxy-wasm shared data (implemented by the wasm shell, and in memory
 /// for tests).
 pub trait SharedData {
-    /// Value and CAS token; `(None, cas)` or an empty value when absent.
+    /// Value and CAS token; `(None, None)` when the key was never set.
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>);
     /// Sets `key`; with `cas`, only if unchanged since that read.
     fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError>;
@@ -44,80 +57,381 @@ pub struct PendingLogin {
     pub flow_hash: String,
     /// Unix seconds after which the callback is refused.
     pub expires: u64,
+    /// Hex SHA-256 of the state (set by the store): the slot must match the state presented.
+    #[serde(default)]
+    pub state_hash: String,
+}
+
+/// What to do when every sampled session slot is taken by a live session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// End the least recently used of the sampled sessions (it is logged out).
+    #[default]
+    EvictLeastRecentlyUsed,
+    /// Refuse the new login with `503 login_failed`.
+    Refuse,
+}
+
+/// Sizes and policies of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Session slots.
+    pub max_sessions: u32,
+    /// Pending-login slots.
+    pub max_pending: u32,
+    /// Idle timeout (a session idle this long is reclaimable).
+    pub idle_s: u64,
+    /// Full-table policy.
+    pub when_full: WhenFull,
+}
+
+/// How many slots a claim looks at before applying the full-table policy.
+pub const SAMPLE: u32 = 64;
+
+/// A session ended by the store to make room, for audit and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evicted {
+    /// Audit handle of the evicted session.
+    pub handle: String,
+    /// Its subject.
+    pub sub: String,
 }
 
 /// Session and pending-login storage, as the flow engine sees it.
 pub trait Store {
-    /// Loads a session with its CAS token.
+    /// Loads a session with its CAS token (`None` if absent or the slot holds another session).
     fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)>;
-    /// Writes a session; with `cas`, only if unchanged.
-    fn put_session(
+    /// Writes a session read with `cas`; fails if the slot changed since.
+    fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError>;
+    /// Creates a session in a free slot; returns its id and, if one had to go, the evicted one.
+    fn create_session(
         &mut self,
-        id: &SessionId,
         s: &Session,
-        cas: Option<Cas>,
-    ) -> Result<(), StoreError>;
-    /// Deletes a session.
+        rng: &mut dyn Random,
+        now: u64,
+    ) -> Result<(SessionId, Option<Evicted>), StoreError>;
+    /// Deletes a session (only if the slot still holds it).
     fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError>;
-    /// Saves a pending login under its state.
-    fn put_pending(&mut self, state: &str, p: &PendingLogin) -> Result<(), StoreError>;
+    /// Saves a pending login; returns the `state` that finds it again.
+    fn create_pending(
+        &mut self,
+        p: &PendingLogin,
+        rng: &mut dyn Random,
+        now: u64,
+    ) -> Result<String, StoreError>;
     /// Takes (reads and deletes, atomically) a pending login: a second take of the same state
     /// gets `None`, so a callback cannot be replayed.
     fn take_pending(&mut self, state: &str) -> Option<PendingLogin>;
+    /// Deletes every session for which `pred` is true; returns those deleted.
+    fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session>;
 }
 
-/// The embedded store: JSON records in shared data.
+/// The embedded store: a slot table in shared data.
 pub struct SharedStore<D> {
     /// The host surface.
     pub data: D,
+    /// Sizes and policies.
+    pub limits: Limits,
 }
 
-fn session_key(id: &SessionId) -> String {
-    let mut k = String::with_capacity(43);
-    k.push_str("bffgate:s:");
-    k.push_str(&id.to_hex());
-    k
+fn session_key(slot: u32) -> String {
+    format!("bffgate:s:{slot}")
 }
 
-fn pending_key(state: &str) -> String {
-    let h = sha256(state.as_bytes());
-    format!("bffgate:p:{}", hex(h.get(..16).unwrap_or(&[])))
+fn pending_key(slot: u32) -> String {
+    format!("bffgate:p:{slot}")
+}
+
+fn random_u32(rng: &mut dyn Random) -> u32 {
+    let mut b = [0u8; 4];
+    rng.fill(&mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Bounded CAS retries.
+const RETRIES: usize = 4;
+
+impl<D: SharedData> SharedStore<D> {
+    /// Creates every slot (empty) that does not exist yet. Run once at configuration time,
+    /// before traffic: afterwards every claim is a CAS on an existing key.
+    pub fn init_slots(&mut self) {
+        for i in 0..self.limits.max_sessions {
+            let k = session_key(i);
+            if self.data.get(&k).1.is_none() {
+                let _ = self.data.set(&k, b"", None);
+            }
+        }
+        for i in 0..self.limits.max_pending {
+            let k = pending_key(i);
+            if self.data.get(&k).1.is_none() {
+                let _ = self.data.set(&k, b"", None);
+            }
+        }
+    }
+
+    fn read_session(&self, slot: u32) -> (Option<Session>, Option<Cas>) {
+        let (v, cas) = self.data.get(&session_key(slot));
+        let s = v
+            .filter(|v| !v.is_empty())
+            .and_then(|v| serde_json::from_slice::<Session>(&v).ok());
+        (s, cas)
+    }
+
+    fn dead(&self, s: &Session, now: u64) -> bool {
+        s.liveness(now, self.limits.idle_s) != Liveness::Live
+    }
+
+    /// Empties up to `count` slots of dead sessions and expired pending logins from `from`;
+    /// returns the next position and how many sessions were reclaimed.
+    pub fn sweep(&mut self, from: u32, count: u32, now: u64) -> (u32, Vec<Session>) {
+        let n = self.limits.max_sessions.max(1);
+        let mut reclaimed = Vec::new();
+        for k in 0..count.min(n) {
+            let i = from.wrapping_add(k) % n;
+            let (s, cas) = self.read_session(i);
+            if let (Some(s), Some(cas)) = (s, cas) {
+                if self.dead(&s, now) && self.data.set(&session_key(i), b"", Some(cas)).is_ok() {
+                    reclaimed.push(s);
+                }
+            }
+            if i < self.limits.max_pending {
+                let (v, cas) = self.data.get(&pending_key(i));
+                let expired = v
+                    .filter(|v| !v.is_empty())
+                    .and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok())
+                    .is_some_and(|p| p.expires <= now);
+                if let (true, Some(cas)) = (expired, cas) {
+                    let _ = self.data.set(&pending_key(i), b"", Some(cas));
+                }
+            }
+        }
+        (from.wrapping_add(count.min(n)) % n, reclaimed)
+    }
+
+    /// Live sessions and pending logins (a full scan: for gauges and the soak test).
+    pub fn count(&self, now: u64) -> (u32, u32) {
+        let mut live = 0;
+        for i in 0..self.limits.max_sessions {
+            if let (Some(s), _) = self.read_session(i) {
+                if !self.dead(&s, now) {
+                    live += 1;
+                }
+            }
+        }
+        let mut pending = 0;
+        for i in 0..self.limits.max_pending {
+            let (v, _) = self.data.get(&pending_key(i));
+            let live_p = v
+                .filter(|v| !v.is_empty())
+                .and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok())
+                .is_some_and(|p| p.expires > now);
+            if live_p {
+                pending += 1;
+            }
+        }
+        (live, pending)
+    }
 }
 
 impl<D: SharedData> Store for SharedStore<D> {
     fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)> {
-        let (v, cas) = self.data.get(&session_key(id));
-        let v = v.filter(|v| !v.is_empty())?;
-        let s = serde_json::from_slice(&v).ok()?;
-        Some((s, cas.unwrap_or(0)))
+        if id.slot() >= self.limits.max_sessions {
+            return None;
+        }
+        let (s, cas) = self.read_session(id.slot());
+        let s = s?;
+        if !ct_eq(s.owner.as_bytes(), id.verifier().as_bytes()) {
+            return None;
+        }
+        Some((s, cas?))
     }
 
-    fn put_session(
+    fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError> {
+        if id.slot() >= self.limits.max_sessions {
+            return Err(StoreError::NotFound);
+        }
+        let mut rec = s.clone();
+        rec.owner = id.verifier();
+        let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+        self.data.set(&session_key(id.slot()), &v, Some(cas))
+    }
+
+    fn create_session(
         &mut self,
-        id: &SessionId,
         s: &Session,
-        cas: Option<Cas>,
-    ) -> Result<(), StoreError> {
-        let v = serde_json::to_vec(s).map_err(|_| StoreError::Unavailable)?;
-        self.data.set(&session_key(id), &v, cas)
+        rng: &mut dyn Random,
+        now: u64,
+    ) -> Result<(SessionId, Option<Evicted>), StoreError> {
+        let n = self.limits.max_sessions;
+        if n == 0 {
+            return Err(StoreError::Full);
+        }
+        for _ in 0..RETRIES {
+            let start = random_u32(rng) % n;
+            // Least recently used live session among those sampled: (slot, cas, record).
+            let mut lru: Option<(u32, Cas, Session)> = None;
+            for k in 0..SAMPLE.min(n) {
+                let slot = (start + k) % n;
+                let (cur, cas) = self.read_session(slot);
+                let Some(cas) = cas else { continue };
+                let free = match &cur {
+                    None => true,
+                    Some(c) => self.dead(c, now),
+                };
+                if free {
+                    let id = SessionId::generate(rng, slot);
+                    let mut rec = s.clone();
+                    rec.owner = id.verifier();
+                    rec.handle = id.handle();
+                    let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+                    match self.data.set(&session_key(slot), &v, Some(cas)) {
+                        Ok(()) => return Ok((id, None)),
+                        Err(StoreError::CasMismatch) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                if let Some(c) = cur {
+                    if lru
+                        .as_ref()
+                        .is_none_or(|(_, _, l)| c.last_seen < l.last_seen)
+                    {
+                        lru = Some((slot, cas, c));
+                    }
+                }
+            }
+            if self.limits.when_full == WhenFull::Refuse {
+                return Err(StoreError::Full);
+            }
+            if let Some((slot, cas, victim)) = lru {
+                let id = SessionId::generate(rng, slot);
+                let mut rec = s.clone();
+                rec.owner = id.verifier();
+                rec.handle = id.handle();
+                let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+                match self.data.set(&session_key(slot), &v, Some(cas)) {
+                    Ok(()) => {
+                        return Ok((
+                            id,
+                            Some(Evicted {
+                                handle: victim.handle,
+                                sub: victim.sub,
+                            }),
+                        ))
+                    }
+                    Err(StoreError::CasMismatch) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(StoreError::Full)
     }
 
     fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError> {
-        self.data.set(&session_key(id), b"", None)
+        for _ in 0..RETRIES {
+            let Some((_, cas)) = self.get_session(id) else {
+                return Err(StoreError::NotFound);
+            };
+            match self.data.set(&session_key(id.slot()), b"", Some(cas)) {
+                Err(StoreError::CasMismatch) => continue,
+                r => return r,
+            }
+        }
+        Err(StoreError::CasMismatch)
     }
 
-    fn put_pending(&mut self, state: &str, p: &PendingLogin) -> Result<(), StoreError> {
-        let v = serde_json::to_vec(p).map_err(|_| StoreError::Unavailable)?;
-        self.data.set(&pending_key(state), &v, None)
+    fn create_pending(
+        &mut self,
+        p: &PendingLogin,
+        rng: &mut dyn Random,
+        now: u64,
+    ) -> Result<String, StoreError> {
+        let n = self.limits.max_pending;
+        if n == 0 {
+            return Err(StoreError::Full);
+        }
+        for _ in 0..RETRIES {
+            let start = random_u32(rng) % n;
+            let mut oldest: Option<(u32, Cas, u64)> = None;
+            let mut target = None;
+            for k in 0..SAMPLE.min(n) {
+                let slot = (start + k) % n;
+                let (v, cas) = self.data.get(&pending_key(slot));
+                let Some(cas) = cas else { continue };
+                let cur = v
+                    .filter(|v| !v.is_empty())
+                    .and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok());
+                match cur {
+                    Some(c) if c.expires > now => {
+                        if oldest.is_none_or(|(_, _, e)| c.expires < e) {
+                            oldest = Some((slot, cas, c.expires));
+                        }
+                    }
+                    _ => {
+                        target = Some((slot, cas));
+                        break;
+                    }
+                }
+            }
+            // A full table of unexpired logins: the oldest one gives way (an abandoned login
+            // is far likelier than a 10-minute-old one about to complete).
+            let Some((slot, cas)) = target.or(oldest.map(|(s, c, _)| (s, c))) else {
+                return Err(StoreError::Full);
+            };
+            let state = format!("{slot}.{}", random_token(rng, 32));
+            let mut rec = p.clone();
+            rec.state_hash = hex(&sha256(state.as_bytes()));
+            let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+            match self.data.set(&pending_key(slot), &v, Some(cas)) {
+                Ok(()) => return Ok(state),
+                Err(StoreError::CasMismatch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::CasMismatch)
     }
 
     fn take_pending(&mut self, state: &str) -> Option<PendingLogin> {
-        let key = pending_key(state);
+        let slot: u32 = state.split_once('.')?.0.parse().ok()?;
+        if slot >= self.limits.max_pending {
+            return None;
+        }
+        let key = pending_key(slot);
         let (v, cas) = self.data.get(&key);
-        let v = v.filter(|v| !v.is_empty())?;
+        let p: PendingLogin = serde_json::from_slice(&v.filter(|v| !v.is_empty())?).ok()?;
+        if !ct_eq(
+            p.state_hash.as_bytes(),
+            hex(&sha256(state.as_bytes())).as_bytes(),
+        ) {
+            return None;
+        }
         // Consume first, with CAS: of two concurrent callbacks only one wins.
-        self.data.set(&key, b"", cas).ok()?;
-        serde_json::from_slice(&v).ok()
+        self.data.set(&key, b"", Some(cas?)).ok()?;
+        Some(p)
+    }
+
+    fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session> {
+        let mut out = Vec::new();
+        for i in 0..self.limits.max_sessions {
+            for _ in 0..RETRIES {
+                let (s, cas) = self.read_session(i);
+                let (Some(s), Some(cas)) = (s, cas) else {
+                    break;
+                };
+                if !pred(&s) {
+                    break;
+                }
+                match self.data.set(&session_key(i), b"", Some(cas)) {
+                    Ok(()) => {
+                        out.push(s);
+                        break;
+                    }
+                    Err(StoreError::CasMismatch) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        out
     }
 }
 
@@ -132,6 +446,10 @@ impl MemoryData {
     /// Number of non-empty entries.
     pub fn live_entries(&self) -> usize {
         self.map.values().filter(|(v, _)| !v.is_empty()).count()
+    }
+    /// Number of keys (empty or not).
+    pub fn keys(&self) -> usize {
+        self.map.len()
     }
     /// All values (to search them for secrets in tests).
     pub fn values(&self) -> impl Iterator<Item = &[u8]> {
@@ -161,71 +479,182 @@ impl SharedData for MemoryData {
     }
 }
 
+/// A store over in-memory data with the slots created, for tests and tools.
+pub fn memory_store(limits: Limits) -> SharedStore<MemoryData> {
+    let mut s = SharedStore {
+        data: MemoryData::default(),
+        limits,
+    };
+    s.init_slots();
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::util::TestRandom;
 
-    fn session() -> Session {
+    fn limits(n: u32, when_full: WhenFull) -> Limits {
+        Limits {
+            max_sessions: n,
+            max_pending: n,
+            idle_s: 100,
+            when_full,
+        }
+    }
+
+    fn session(sub: &str, last_seen: u64) -> Session {
         Session {
-            sub: "alice".into(),
-            claims: Default::default(),
-            created: 1,
-            last_seen: 1,
-            expires: 100,
-            refresh_token: None,
-            id_token: None,
-            tokens: vec![],
-            refreshing_until: 0,
-            refresh_failed_at: 0,
+            sub: sub.into(),
+            created: last_seen,
+            last_seen,
+            expires: last_seen + 1000,
+            ..Default::default()
         }
     }
 
     #[test]
     fn session_round_trip_and_delete() {
-        let mut st = SharedStore {
-            data: MemoryData::default(),
-        };
-        let id = SessionId::generate(&mut TestRandom(3));
-        assert!(st.get_session(&id).is_none());
-        st.put_session(&id, &session(), None).unwrap();
+        let mut st = memory_store(limits(8, WhenFull::Refuse));
+        let mut rng = TestRandom(3);
+        let (id, ev) = st.create_session(&session("a", 1), &mut rng, 1).unwrap();
+        assert!(ev.is_none());
         let (s, _) = st.get_session(&id).unwrap();
-        assert_eq!(s, session());
+        assert_eq!(s.sub, "a");
+        assert_eq!(s.owner, id.verifier());
+        assert_eq!(s.handle, id.handle());
         st.delete_session(&id).unwrap();
         assert!(st.get_session(&id).is_none());
+        assert_eq!(st.delete_session(&id), Err(StoreError::NotFound));
+    }
+
+    #[test]
+    fn an_id_for_the_right_slot_but_another_secret_finds_nothing() {
+        let mut st = memory_store(limits(1, WhenFull::Refuse));
+        let mut rng = TestRandom(3);
+        let (id, _) = st.create_session(&session("a", 1), &mut rng, 1).unwrap();
+        let forged = SessionId::generate(&mut rng, id.slot());
+        assert!(st.get_session(&forged).is_none());
+        assert_eq!(st.delete_session(&forged), Err(StoreError::NotFound));
+        assert!(st.get_session(&id).is_some());
+        let out_of_range = SessionId::generate(&mut rng, 5);
+        assert!(st.get_session(&out_of_range).is_none());
     }
 
     #[test]
     fn concurrent_updates_are_detected() {
-        let mut st = SharedStore {
-            data: MemoryData::default(),
-        };
-        let id = SessionId::generate(&mut TestRandom(3));
-        st.put_session(&id, &session(), None).unwrap();
+        let mut st = memory_store(limits(4, WhenFull::Refuse));
+        let mut rng = TestRandom(3);
+        let (id, _) = st.create_session(&session("a", 1), &mut rng, 1).unwrap();
         let (_, cas_a) = st.get_session(&id).unwrap();
         let (_, cas_b) = st.get_session(&id).unwrap();
-        st.put_session(&id, &session(), Some(cas_a)).unwrap();
+        st.put_session(&id, &session("a", 2), cas_a).unwrap();
         assert_eq!(
-            st.put_session(&id, &session(), Some(cas_b)),
+            st.put_session(&id, &session("a", 3), cas_b),
             Err(StoreError::CasMismatch)
         );
     }
 
     #[test]
-    fn pending_login_is_taken_once() {
-        let mut st = SharedStore {
-            data: MemoryData::default(),
-        };
+    fn the_table_never_grows_and_full_refuses_or_evicts_lru() {
+        let mut st = memory_store(limits(4, WhenFull::Refuse));
+        let keys = st.data.keys();
+        let mut rng = TestRandom(9);
+        for i in 0..4 {
+            st.create_session(&session("u", 10 + i), &mut rng, 20)
+                .unwrap();
+        }
+        assert_eq!(
+            st.create_session(&session("x", 20), &mut rng, 20)
+                .map(|_| ()),
+            Err(StoreError::Full)
+        );
+        st.limits.when_full = WhenFull::EvictLeastRecentlyUsed;
+        let (_, ev) = st.create_session(&session("x", 20), &mut rng, 20).unwrap();
+        assert_eq!(ev.unwrap().sub, "u");
+        assert_eq!(st.data.keys(), keys, "no key is ever added after init");
+        // Dead sessions are reclaimed without eviction.
+        let (_, ev) = st
+            .create_session(&session("y", 500), &mut rng, 500)
+            .unwrap();
+        assert!(ev.is_none(), "idle sessions free their slot");
+        assert_eq!(st.data.keys(), keys);
+    }
+
+    #[test]
+    fn churn_keeps_memory_flat() {
+        let mut st = memory_store(limits(16, WhenFull::EvictLeastRecentlyUsed));
+        let mut rng = TestRandom(5);
+        let keys = st.data.keys();
+        for round in 0..1000u64 {
+            let (id, _) = st
+                .create_session(&session("u", round), &mut rng, round)
+                .unwrap();
+            if round % 3 == 0 {
+                st.delete_session(&id).unwrap();
+            }
+        }
+        assert_eq!(st.data.keys(), keys);
+        assert!(st.data.live_entries() <= 16 + 16);
+    }
+
+    #[test]
+    fn pending_login_is_taken_once_and_only_with_its_state() {
+        let mut st = memory_store(limits(4, WhenFull::Refuse));
+        let mut rng = TestRandom(3);
         let p = PendingLogin {
             verifier: Secret::new("v"),
             nonce: "n".into(),
             return_to: "/".into(),
             flow_hash: "h".into(),
             expires: 10,
+            state_hash: String::new(),
         };
-        st.put_pending("state1", &p).unwrap();
-        assert_eq!(st.take_pending("state2"), None);
-        assert_eq!(st.take_pending("state1"), Some(p));
-        assert_eq!(st.take_pending("state1"), None);
+        let state = st.create_pending(&p, &mut rng, 1).unwrap();
+        let slot = state.split_once('.').unwrap().0;
+        assert_eq!(st.take_pending(&format!("{slot}.forged")), None);
+        assert_eq!(st.take_pending("nonsense"), None);
+        assert_eq!(st.take_pending("99.x"), None);
+        let got = st.take_pending(&state).unwrap();
+        assert_eq!(got.verifier, p.verifier);
+        assert_eq!(st.take_pending(&state), None);
+    }
+
+    #[test]
+    fn pending_logins_are_bounded_and_the_oldest_gives_way() {
+        let mut st = memory_store(limits(2, WhenFull::Refuse));
+        let mut rng = TestRandom(3);
+        let keys = st.data.keys();
+        let mk = |e| PendingLogin {
+            verifier: Secret::new("v"),
+            nonce: "n".into(),
+            return_to: "/".into(),
+            flow_hash: "h".into(),
+            expires: e,
+            state_hash: String::new(),
+        };
+        let a = st.create_pending(&mk(100), &mut rng, 1).unwrap();
+        let b = st.create_pending(&mk(200), &mut rng, 1).unwrap();
+        let c = st.create_pending(&mk(300), &mut rng, 1).unwrap();
+        assert_eq!(st.take_pending(&a), None, "the oldest was replaced");
+        assert!(st.take_pending(&b).is_some());
+        assert!(st.take_pending(&c).is_some());
+        assert_eq!(st.data.keys(), keys);
+    }
+
+    #[test]
+    fn sweep_and_delete_where() {
+        let mut st = memory_store(limits(8, WhenFull::Refuse));
+        let mut rng = TestRandom(3);
+        st.create_session(&session("a", 1), &mut rng, 1).unwrap();
+        st.create_session(&session("b", 1), &mut rng, 1).unwrap();
+        st.create_session(&session("b", 90), &mut rng, 90).unwrap();
+        assert_eq!(st.count(95), (3, 0));
+        let (_, reclaimed) = st.sweep(0, 8, 150);
+        assert_eq!(reclaimed.len(), 2, "two idle sessions reclaimed");
+        assert_eq!(st.count(150), (1, 0));
+        let gone = st.delete_where(&|s| s.sub == "b");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(st.count(150), (0, 0));
     }
 }

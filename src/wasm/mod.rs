@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { shared: Rc::new(Shared::default()) })
+        Box::new(Root { shared: Rc::new(Shared::default()), ticks: 0, sweep_at: 0 })
     });
 }}
 
@@ -119,7 +119,10 @@ where
     F: FnOnce(&mut Engine<'_>) -> Step,
 {
     let mut rng = HostRandom;
-    let mut store = SharedStore { data: HostData };
+    let mut store = SharedStore {
+        data: HostData,
+        limits: cfg.store,
+    };
     let mut engine = Engine::new(cfg, now_secs(), &mut rng, &mut store);
     let step = f(&mut engine);
     for n in &engine.notes {
@@ -274,7 +277,14 @@ fn on_call_done(shared: &Shared, token: u32, body_size: usize) {
 
 struct Root {
     shared: Rc<Shared>,
+    ticks: u64,
+    sweep_at: u32,
 }
+
+/// Sweep a batch every this many ticks (about once a second).
+const SWEEP_EVERY: u64 = 50;
+/// Slots looked at per sweep, per worker.
+const SWEEP_BATCH: u32 = 64;
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
@@ -302,7 +312,18 @@ impl RootContext for Root {
                         c.cookie.keys.current_kid()
                     ),
                 );
+                // Create the slot table (only the slots not there yet: another VM of this Envoy
+                // may have done it, and sessions in it must survive a VM reload).
+                SharedStore {
+                    data: HostData,
+                    limits: c.store,
+                }
+                .init_slots();
                 *self.shared.config.borrow_mut() = Some(Rc::new(c));
+                // Workers sweep from different places.
+                let mut b = [0u8; 4];
+                HostRandom.fill(&mut b);
+                self.sweep_at = u32::from_le_bytes(b);
                 self.set_tick_period(TICK);
                 true
             }
@@ -318,10 +339,26 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let shared = &self.shared;
+        let Some(cfg) = shared.config() else { return };
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % SWEEP_EVERY == 0 {
+            // Reclaim dead sessions and expired logins a batch at a time.
+            let mut store = SharedStore {
+                data: HostData,
+                limits: cfg.store,
+            };
+            let (next, reclaimed) = store.sweep(self.sweep_at, SWEEP_BATCH, now_secs());
+            self.sweep_at = next;
+            for s in reclaimed {
+                log(
+                    LogLevel::Info,
+                    &format!("bffgate: session ended reason=expired session={}", s.handle),
+                );
+            }
+        }
         if shared.waiters.borrow().is_empty() {
             return;
         }
-        let Some(cfg) = shared.config() else { return };
         let ids: Vec<u32> = shared.waiters.borrow().keys().copied().collect();
         for ctx in ids {
             let Some(pending) = shared.waiters.borrow_mut().remove(&ctx) else {
