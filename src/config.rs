@@ -462,6 +462,13 @@ fn url_field(field: &str, value: &str) -> Result<(String, String), ConfigError> 
     Ok((authority.to_string(), path.to_string()))
 }
 
+/// RFC 6749 3.3 scope-token: %x21 / %x23-5B / %x5D-7E.
+fn scope_token_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
 fn token_chars(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -735,7 +742,7 @@ impl Config {
                 None => None,
                 Some(v) => {
                     for (i, sc) in v.iter().enumerate() {
-                        if sc.is_empty() || sc.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+                        if !scope_token_ok(sc) {
                             return Err(err(
                                 format!("audiences.{id}.scopes[{i}]"),
                                 "not a scope token",
@@ -790,7 +797,7 @@ impl Config {
                 }
             }
             for (i, sc) in rp.scopes.iter().enumerate() {
-                if sc.is_empty() || sc.contains(' ') {
+                if !scope_token_ok(sc) {
                     return Err(err(
                         format!("routes.{name}.scopes[{i}]"),
                         "not a scope token",

@@ -5,6 +5,7 @@
 //! edits), respond locally (and stop the request), or make a callout to the provider and feed
 //! its result back through [`Engine::on_callout`].
 
+use crate::audit::{EndReason, Event};
 use crate::config::{Acquire, Config};
 use crate::cookie;
 use crate::jwt;
@@ -112,6 +113,8 @@ pub enum Pending {
         resume: Resume,
         /// Which call is in flight.
         call: TokenCall,
+        /// The lock this request holds (its `refreshing_until`): released only if still ours.
+        lock: u64,
     },
     /// A protected request waiting for another request's renewal (it does not hold the lock).
     AwaitToken {
@@ -193,6 +196,17 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 7] = [
+        ErrorCode::Unauthenticated,
+        ErrorCode::InsufficientScope,
+        ErrorCode::Forbidden,
+        ErrorCode::Csrf,
+        ErrorCode::InvalidRequest,
+        ErrorCode::LoginFailed,
+        ErrorCode::IdpUnavailable,
+    ];
+
     /// The wire code.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -293,8 +307,12 @@ pub struct Engine<'a> {
     pub rng: &'a mut dyn Random,
     /// Store.
     pub store: &'a mut dyn Store,
-    /// Audit notes for the shell to log (never a secret).
+    /// Audit lines for the shell to log (never a secret).
     pub notes: Vec<String>,
+    /// Audit events (for metrics).
+    pub events: Vec<Event>,
+    /// Subject of the session the request was decided for (for the access log).
+    pub subject: Option<String>,
 }
 
 /// How the session cookie of a request resolved.
@@ -321,11 +339,27 @@ impl<'a> Engine<'a> {
             rng,
             store,
             notes: Vec::new(),
+            events: Vec::new(),
+            subject: None,
         }
     }
 
-    fn note(&mut self, s: String) {
-        self.notes.push(s);
+    /// Records an audit event (and its JSON line in `notes`, which the shell logs).
+    pub fn event(&mut self, e: Event) {
+        let mut line = e.to_json();
+        if let Some(o) = line.as_object_mut() {
+            o.insert("ts".into(), Value::from(self.now));
+        }
+        self.notes.push(format!("audit {line}"));
+        self.events.push(e);
+    }
+
+    fn deny(&mut self, code: ErrorCode, route: &str, session: Option<String>) {
+        self.event(Event::Denied {
+            code: code.as_str(),
+            route: route.to_string(),
+            session,
+        });
     }
 
     fn is_bff_cookie(&self, name: &str) -> bool {
@@ -393,18 +427,21 @@ impl<'a> Engine<'a> {
             return SessionLookup::Invalid;
         };
         match s.liveness(self.now, self.cfg.session.idle_timeout_s) {
-            Liveness::Live => SessionLookup::Live(id, Box::new(s), cas),
+            Liveness::Live => {
+                self.subject = Some(s.sub.clone());
+                SessionLookup::Live(id, Box::new(s), cas)
+            }
             why => {
                 let _ = self.store.delete_session(&id);
-                self.note(format!(
-                    "session ended reason={} session={}",
-                    if why == Liveness::Idle {
-                        "idle"
+                self.event(Event::SessionEnded {
+                    reason: if why == Liveness::Idle {
+                        EndReason::Idle
                     } else {
-                        "expired"
+                        EndReason::Expired
                     },
-                    id.handle()
-                ));
+                    session: id.handle(),
+                    sub: None,
+                });
                 SessionLookup::Invalid
             }
         }
@@ -429,10 +466,11 @@ impl<'a> Engine<'a> {
             }
         }
         let Some(policy) = req.route.as_deref().and_then(|r| self.cfg.routes.get(r)) else {
-            self.note(format!(
-                "denied reason=no_policy route={:?}",
-                req.route.as_deref().unwrap_or("")
-            ));
+            self.deny(
+                ErrorCode::Forbidden,
+                req.route.as_deref().unwrap_or(""),
+                None,
+            );
             return Step::Respond(error_reply(
                 403,
                 ErrorCode::Forbidden,
@@ -514,7 +552,7 @@ impl<'a> Engine<'a> {
 
     fn protected(&mut self, req: &Request, policy: &Policy) -> Step {
         if !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
-            self.note(format!("denied reason=csrf route={}", policy.route));
+            self.deny(ErrorCode::Csrf, &policy.route, None);
             return Step::Respond(error_reply(
                 403,
                 ErrorCode::Csrf,
@@ -532,11 +570,7 @@ impl<'a> Engine<'a> {
             }
         };
         if !policy.claims_ok(&session.claims) {
-            self.note(format!(
-                "denied reason=forbidden route={} session={}",
-                policy.route,
-                id.handle()
-            ));
+            self.deny(ErrorCode::Forbidden, &policy.route, Some(id.handle()));
             return Step::Respond(error_reply(
                 403,
                 ErrorCode::Forbidden,
@@ -586,6 +620,7 @@ impl<'a> Engine<'a> {
                 let _ = self.store.delete_session(&r.sid);
                 return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
             }
+            self.subject = Some(s.sub.clone());
             if let Some(t) = s.token_for(&r.audience, self.now, self.cfg.session.refresh_skew_s) {
                 let (token, scope) = (t.token.clone(), t.scope.clone());
                 return self.authorize(&policy, &r.sid, &s.claims, &scope, token, r.cookie);
@@ -597,6 +632,11 @@ impl<'a> Engine<'a> {
                     return self.authorize(&policy, &r.sid, &s.claims, &scope, token, r.cookie);
                 }
                 let deadline = self.now.saturating_add(self.lock_ttl());
+                if waited_since.is_none() {
+                    self.event(Event::RefreshCoalesced {
+                        session: r.sid.handle(),
+                    });
+                }
                 return Step::Wait {
                     then: Box::new(Pending::AwaitToken {
                         resume: r,
@@ -649,18 +689,26 @@ impl<'a> Engine<'a> {
             let Some(request) = request else {
                 // Nothing can renew this session's access: it is over.
                 let _ = self.store.delete_session(&r.sid);
-                self.note(format!(
-                    "session ended reason=no_refresh_token session={}",
-                    r.sid.handle()
-                ));
+                self.event(Event::SessionEnded {
+                    reason: EndReason::NoRefreshToken,
+                    session: r.sid.handle(),
+                    sub: None,
+                });
                 return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
             };
             s.refreshing_until = self.now.saturating_add(self.lock_ttl());
+            // A request that renews a token is activity too (the fast path touches likewise).
+            s.last_seen = s.last_seen.max(self.now);
+            let lock = s.refreshing_until;
             match self.store.put_session(&r.sid, &s, cas) {
                 Ok(()) => {
                     return Step::Call {
                         request,
-                        then: Box::new(Pending::Token { resume: r, call }),
+                        then: Box::new(Pending::Token {
+                            resume: r,
+                            call,
+                            lock,
+                        }),
                     }
                 }
                 Err(StoreError::CasMismatch) => continue,
@@ -714,19 +762,21 @@ impl<'a> Engine<'a> {
                 "internal: not a waiting request",
             )));
         };
+        let mut fresh = false;
         if let Some((s, _)) = self.store.get_session(&resume.sid) {
-            let fresh = s
+            fresh = s
                 .token_for(&resume.audience, self.now, self.cfg.session.refresh_skew_s)
                 .is_some();
             if !fresh && s.refresh_locked(self.now) && self.now < *deadline {
                 return None;
             }
         }
-        if self.now >= *deadline {
-            self.note(format!(
-                "refresh failed reason=wait_timeout session={}",
-                resume.sid.handle()
-            ));
+        // A token renewed before the timer got here is used even if the deadline has come.
+        if self.now >= *deadline && !fresh {
+            self.event(Event::RefreshFailed {
+                session: resume.sid.handle(),
+                reason: "wait_timeout",
+            });
             return Some(Step::Respond(error_reply(
                 503,
                 ErrorCode::IdpUnavailable,
@@ -751,11 +801,11 @@ impl<'a> Engine<'a> {
                 cookie,
             },
             Err(Denial::InsufficientScope) => {
-                self.note(format!(
-                    "denied reason=insufficient_scope route={} session={}",
-                    policy.route,
-                    id.handle()
-                ));
+                self.deny(
+                    ErrorCode::InsufficientScope,
+                    &policy.route,
+                    Some(id.handle()),
+                );
                 Step::Respond(error_reply(
                     403,
                     ErrorCode::InsufficientScope,
@@ -842,7 +892,7 @@ impl<'a> Engine<'a> {
             &self.cfg.cookie.attrs_for_flow(),
             Some(self.cfg.session.login_timeout_s),
         );
-        self.note("login started".into());
+        self.event(Event::LoginStarted);
         with_cookie(redirect(&url), flow)
     }
 
@@ -853,7 +903,9 @@ impl<'a> Engine<'a> {
         why: &str,
         flow_cookie: Option<&str>,
     ) -> Reply {
-        self.note(format!("login failed reason={why:?}"));
+        self.event(Event::LoginFailed {
+            reason: why.to_string(),
+        });
         let r = error_reply(status, code, why);
         match flow_cookie {
             Some(n) => with_cookie(r, self.clear_flow_cookie(n)),
@@ -1003,7 +1055,7 @@ impl Engine<'_> {
 
     fn logout(&mut self, req: &Request) -> Step {
         if !self.csrf_ok(req, CsrfMode::AllMethods, &[]) {
-            self.note("denied reason=csrf route=logout".into());
+            self.deny(ErrorCode::Csrf, "logout", None);
             return Step::Respond(error_reply(
                 403,
                 ErrorCode::Csrf,
@@ -1012,13 +1064,15 @@ impl Engine<'_> {
         }
         let mut revoke: Vec<(Secret, &'static str)> = Vec::new();
         let mut id_token = None;
+        let mut ended = None;
         if let SessionLookup::Live(id, s, _) = self.lookup_session(req) {
             // Gone locally first (every worker sees it at once); revocation follows.
             let _ = self.store.delete_session(&id);
-            self.note(format!(
-                "session ended reason=logout session={}",
-                id.handle()
-            ));
+            self.event(Event::SessionEnded {
+                reason: EndReason::Logout,
+                session: id.handle(),
+                sub: Some(s.sub.clone()),
+            });
             if let Some(rt) = &s.refresh_token {
                 revoke.push((rt.clone(), "refresh_token"));
             }
@@ -1028,6 +1082,7 @@ impl Engine<'_> {
                 }
             }
             id_token = s.id_token.clone();
+            ended = Some(id.handle());
         }
         let mut body = json!({"logged_out": true});
         if let Some(es) = &self.cfg.provider.end_session_endpoint {
@@ -1049,6 +1104,14 @@ impl Engine<'_> {
             }
         }
         let reply = with_cookie(json_reply(200, body), self.clear_session_cookie());
+        if let (Some(h), false) = (&ended, revoke.is_empty()) {
+            if self.cfg.provider.revocation_path.is_some() {
+                self.event(Event::RevocationSent {
+                    session: h.clone(),
+                    tokens: revoke.len(),
+                });
+            }
+        }
         self.next_revocation(reply, revoke)
     }
 
@@ -1062,7 +1125,7 @@ impl Engine<'_> {
                 flow_cookie,
                 old_session,
             } => Step::Respond(self.finish_login(login, &flow_cookie, old_session, result)),
-            Pending::Token { resume, call } => self.finish_token(resume, call, result),
+            Pending::Token { resume, call, lock } => self.finish_token(resume, call, lock, result),
             Pending::Logout { reply, remaining } => self.next_revocation(reply, remaining),
             Pending::AwaitToken { .. } => Step::Respond(error_reply(
                 500,
@@ -1169,10 +1232,11 @@ impl Engine<'_> {
         let id = match self.store.create_session(&session, self.rng, self.now) {
             Ok((id, evicted)) => {
                 if let Some(ev) = evicted {
-                    self.note(format!(
-                        "session ended reason=evicted session={} sub={:?}",
-                        ev.handle, ev.sub
-                    ));
+                    self.event(Event::SessionEnded {
+                        reason: EndReason::Evicted,
+                        session: ev.handle,
+                        sub: Some(ev.sub),
+                    });
                 }
                 id
             }
@@ -1187,15 +1251,17 @@ impl Engine<'_> {
         };
         if let Some(old) = old_session {
             let _ = self.store.delete_session(&old);
-            self.note(format!(
-                "session ended reason=relogin session={}",
-                old.handle()
-            ));
+            self.event(Event::SessionEnded {
+                reason: EndReason::Relogin,
+                session: old.handle(),
+                sub: None,
+            });
         }
-        self.note(format!(
-            "login completed sub={sub:?} session={}",
-            id.handle()
-        ));
+        self.subject = Some(sub.clone());
+        self.event(Event::LoginCompleted {
+            sub: sub.clone(),
+            session: id.handle(),
+        });
         let mut r = redirect(&login.return_to);
         r.headers
             .push(("set-cookie".into(), self.session_cookie(&id)));
@@ -1205,12 +1271,15 @@ impl Engine<'_> {
     }
 
     /// Releases the refresh lock, recording a transient failure if `failed`.
-    fn release_lock(&mut self, sid: &SessionId, failed: bool) {
+    fn release_lock(&mut self, sid: &SessionId, failed: bool, lock: u64) {
         for _ in 0..CAS_RETRIES {
             let Some((mut s, cas)) = self.store.get_session(sid) else {
                 return;
             };
-            s.refreshing_until = 0;
+            // A holder whose lock expired must not release the lock a newer holder took.
+            if s.refreshing_until == lock {
+                s.refreshing_until = 0;
+            }
             if failed {
                 s.refresh_failed_at = self.now;
             }
@@ -1221,9 +1290,9 @@ impl Engine<'_> {
         }
     }
 
-    fn finish_token(&mut self, r: Resume, call: TokenCall, result: CallResult) -> Step {
+    fn finish_token(&mut self, r: Resume, call: TokenCall, lock: u64, result: CallResult) -> Step {
         let Some(policy) = self.cfg.routes.get(&r.route).cloned() else {
-            self.release_lock(&r.sid, false);
+            self.release_lock(&r.sid, false, lock);
             return Step::Respond(error_reply(
                 403,
                 ErrorCode::Forbidden,
@@ -1240,12 +1309,8 @@ impl Engine<'_> {
             Ok(t) => t,
             Err(e) if e.is_terminal() && call == TokenCall::Exchange => {
                 // The exchange was refused (policy at the provider): the session itself is fine.
-                self.release_lock(&r.sid, false);
-                self.note(format!(
-                    "denied reason=exchange_refused route={} session={}",
-                    r.route,
-                    r.sid.handle()
-                ));
+                self.release_lock(&r.sid, false, lock);
+                self.deny(ErrorCode::Forbidden, &r.route, Some(r.sid.handle()));
                 return Step::Respond(error_reply(
                     403,
                     ErrorCode::Forbidden,
@@ -1254,18 +1319,19 @@ impl Engine<'_> {
             }
             Err(e) if e.is_terminal() => {
                 let _ = self.store.delete_session(&r.sid);
-                self.note(format!(
-                    "session ended reason=refresh_rejected session={}",
-                    r.sid.handle()
-                ));
+                self.event(Event::SessionEnded {
+                    reason: EndReason::RefreshRejected,
+                    session: r.sid.handle(),
+                    sub: None,
+                });
                 return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
             }
             Err(_) => {
-                self.release_lock(&r.sid, true);
-                self.note(format!(
-                    "refresh failed reason=idp_unavailable session={}",
-                    r.sid.handle()
-                ));
+                self.release_lock(&r.sid, true, lock);
+                self.event(Event::RefreshFailed {
+                    session: r.sid.handle(),
+                    reason: "idp_unavailable",
+                });
                 return self.transient_failure(&policy, &r);
             }
         };
@@ -1292,14 +1358,30 @@ impl Engine<'_> {
                 // Logged out while we were waiting: do not revive it.
                 return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
             };
+            if s.liveness(self.now, self.cfg.session.idle_timeout_s) != Liveness::Live {
+                // The session ran out while the provider answered: the answer does not revive it.
+                let _ = self.store.delete_session(&r.sid);
+                self.event(Event::SessionEnded {
+                    reason: EndReason::Expired,
+                    session: r.sid.handle(),
+                    sub: None,
+                });
+                return Step::Respond(self.unauthenticated(r.navigation, &r.path, true));
+            }
             s.put_token(token.clone());
             if let Some(rt) = &tokens.refresh_token {
                 // Rotation: the new refresh token replaces the old one in the same write.
                 s.refresh_token = Some(rt.clone());
             }
-            if !keep_lock {
-                s.refreshing_until = 0;
-            }
+            s.refreshing_until = if keep_lock {
+                // The exchange that follows gets a whole callout's worth of lock of its own.
+                self.now.saturating_add(self.lock_ttl())
+            } else if s.refreshing_until == lock {
+                0
+            } else {
+                // Our lock expired and another request holds a newer one: leave it.
+                s.refreshing_until
+            };
             s.refresh_failed_at = 0;
             match self.store.put_session(&r.sid, &s, cas) {
                 Ok(()) => {
@@ -1317,6 +1399,16 @@ impl Engine<'_> {
                 "session store busy; try again",
             ));
         };
+        self.subject = Some(s.sub.clone());
+        self.event(Event::TokenRenewed {
+            session: r.sid.handle(),
+            audience: token.aud.clone(),
+            grant: if call == TokenCall::Exchange {
+                "token_exchange"
+            } else {
+                "refresh_token"
+            },
+        });
         if keep_lock {
             // Now exchange the fresh login-audience token for the route's audience.
             let request =
@@ -1326,6 +1418,7 @@ impl Engine<'_> {
                 then: Box::new(Pending::Token {
                     resume: r,
                     call: TokenCall::Exchange,
+                    lock: s.refreshing_until,
                 }),
             };
         }
@@ -1350,10 +1443,14 @@ impl Engine<'_> {
         }
         let (token, hint) = remaining.remove(0);
         match oauth::revoke_request(self.cfg, token.expose(), hint) {
-            Some(request) => Step::Call {
-                request,
-                then: Box::new(Pending::Logout { reply, remaining }),
-            },
+            Some(mut request) => {
+                // The user waits for the logout reply: each revocation has its own short bound.
+                request.timeout_ms = self.cfg.provider.revocation_timeout_ms;
+                Step::Call {
+                    request,
+                    then: Box::new(Pending::Logout { reply, remaining }),
+                }
+            }
             None => Step::Respond(reply),
         }
     }

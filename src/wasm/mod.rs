@@ -15,13 +15,14 @@
 //! Only the `_bytes` header accessors are used on downstream input: the SDK's `String` variants
 //! panic on non-UTF-8 header values, and nothing may panic on input.
 
+use crate::audit::{decision_of, Decision, EndReason, Event};
 use crate::config::Config;
 use crate::flow::{CallResult, CookieEdit, Engine, Pending, Request, Step};
 use crate::store::{Cas, SharedData, SharedStore, StoreError};
 use crate::util::Random;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -82,8 +83,10 @@ impl SharedData for HostData {
 #[derive(Default)]
 struct Shared {
     config: RefCell<Option<Rc<Config>>>,
-    /// Callouts in flight: token -> (request context id, continuation).
-    calls: RefCell<HashMap<u32, (u32, Pending)>>,
+    /// Callouts in flight: token -> (request context id, continuation, start in ms).
+    calls: RefCell<HashMap<u32, (u32, Pending, u64)>>,
+    /// Metric ids by name.
+    metrics: RefCell<HashMap<String, u32>>,
     /// Requests waiting for another request's renewal: context id -> continuation.
     waiters: RefCell<HashMap<u32, Pending>>,
     /// Requests that are paused or answered locally: their body must not continue them.
@@ -93,6 +96,45 @@ struct Shared {
 }
 
 impl Shared {
+    fn metric(&self, kind: MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.metrics.borrow().get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.metrics.borrow_mut().insert(name.to_string(), id);
+        Some(id)
+    }
+    fn count(&self, name: &str) {
+        if let Some(id) = self.metric(MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+    fn gauge(&self, name: &str, v: u64) {
+        if let Some(id) = self.metric(MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, v);
+        }
+    }
+    fn histogram(&self, name: &str, v: u64) {
+        if let Some(id) = self.metric(MetricType::Histogram, name) {
+            let _ = hostcalls::record_metric(id, v);
+        }
+    }
+    /// Counts the events of one engine run.
+    fn account(&self, events: &[Event]) {
+        for e in events {
+            if let Some(m) = e.metric() {
+                self.count(&m);
+            }
+            match e {
+                Event::Denied { code: "csrf", .. } => self.count("bffgate_csrf_rejections"),
+                Event::SessionEnded {
+                    reason: EndReason::Evicted,
+                    ..
+                } => self.count("bffgate_store_evictions"),
+                _ => {}
+            }
+        }
+    }
     fn config(&self) -> Option<Rc<Config>> {
         self.config.borrow().clone()
     }
@@ -113,8 +155,15 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the engine with host clock, randomness and store; logs its notes.
-fn run<F>(cfg: &Config, f: F) -> Step
+/// What one engine run produced besides its step.
+struct Ran {
+    step: Step,
+    subject: Option<String>,
+}
+
+/// Runs the engine with host clock, randomness and store; logs its audit lines and counts its
+/// events.
+fn run<F>(shared: &Shared, cfg: &Config, f: F) -> Ran
 where
     F: FnOnce(&mut Engine<'_>) -> Step,
 {
@@ -126,9 +175,37 @@ where
     let mut engine = Engine::new(cfg, now_secs(), &mut rng, &mut store);
     let step = f(&mut engine);
     for n in &engine.notes {
-        log(LogLevel::Info, &format!("bffgate: {n}"));
+        log(LogLevel::Info, n);
     }
-    step
+    shared.account(&engine.events);
+    Ran {
+        step,
+        subject: engine.subject.take(),
+    }
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Records the decision for the access log (filter state `wasm.bffgate_decision` and
+/// `wasm.bffgate_subject`) and metrics, once the request's fate is known.
+fn record_decision(shared: &Shared, cfg: &Config, step: &Step, subject: Option<&str>) {
+    let d = decision_of(step, &cfg.auth_prefix);
+    if d == Decision::Pending {
+        return;
+    }
+    if let Some(m) = d.metric() {
+        shared.count(&m);
+    }
+    let _ = hostcalls::set_property(vec!["bffgate_decision"], Some(d.as_str().as_bytes()));
+    if let Some(sub) = subject {
+        let _ = hostcalls::set_property(vec!["bffgate_subject"], Some(sub.as_bytes()));
+    }
 }
 
 fn respond(
@@ -212,7 +289,10 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
                 Duration::from_millis(request.timeout_ms),
             ) {
                 Ok(token) => {
-                    shared.calls.borrow_mut().insert(token, (ctx, *then));
+                    shared
+                        .calls
+                        .borrow_mut()
+                        .insert(token, (ctx, *then, now_ms()));
                     shared.set_stopped(ctx, true);
                     Action::Pause
                 }
@@ -225,8 +305,10 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
                         ),
                     );
                     // Feed the engine a failed call so locks are released and state stays right.
-                    let step = run(cfg, |e| e.on_callout(*then, CallResult::Failed));
-                    match step {
+                    shared.count("bffgate_callouts_failed");
+                    let ran = run(shared, cfg, |e| e.on_callout(*then, CallResult::Failed));
+                    record_decision(shared, cfg, &ran.step, ran.subject.as_deref());
+                    match ran.step {
                         Step::Call { .. } | Step::Wait { .. } => {
                             fail_closed(shared, ctx, "the identity provider is unreachable")
                         }
@@ -240,10 +322,14 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
 
 /// A callout finished (or failed): route it to its request.
 fn on_call_done(shared: &Shared, token: u32, body_size: usize) {
-    let Some((ctx, pending)) = shared.calls.borrow_mut().remove(&token) else {
+    let Some((ctx, pending, started)) = shared.calls.borrow_mut().remove(&token) else {
         return;
     };
     let Some(cfg) = shared.config() else { return };
+    shared.histogram(
+        "bffgate_callout_duration_ms",
+        now_ms().saturating_sub(started),
+    );
     let status = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
         .unwrap_or_default()
         .into_iter()
@@ -254,24 +340,35 @@ fn on_call_done(shared: &Shared, token: u32, body_size: usize) {
                 .and_then(|s| s.parse::<u16>().ok())
         });
     let result = match status {
-        Some(status) => CallResult::Response {
-            status,
-            body: hostcalls::get_buffer(
-                proxy_wasm::types::BufferType::HttpCallResponseBody,
-                0,
-                body_size.min(crate::oauth::MAX_BODY + 1),
-            )
-            .ok()
-            .flatten()
-            .unwrap_or_default(),
-        },
-        None => CallResult::Failed,
+        Some(status) => {
+            shared.count(if (200..300).contains(&status) {
+                "bffgate_callouts_ok"
+            } else {
+                "bffgate_callouts_http_error"
+            });
+            CallResult::Response {
+                status,
+                body: hostcalls::get_buffer(
+                    proxy_wasm::types::BufferType::HttpCallResponseBody,
+                    0,
+                    body_size.min(crate::oauth::MAX_BODY + 1),
+                )
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            }
+        }
+        None => {
+            shared.count("bffgate_callouts_failed");
+            CallResult::Failed
+        }
     };
     // The engine records the result in the session whether or not the request is still there.
-    let step = run(&cfg, |e| e.on_callout(pending, result));
+    let ran = run(shared, &cfg, |e| e.on_callout(pending, result));
     let alive = shared.alive.borrow().contains(&ctx);
     if alive && hostcalls::set_effective_context(ctx).is_ok() {
-        apply(shared, &cfg, ctx, step, true);
+        record_decision(shared, &cfg, &ran.step, ran.subject.as_deref());
+        apply(shared, &cfg, ctx, ran.step, true);
     }
 }
 
@@ -283,6 +380,8 @@ struct Root {
 
 /// Sweep a batch every this many ticks (about once a second).
 const SWEEP_EVERY: u64 = 50;
+/// Gauges are recomputed (a full scan) every this many sweeps.
+const GAUGE_EVERY: u64 = 5;
 /// Slots looked at per sweep, per worker.
 const SWEEP_BATCH: u32 = 64;
 
@@ -319,6 +418,15 @@ impl RootContext for Root {
                     limits: c.store,
                 }
                 .init_slots();
+                for name in crate::audit::all_counters() {
+                    self.shared.metric(MetricType::Counter, &name);
+                }
+                self.shared
+                    .metric(MetricType::Gauge, "bffgate_sessions_in_use");
+                self.shared
+                    .metric(MetricType::Gauge, "bffgate_pending_logins");
+                self.shared
+                    .metric(MetricType::Histogram, "bffgate_callout_duration_ms");
                 *self.shared.config.borrow_mut() = Some(Rc::new(c));
                 // Workers sweep from different places.
                 let mut b = [0u8; 4];
@@ -347,13 +455,29 @@ impl RootContext for Root {
                 data: HostData,
                 limits: cfg.store,
             };
-            let (next, reclaimed) = store.sweep(self.sweep_at, SWEEP_BATCH, now_secs());
+            let now = now_secs();
+            let (next, reclaimed) = store.sweep(self.sweep_at, SWEEP_BATCH, now);
             self.sweep_at = next;
-            for s in reclaimed {
-                log(
-                    LogLevel::Info,
-                    &format!("bffgate: session ended reason=expired session={}", s.handle),
-                );
+            let events: Vec<Event> = reclaimed
+                .into_iter()
+                .map(|s| Event::SessionEnded {
+                    reason: if now >= s.expires {
+                        EndReason::Expired
+                    } else {
+                        EndReason::Idle
+                    },
+                    session: s.handle,
+                    sub: Some(s.sub),
+                })
+                .collect();
+            for e in &events {
+                log(LogLevel::Info, &format!("audit {}", e.to_json()));
+            }
+            shared.account(&events);
+            if self.ticks % (SWEEP_EVERY * GAUGE_EVERY) == 0 {
+                let (live, pending) = store.count(now);
+                shared.gauge("bffgate_sessions_in_use", u64::from(live));
+                shared.gauge("bffgate_pending_logins", u64::from(pending));
             }
         }
         if shared.waiters.borrow().is_empty() {
@@ -367,22 +491,23 @@ impl RootContext for Root {
             if !shared.alive.borrow().contains(&ctx) {
                 continue;
             }
-            let mut woke = None;
-            let step = run(&cfg, |e| match e.on_wake(&pending) {
+            let mut woke = false;
+            let ran = run(shared, &cfg, |e| match e.on_wake(&pending) {
                 Some(s) => {
-                    woke = Some(());
+                    woke = true;
                     s
                 }
                 None => Step::Wait {
                     then: Box::new(pending.clone()),
                 },
             });
-            if woke.is_none() {
+            if !woke {
                 shared.waiters.borrow_mut().insert(ctx, pending);
                 continue;
             }
             if hostcalls::set_effective_context(ctx).is_ok() {
-                apply(shared, &cfg, ctx, step, true);
+                record_decision(shared, &cfg, &ran.step, ran.subject.as_deref());
+                apply(shared, &cfg, ctx, ran.step, true);
             }
         }
     }
@@ -463,8 +588,9 @@ impl HttpContext for Http {
             return fail_closed(&self.shared, self.id, "bffgate is not configured");
         };
         let req = self.request(&cfg);
-        let step = run(&cfg, |e| e.on_request(&req));
-        apply(&self.shared, &cfg, self.id, step, false)
+        let ran = run(&self.shared, &cfg, |e| e.on_request(&req));
+        record_decision(&self.shared, &cfg, &ran.step, ran.subject.as_deref());
+        apply(&self.shared, &cfg, self.id, ran.step, false)
     }
 
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {

@@ -1,0 +1,318 @@
+//! Audit events and per-request decisions: what the engine reports for the audit log, metrics
+//! and Envoy's access log. Sessions are named only by their non-reversible handle; no token,
+//! code, verifier, secret or cookie value ever appears in an event.
+
+use serde_json::{json, Value};
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// `POST /auth/logout`.
+    Logout,
+    /// Unused for longer than the idle timeout.
+    Idle,
+    /// Past its absolute lifetime.
+    Expired,
+    /// The provider refused the refresh token (`invalid_grant` or another terminal error).
+    RefreshRejected,
+    /// A token was needed and there is no refresh token.
+    NoRefreshToken,
+    /// The same browser logged in again.
+    Relogin,
+    /// Evicted to make room in a full store.
+    Evicted,
+    /// OIDC back-channel logout from the provider.
+    Backchannel,
+    /// Ended by an operator through the admin endpoint.
+    Admin,
+}
+
+impl EndReason {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Logout => "logout",
+            EndReason::Idle => "idle",
+            EndReason::Expired => "expired",
+            EndReason::RefreshRejected => "refresh_rejected",
+            EndReason::NoRefreshToken => "no_refresh_token",
+            EndReason::Relogin => "relogin",
+            EndReason::Evicted => "evicted",
+            EndReason::Backchannel => "backchannel",
+            EndReason::Admin => "admin",
+        }
+    }
+    /// Every reason (metrics are defined for each).
+    pub const ALL: [EndReason; 9] = [
+        EndReason::Logout,
+        EndReason::Idle,
+        EndReason::Expired,
+        EndReason::RefreshRejected,
+        EndReason::NoRefreshToken,
+        EndReason::Relogin,
+        EndReason::Evicted,
+        EndReason::Backchannel,
+        EndReason::Admin,
+    ];
+}
+
+/// An audit event.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A login was started.
+    LoginStarted,
+    /// A login completed and a session was created.
+    LoginCompleted {
+        /// Subject.
+        sub: String,
+        /// Session handle.
+        session: String,
+    },
+    /// A login failed.
+    LoginFailed {
+        /// Why (fixed text, no input echoed).
+        reason: String,
+    },
+    /// A session ended.
+    SessionEnded {
+        /// Why.
+        reason: EndReason,
+        /// Session handle.
+        session: String,
+        /// Subject, when known.
+        sub: Option<String>,
+    },
+    /// A token was renewed or exchanged.
+    TokenRenewed {
+        /// Session handle.
+        session: String,
+        /// Audience.
+        audience: String,
+        /// `refresh_token` or `token_exchange`.
+        grant: &'static str,
+    },
+    /// A renewal failed without ending the session.
+    RefreshFailed {
+        /// Session handle.
+        session: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A request waited for another request's renewal instead of making its own.
+    RefreshCoalesced {
+        /// Session handle.
+        session: String,
+    },
+    /// A request was refused.
+    Denied {
+        /// Contract error code.
+        code: &'static str,
+        /// Route name, or the bffgate endpoint.
+        route: String,
+        /// Session handle, if the request had a live session.
+        session: Option<String>,
+    },
+    /// Tokens were revoked at the provider at logout.
+    RevocationSent {
+        /// Session handle.
+        session: String,
+        /// How many tokens.
+        tokens: usize,
+    },
+}
+
+impl Event {
+    /// The audit JSON line (without timestamp; the log line carries one).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Event::LoginStarted => json!({"event": "login_started"}),
+            Event::LoginCompleted { sub, session } => {
+                json!({"event": "login", "sub": sub, "session": session})
+            }
+            Event::LoginFailed { reason } => json!({"event": "login_failed", "reason": reason}),
+            Event::SessionEnded {
+                reason,
+                session,
+                sub,
+            } => {
+                json!({"event": "session_ended", "reason": reason.as_str(), "session": session, "sub": sub})
+            }
+            Event::TokenRenewed {
+                session,
+                audience,
+                grant,
+            } => {
+                json!({"event": "token_renewed", "session": session, "audience": audience, "grant": grant})
+            }
+            Event::RefreshFailed { session, reason } => {
+                json!({"event": "refresh_failed", "session": session, "reason": reason})
+            }
+            Event::RefreshCoalesced { session } => {
+                json!({"event": "refresh_coalesced", "session": session})
+            }
+            Event::Denied {
+                code,
+                route,
+                session,
+            } => json!({"event": "denied", "code": code, "route": route, "session": session}),
+            Event::RevocationSent { session, tokens } => {
+                json!({"event": "revocation", "session": session, "tokens": tokens})
+            }
+        }
+    }
+
+    /// The counter this event increments (denials are counted from decisions instead).
+    pub fn metric(&self) -> Option<String> {
+        Some(match self {
+            Event::LoginStarted => "bffgate_logins_started".into(),
+            Event::LoginCompleted { .. } => "bffgate_logins_completed".into(),
+            Event::LoginFailed { .. } => "bffgate_logins_failed".into(),
+            Event::SessionEnded { reason, .. } => {
+                format!("bffgate_sessions_ended_{}", reason.as_str())
+            }
+            Event::TokenRenewed { grant, .. } => {
+                if *grant == "token_exchange" {
+                    "bffgate_exchanges_ok".into()
+                } else {
+                    "bffgate_refreshes_ok".into()
+                }
+            }
+            Event::RefreshFailed { .. } => "bffgate_refreshes_failed".into(),
+            Event::RefreshCoalesced { .. } => "bffgate_refreshes_coalesced".into(),
+            Event::Denied { .. } => return None,
+            Event::RevocationSent { .. } => "bffgate_revocations_sent".into(),
+        })
+    }
+}
+
+/// Every counter name the events can produce (defined up front so they show as 0).
+pub fn all_counters() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "bffgate_logins_started",
+        "bffgate_logins_completed",
+        "bffgate_logins_failed",
+        "bffgate_refreshes_ok",
+        "bffgate_exchanges_ok",
+        "bffgate_refreshes_failed",
+        "bffgate_refreshes_coalesced",
+        "bffgate_revocations_sent",
+        "bffgate_csrf_rejections",
+        "bffgate_callouts_ok",
+        "bffgate_callouts_http_error",
+        "bffgate_callouts_failed",
+        "bffgate_store_evictions",
+        "bffgate_store_cas_retries",
+        "bffgate_requests_allowed",
+        "bffgate_requests_public",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for r in EndReason::ALL {
+        v.push(format!("bffgate_sessions_ended_{}", r.as_str()));
+    }
+    for code in crate::flow::ErrorCode::ALL {
+        v.push(format!("bffgate_denied_{}", code.as_str()));
+    }
+    v
+}
+
+/// What the filter decided for one request (for the access log and metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Decision {
+    /// Not decided yet (paused).
+    #[default]
+    Pending,
+    /// A public route: forwarded with no token.
+    Public,
+    /// A session route: forwarded with a bearer token.
+    Allowed,
+    /// Answered by a bffgate endpoint (`/auth/*`).
+    Endpoint,
+    /// A navigation redirected to login.
+    LoginRedirect,
+    /// Refused with this error code.
+    Denied(&'static str),
+}
+
+impl Decision {
+    /// The counter a final decision increments.
+    pub fn metric(&self) -> Option<String> {
+        match self {
+            Decision::Pending | Decision::Endpoint | Decision::LoginRedirect => None,
+            Decision::Public => Some("bffgate_requests_public".into()),
+            Decision::Allowed => Some("bffgate_requests_allowed".into()),
+            Decision::Denied(c) => Some(format!("bffgate_denied_{c}")),
+        }
+    }
+
+    /// Access-log value.
+    pub fn as_str(&self) -> String {
+        match self {
+            Decision::Pending => "pending".into(),
+            Decision::Public => "public".into(),
+            Decision::Allowed => "allow".into(),
+            Decision::Endpoint => "endpoint".into(),
+            Decision::LoginRedirect => "login_redirect".into(),
+            Decision::Denied(c) => format!("deny:{c}"),
+        }
+    }
+}
+
+/// The decision a step amounts to.
+pub fn decision_of(step: &crate::flow::Step, auth_prefix: &str) -> Decision {
+    use crate::flow::Step;
+    match step {
+        Step::Forward {
+            authorization: Some(_),
+            ..
+        } => Decision::Allowed,
+        Step::Forward { .. } => Decision::Public,
+        Step::Call { .. } | Step::Wait { .. } => Decision::Pending,
+        Step::Respond(r) if r.status >= 400 => {
+            let code = serde_json::from_str::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default();
+            Decision::Denied(
+                crate::flow::ErrorCode::ALL
+                    .iter()
+                    .find(|c| c.as_str() == code)
+                    .map_or("invalid_request", |c| c.as_str()),
+            )
+        }
+        Step::Respond(r) => {
+            let to_login = r.status == 302
+                && r.headers.iter().any(|(k, v)| {
+                    k == "location" && v.starts_with(&format!("{auth_prefix}/login?"))
+                });
+            if to_login {
+                Decision::LoginRedirect
+            } else {
+                Decision::Endpoint
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_render_as_json_with_their_metric() {
+        let e = Event::SessionEnded {
+            reason: EndReason::Logout,
+            session: "abc".into(),
+            sub: Some("alice".into()),
+        };
+        assert_eq!(e.to_json()["reason"], "logout");
+        assert_eq!(e.metric().as_deref(), Some("bffgate_sessions_ended_logout"));
+        assert!(all_counters().contains(&e.metric().unwrap()));
+        for code in crate::flow::ErrorCode::ALL {
+            assert!(all_counters().contains(&Decision::Denied(code.as_str()).metric().unwrap()));
+        }
+        assert_eq!(Decision::Denied("csrf").as_str(), "deny:csrf");
+    }
+}
