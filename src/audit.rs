@@ -269,7 +269,7 @@ pub fn decision_of(step: &crate::flow::Step, auth_prefix: &str) -> Decision {
             ..
         } => Decision::Allowed,
         Step::Forward { .. } => Decision::Public,
-        Step::Call { .. } | Step::Wait { .. } => Decision::Pending,
+        Step::Call { .. } | Step::Wait { .. } | Step::ReadBody { .. } => Decision::Pending,
         Step::Respond(r) if r.status >= 400 => {
             let code = serde_json::from_str::<Value>(&r.body)
                 .ok()

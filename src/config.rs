@@ -82,6 +82,10 @@ pub struct RawProvider {
     /// RP-initiated logout endpoint URL (returned to the browser).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_session_endpoint: Option<String>,
+    /// JWKS URL (called through `cluster`): verifies ID-token and logout-token signatures.
+    /// Without it, ID tokens are checked by claims only and back-channel logout is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
     /// Envoy cluster that reaches the provider's back channel.
     pub cluster: String,
     /// `:authority` for callouts; defaults to the token endpoint's host.
@@ -346,6 +350,8 @@ pub struct Provider {
     pub revocation_path: Option<String>,
     /// End-session URL for the browser.
     pub end_session_endpoint: Option<String>,
+    /// JWKS path for callouts.
+    pub jwks_path: Option<String>,
     /// Envoy cluster.
     pub cluster: String,
     /// `:authority` for callouts.
@@ -547,6 +553,10 @@ impl Config {
         if let Some(u) = &pr.end_session_endpoint {
             url_field("provider.end_session_endpoint", u)?;
         }
+        let jwks_path = match &pr.jwks_uri {
+            Some(u) => Some(url_field("provider.jwks_uri", u)?.1),
+            None => None,
+        };
         if pr.cluster.is_empty() {
             return Err(err(
                 "provider.cluster",
@@ -863,6 +873,7 @@ impl Config {
                 token_path,
                 revocation_path,
                 end_session_endpoint: pr.end_session_endpoint.clone(),
+                jwks_path,
                 cluster: pr.cluster.clone(),
                 authority,
                 timeout_ms: pr.timeout_ms,

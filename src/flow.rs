@@ -86,6 +86,11 @@ pub enum Step {
         /// The continuation.
         then: Box<Pending>,
     },
+    /// Read the whole request body (bounded), then call [`Engine::on_body`].
+    ReadBody {
+        /// The continuation.
+        then: Box<Pending>,
+    },
     /// Pause until another request finishes renewing this session's token; the shell polls
     /// [`Engine::on_wake`] (on its timer) until it returns a step.
     Wait {
@@ -125,6 +130,15 @@ pub enum Pending {
         /// Unix seconds when it gives up with 503.
         deadline: u64,
     },
+    /// `/auth/callback` waiting for the JWKS to verify the ID token's signature.
+    LoginJwks(Box<LoginTokens>),
+    /// `POST /auth/backchannel-logout` waiting for its body.
+    Backchannel,
+    /// A back-channel logout token waiting for the JWKS.
+    BackchannelJwks {
+        /// The logout token (a JWT; not a credential for anything).
+        token: String,
+    },
     /// `/auth/logout` revoking the session's tokens before it answers.
     Logout {
         /// The reply to send once revocation is done (or timed out).
@@ -132,6 +146,19 @@ pub enum Pending {
         /// Tokens still to revoke, with their `token_type_hint`.
         remaining: Vec<(Secret, &'static str)>,
     },
+}
+
+/// A completed code exchange waiting for the provider's JWKS to verify its ID token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoginTokens {
+    /// The login.
+    pub login: PendingLogin,
+    /// Its flow cookie.
+    pub flow_cookie: String,
+    /// Session presented at callback.
+    pub old_session: Option<SessionId>,
+    /// The token response.
+    pub tokens: oauth::TokenSet,
 }
 
 /// A protected request paused for its token.
@@ -290,6 +317,25 @@ fn query_param(query: &str, name: &str) -> Result<Option<String>, ()> {
 /// Lowest-effort whitespace tolerance for header values.
 fn header_is(v: Option<&str>, want: &str) -> bool {
     v.map(str::trim) == Some(want)
+}
+
+/// A cached JWKS older than this is refetched before use.
+const JWKS_MAX_AGE: u64 = 3600;
+/// An unknown `kid` refetches the JWKS at most this often.
+const JWKS_MIN_REFETCH: u64 = 10;
+/// Largest request body read (back-channel logout).
+pub const MAX_REQUEST_BODY: usize = 16 * 1024;
+/// The back-channel logout event (OIDC Back-Channel Logout 1.0, 2.4).
+const BCL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// Outcome of a JWS check against the cached key set.
+enum JwsCheck {
+    /// Verified; the payload.
+    Verified(serde_json::Map<String, Value>),
+    /// The key set must be (re)fetched first.
+    Fetch(BackchannelRequest),
+    /// Refused.
+    Refused(crate::jose::JoseError),
 }
 
 /// Leeway for ID-token `exp` checks.
@@ -832,9 +878,14 @@ impl<'a> Engine<'a> {
             },
             "/user" if m == "GET" || m == "HEAD" => self.user(req),
             "/logout" if m == "POST" => return self.logout(req),
-            "/login" | "/callback" | "/user" | "/logout" => {
+            "/backchannel-logout" if m == "POST" && self.cfg.provider.jwks_path.is_some() => {
+                return Step::ReadBody {
+                    then: Box::new(Pending::Backchannel),
+                }
+            }
+            "/login" | "/callback" | "/user" | "/logout" | "/backchannel-logout" => {
                 let mut r = error_reply(405, ErrorCode::InvalidRequest, "method not allowed");
-                let allow = if rest == "/logout" {
+                let allow = if rest == "/logout" || rest == "/backchannel-logout" {
                     "POST"
                 } else {
                     "GET, HEAD"
@@ -1124,7 +1175,46 @@ impl Engine<'_> {
                 login,
                 flow_cookie,
                 old_session,
-            } => Step::Respond(self.finish_login(login, &flow_cookie, old_session, result)),
+            } => self.finish_login(login, &flow_cookie, old_session, result),
+            Pending::LoginJwks(lt) => {
+                if let Some(step) = self.store_jwks(&result) {
+                    return step;
+                }
+                let LoginTokens {
+                    login,
+                    flow_cookie,
+                    old_session,
+                    tokens,
+                } = *lt;
+                match self.check_id_token(&login, &flow_cookie, &tokens, false) {
+                    Ok(claims) => Step::Respond(self.complete_login(
+                        login,
+                        &flow_cookie,
+                        old_session,
+                        tokens,
+                        claims,
+                    )),
+                    Err(step) => step,
+                }
+            }
+            Pending::BackchannelJwks { token } => {
+                if let Some(step) = self.store_jwks(&result) {
+                    return Step::Respond(match step {
+                        Step::Respond(_) => error_reply(
+                            503,
+                            ErrorCode::IdpUnavailable,
+                            "cannot fetch the provider's keys",
+                        ),
+                        _ => error_reply(503, ErrorCode::IdpUnavailable, "internal"),
+                    });
+                }
+                self.backchannel_token(&token, false)
+            }
+            Pending::Backchannel => Step::Respond(error_reply(
+                500,
+                ErrorCode::InvalidRequest,
+                "internal: body expected",
+            )),
             Pending::Token { resume, call, lock } => self.finish_token(resume, call, lock, result),
             Pending::Logout { reply, remaining } => self.next_revocation(reply, remaining),
             Pending::AwaitToken { .. } => Step::Respond(error_reply(
@@ -1141,27 +1231,27 @@ impl Engine<'_> {
         flow_cookie: &str,
         old_session: Option<SessionId>,
         result: CallResult,
-    ) -> Reply {
+    ) -> Step {
         let (status, body) = match result {
             CallResult::Response { status, body } => (status, body),
             CallResult::Failed => {
-                return self.login_failed(
+                return Step::Respond(self.login_failed(
                     503,
                     ErrorCode::IdpUnavailable,
                     "the identity provider did not answer",
                     Some(flow_cookie),
-                )
+                ))
             }
         };
         let tokens = match oauth::parse_token_response(status, &body, self.now) {
             Ok(t) => t,
             Err(TokenError::Unavailable(_)) => {
-                return self.login_failed(
+                return Step::Respond(self.login_failed(
                     503,
                     ErrorCode::IdpUnavailable,
                     "the identity provider is unavailable",
                     Some(flow_cookie),
-                )
+                ))
             }
             Err(e) => {
                 let why = match e {
@@ -1169,16 +1259,49 @@ impl Engine<'_> {
                     TokenError::OAuth(_) => "the token endpoint refused the client",
                     _ => "the token endpoint answered nonsense",
                 };
-                return self.login_failed(400, ErrorCode::LoginFailed, why, Some(flow_cookie));
+                return Step::Respond(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    why,
+                    Some(flow_cookie),
+                ));
             }
         };
+        let claims = match self.check_id_token(&login, flow_cookie, &tokens, true) {
+            Ok(c) => c,
+            Err(Step::Call { request, .. }) => {
+                return Step::Call {
+                    request,
+                    then: Box::new(Pending::LoginJwks(Box::new(LoginTokens {
+                        login,
+                        flow_cookie: flow_cookie.to_string(),
+                        old_session,
+                        tokens,
+                    }))),
+                }
+            }
+            Err(step) => return step,
+        };
+        Step::Respond(self.complete_login(login, flow_cookie, old_session, tokens, claims))
+    }
+
+    /// Checks the ID token's claims, and its signature when a JWKS is configured. `Err` is the
+    /// step to take instead: a refusal, or (with `may_fetch`) a JWKS callout whose
+    /// continuation the caller fills in.
+    fn check_id_token(
+        &mut self,
+        login: &PendingLogin,
+        flow_cookie: &str,
+        tokens: &oauth::TokenSet,
+        may_fetch: bool,
+    ) -> Result<serde_json::Map<String, Value>, Step> {
         let Some(id_token) = tokens.id_token.clone() else {
-            return self.login_failed(
+            return Err(Step::Respond(self.login_failed(
                 400,
                 ErrorCode::LoginFailed,
                 "no ID token",
                 Some(flow_cookie),
-            );
+            )));
         };
         let claims = match jwt::check_id_token(
             id_token.expose(),
@@ -1191,9 +1314,88 @@ impl Engine<'_> {
             Ok(c) => c,
             Err(e) => {
                 let why = format!("the ID token was refused ({e:?})");
-                return self.login_failed(400, ErrorCode::LoginFailed, &why, Some(flow_cookie));
+                return Err(Step::Respond(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    &why,
+                    Some(flow_cookie),
+                )));
             }
         };
+        if self.cfg.provider.jwks_path.is_none() {
+            return Ok(claims);
+        }
+        match self.verify_jws(id_token.expose(), may_fetch) {
+            JwsCheck::Verified(_) => Ok(claims),
+            JwsCheck::Fetch(request) => Err(Step::Call {
+                request,
+                then: Box::new(Pending::Backchannel),
+            }),
+            JwsCheck::Refused(e) => {
+                let why = format!("the ID token signature was refused ({e:?})");
+                Err(Step::Respond(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    &why,
+                    Some(flow_cookie),
+                )))
+            }
+        }
+    }
+
+    /// Verifies a JWS with the cached JWKS; asks for a fetch if the cache is missing, stale,
+    /// or lacks the token's key (at most one refetch every 10 s, so forged `kid`s cannot make
+    /// bffgate hammer the provider).
+    fn verify_jws(&mut self, jwt: &str, may_fetch: bool) -> JwsCheck {
+        let cached = self.store.jwks();
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(_, at)| self.now.saturating_sub(*at) < JWKS_MAX_AGE);
+        let recently = cached
+            .as_ref()
+            .is_some_and(|(_, at)| self.now.saturating_sub(*at) < JWKS_MIN_REFETCH);
+        let fetch = |e: &Engine<'_>| oauth::jwks_request(e.cfg);
+        if let (Some((doc, _)), true) = (&cached, fresh) {
+            let set = crate::jose::parse_jwks(doc).unwrap_or_default();
+            match crate::jose::verify(jwt, &set) {
+                Ok(claims) => return JwsCheck::Verified(claims),
+                Err(crate::jose::JoseError::UnknownKey) if may_fetch && !recently => {}
+                Err(e) => return JwsCheck::Refused(e),
+            }
+        } else if !may_fetch {
+            return JwsCheck::Refused(crate::jose::JoseError::UnknownKey);
+        }
+        match fetch(self) {
+            Some(r) => JwsCheck::Fetch(r),
+            None => JwsCheck::Refused(crate::jose::JoseError::UnknownKey),
+        }
+    }
+
+    /// Stores a fetched JWKS; `Some(step)` if the fetch failed (the step to answer with).
+    fn store_jwks(&mut self, result: &CallResult) -> Option<Step> {
+        match result {
+            CallResult::Response { status: 200, body }
+                if crate::jose::parse_jwks(body).is_ok_and(|s| !s.keys.is_empty()) =>
+            {
+                self.store.set_jwks(body, self.now);
+                None
+            }
+            _ => Some(Step::Respond(error_reply(
+                503,
+                ErrorCode::IdpUnavailable,
+                "cannot fetch the identity provider's keys",
+            ))),
+        }
+    }
+
+    fn complete_login(
+        &mut self,
+        login: PendingLogin,
+        flow_cookie: &str,
+        old_session: Option<SessionId>,
+        tokens: oauth::TokenSet,
+        claims: serde_json::Map<String, Value>,
+    ) -> Reply {
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -1219,7 +1421,7 @@ impl Engine<'_> {
             last_seen: self.now,
             expires: self.now.saturating_add(self.cfg.session.absolute_timeout_s),
             refresh_token: tokens.refresh_token.clone(),
-            id_token: Some(id_token),
+            id_token: tokens.id_token.clone(),
             tokens: vec![AudienceToken {
                 aud: self.cfg.login_audience.clone(),
                 token: tokens.access_token.clone(),
@@ -1430,6 +1632,141 @@ impl Engine<'_> {
             tokens.access_token,
             r.cookie,
         )
+    }
+
+    /// The request body arrived (for a [`Step::ReadBody`]); `None` if it was too large.
+    pub fn on_body(&mut self, pending: Pending, body: Option<&[u8]>) -> Step {
+        let Pending::Backchannel = pending else {
+            return Step::Respond(error_reply(
+                500,
+                ErrorCode::InvalidRequest,
+                "internal: unexpected body",
+            ));
+        };
+        let Some(body) = body else {
+            return Step::Respond(error_reply(
+                413,
+                ErrorCode::InvalidRequest,
+                "body too large",
+            ));
+        };
+        let mut token = None;
+        for (k, v) in form_urlencoded::parse(body) {
+            if k == "logout_token" {
+                if token.is_some() {
+                    return Step::Respond(error_reply(
+                        400,
+                        ErrorCode::InvalidRequest,
+                        "repeated logout_token",
+                    ));
+                }
+                token = Some(v.into_owned());
+            }
+        }
+        let Some(token) = token else {
+            return Step::Respond(error_reply(
+                400,
+                ErrorCode::InvalidRequest,
+                "missing logout_token",
+            ));
+        };
+        self.backchannel_token(&token, true)
+    }
+
+    /// Validates a logout token (OIDC Back-Channel Logout 1.0, 2.6) and ends its sessions.
+    fn backchannel_token(&mut self, token: &str, may_fetch: bool) -> Step {
+        let bad = |why: &str| Step::Respond(error_reply(400, ErrorCode::InvalidRequest, why));
+        let claims = match self.verify_jws(token, may_fetch) {
+            JwsCheck::Verified(c) => c,
+            JwsCheck::Fetch(request) => {
+                return Step::Call {
+                    request,
+                    then: Box::new(Pending::BackchannelJwks {
+                        token: token.to_string(),
+                    }),
+                }
+            }
+            JwsCheck::Refused(_) => return bad("logout_token signature refused"),
+        };
+        if claims.get("iss").and_then(Value::as_str) != Some(self.cfg.provider.issuer.as_str()) {
+            return bad("logout_token: wrong iss");
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == self.cfg.client.client_id,
+            Some(Value::Array(v)) => v
+                .iter()
+                .any(|a| a.as_str() == Some(self.cfg.client.client_id.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return bad("logout_token: wrong aud");
+        }
+        match claims.get("iat").and_then(Value::as_u64) {
+            Some(iat)
+                if iat <= self.now.saturating_add(CLOCK_LEEWAY)
+                    && self.now.saturating_sub(iat) <= 600 => {}
+            _ => return bad("logout_token: iat missing or out of range"),
+        }
+        if let Some(exp) = claims.get("exp") {
+            if exp
+                .as_u64()
+                .is_none_or(|e| e.saturating_add(CLOCK_LEEWAY) <= self.now)
+            {
+                return bad("logout_token: expired");
+            }
+        }
+        let event_ok = claims
+            .get("events")
+            .and_then(Value::as_object)
+            .and_then(|e| e.get(BCL_EVENT))
+            .is_some_and(Value::is_object);
+        if !event_ok {
+            return bad("logout_token: not a back-channel logout event");
+        }
+        if claims.contains_key("nonce") {
+            return bad("logout_token: must not carry a nonce");
+        }
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let sid = claims
+            .get("sid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if sub.is_none() && sid.is_none() {
+            return bad("logout_token: neither sub nor sid");
+        }
+        let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
+            return bad("logout_token: no jti");
+        };
+        if !self
+            .store
+            .remember_jti(jti, self.now.saturating_add(600 + CLOCK_LEEWAY), self.now)
+        {
+            return bad("logout_token: replayed");
+        }
+        let ended = self.store.delete_where(&|s: &Session| {
+            let sid_ok = sid
+                .as_deref()
+                .is_none_or(|x| s.claims.get("sid").and_then(Value::as_str) == Some(x));
+            let sub_ok = sub.as_deref().is_none_or(|x| s.sub == x);
+            sid_ok && sub_ok
+        });
+        for s in &ended {
+            self.event(Event::SessionEnded {
+                reason: EndReason::Backchannel,
+                session: s.handle.clone(),
+                sub: Some(s.sub.clone()),
+            });
+        }
+        let mut headers = base_headers();
+        headers.push(("content-type".into(), "application/json".into()));
+        Step::Respond(Reply {
+            status: 200,
+            headers,
+            body: json!({"sessions_ended": ended.len()}).to_string(),
+        })
     }
 
     /// Logout: revokes the next token (bounded timeout each), then answers.

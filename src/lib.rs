@@ -25,6 +25,7 @@ pub mod audit;
 pub mod config;
 pub mod cookie;
 pub mod flow;
+pub mod jose;
 pub mod jwt;
 pub mod oauth;
 pub mod policy;

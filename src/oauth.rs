@@ -36,6 +36,8 @@ pub fn authorize_url(cfg: &Config, state: &str, nonce: &str, challenge: &str) ->
 /// A request to the provider's back channel, as a value the shell turns into a callout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackchannelRequest {
+    /// `POST` (token endpoint, revocation) or `GET` (JWKS).
+    pub method: &'static str,
     /// Path on the provider cluster.
     pub path: String,
     /// Extra headers (`authorization` for Basic client auth).
@@ -72,6 +74,7 @@ fn client_request(
         }
     }
     BackchannelRequest {
+        method: "POST",
         path: path.to_string(),
         headers,
         body: Secret::new(form.finish()),
@@ -137,6 +140,17 @@ pub fn revoke_request(cfg: &Config, token: &str, hint: &str) -> Option<Backchann
     f.append_pair("token", token)
         .append_pair("token_type_hint", hint);
     Some(client_request(cfg, path, f))
+}
+
+/// A JWKS fetch.
+pub fn jwks_request(cfg: &Config) -> Option<BackchannelRequest> {
+    Some(BackchannelRequest {
+        method: "GET",
+        path: cfg.provider.jwks_path.clone()?,
+        headers: Vec::new(),
+        body: Secret::new(String::new()),
+        timeout_ms: cfg.provider.timeout_ms,
+    })
 }
 
 /// A successful token response.

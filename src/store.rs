@@ -125,7 +125,18 @@ pub trait Store {
     fn take_pending(&mut self, state: &str) -> Option<PendingLogin>;
     /// Deletes every session for which `pred` is true; returns those deleted.
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session>;
+    /// The cached JWKS document and when it was fetched.
+    fn jwks(&self) -> Option<(Vec<u8>, u64)>;
+    /// Caches a JWKS document.
+    fn set_jwks(&mut self, doc: &[u8], now: u64);
+    /// Records a logout-token `jti` until `exp`; false if it was already seen (a replay).
+    fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool;
 }
+
+const JWKS_KEY: &str = "bffgate:jwks";
+const JTI_KEY: &str = "bffgate:jti";
+/// Most logout-token ids remembered at once (oldest expire first).
+pub const MAX_JTI: usize = 512;
 
 /// The embedded store: a slot table in shared data.
 pub struct SharedStore<D> {
@@ -167,6 +178,9 @@ impl<D: SharedData> SharedStore<D> {
             if self.data.get(&k).1.is_none() {
                 let _ = self.data.set(&k, b"", None);
             }
+        }
+        if self.data.get(JTI_KEY).1.is_none() {
+            let _ = self.data.set(JTI_KEY, b"[]", None);
         }
     }
 
@@ -410,6 +424,49 @@ impl<D: SharedData> Store for SharedStore<D> {
         Some(p)
     }
 
+    fn jwks(&self) -> Option<(Vec<u8>, u64)> {
+        let (v, _) = self.data.get(JWKS_KEY);
+        let v = v?;
+        let (ts, doc) = (v.get(..8)?, v.get(8..)?);
+        let fetched = u64::from_be_bytes(<[u8; 8]>::try_from(ts).ok()?);
+        Some((doc.to_vec(), fetched))
+    }
+
+    fn set_jwks(&mut self, doc: &[u8], now: u64) {
+        let mut v = now.to_be_bytes().to_vec();
+        v.extend_from_slice(doc);
+        let _ = self.data.set(JWKS_KEY, &v, None);
+    }
+
+    fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {
+        let h = hex(sha256(jti.as_bytes()).get(..16).unwrap_or(&[]));
+        for _ in 0..RETRIES {
+            let (v, cas) = self.data.get(JTI_KEY);
+            let mut list: Vec<(String, u64)> = v
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .unwrap_or_default();
+            if list.iter().any(|(x, e)| *x == h && *e > now) {
+                return false;
+            }
+            list.retain(|(_, e)| *e > now);
+            list.push((h.clone(), exp));
+            if list.len() > MAX_JTI {
+                list.sort_by_key(|(_, e)| *e);
+                let excess = list.len() - MAX_JTI;
+                list.drain(..excess);
+            }
+            let Ok(bytes) = serde_json::to_vec(&list) else {
+                return false;
+            };
+            match self.data.set(JTI_KEY, &bytes, cas) {
+                Ok(()) => return true,
+                Err(StoreError::CasMismatch) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session> {
         let mut out = Vec::new();
         for i in 0..self.limits.max_sessions {
@@ -640,6 +697,31 @@ mod tests {
         assert!(st.take_pending(&b).is_some());
         assert!(st.take_pending(&c).is_some());
         assert_eq!(st.data.keys(), keys);
+    }
+
+    #[test]
+    fn jti_replay_is_detected_and_the_list_is_bounded() {
+        let mut st = memory_store(limits(1, WhenFull::Refuse));
+        assert!(st.remember_jti("a", 100, 10));
+        assert!(!st.remember_jti("a", 100, 20), "replay");
+        assert!(
+            st.remember_jti("a", 200, 150),
+            "expired entries are forgotten"
+        );
+        for i in 0..(MAX_JTI + 50) {
+            assert!(st.remember_jti(&format!("j{i}"), 1000 + i as u64, 160));
+        }
+        let (v, _) = st.data.get(JTI_KEY);
+        let list: Vec<(String, u64)> = serde_json::from_slice(&v.unwrap()).unwrap();
+        assert_eq!(list.len(), MAX_JTI);
+    }
+
+    #[test]
+    fn jwks_cache_round_trip() {
+        let mut st = memory_store(limits(1, WhenFull::Refuse));
+        assert!(st.jwks().is_none());
+        st.set_jwks(b"{\"keys\":[]}", 42);
+        assert_eq!(st.jwks(), Some((b"{\"keys\":[]}".to_vec(), 42)));
     }
 
     #[test]

@@ -89,6 +89,8 @@ struct Shared {
     metrics: RefCell<HashMap<String, u32>>,
     /// Requests waiting for another request's renewal: context id -> continuation.
     waiters: RefCell<HashMap<u32, Pending>>,
+    /// Requests whose body the engine asked for: context id -> continuation.
+    body_waiters: RefCell<HashMap<u32, Pending>>,
     /// Requests that are paused or answered locally: their body must not continue them.
     stopped: RefCell<std::collections::HashSet<u32>>,
     /// Request contexts still alive.
@@ -270,9 +272,17 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
             shared.waiters.borrow_mut().insert(ctx, *then);
             Action::Pause
         }
+        Step::ReadBody { then } => {
+            // Pausing the headers would stop the body too (proxy-wasm turns a header pause
+            // into StopAllIteration), so the headers continue -- into the buffer filter that
+            // the shipped config enables on the `/auth/` route, which holds them -- and the
+            // body callbacks buffer it here until the end of the stream.
+            shared.body_waiters.borrow_mut().insert(ctx, *then);
+            Action::Continue
+        }
         Step::Call { request, then } => {
             let mut headers: Vec<(&str, &str)> = vec![
-                (":method", "POST"),
+                (":method", request.method),
                 (":path", request.path.as_str()),
                 (":authority", cfg.provider.authority.as_str()),
                 ("content-type", "application/x-www-form-urlencoded"),
@@ -281,10 +291,11 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
             for (k, v) in &request.headers {
                 headers.push((k.as_str(), v.expose()));
             }
+            let body = request.body.expose().as_bytes();
             match hostcalls::dispatch_http_call(
                 &cfg.provider.cluster,
                 headers,
-                Some(request.body.expose().as_bytes()),
+                if body.is_empty() { None } else { Some(body) },
                 vec![],
                 Duration::from_millis(request.timeout_ms),
             ) {
@@ -309,7 +320,7 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
                     let ran = run(shared, cfg, |e| e.on_callout(*then, CallResult::Failed));
                     record_decision(shared, cfg, &ran.step, ran.subject.as_deref());
                     match ran.step {
-                        Step::Call { .. } | Step::Wait { .. } => {
+                        Step::Call { .. } | Step::Wait { .. } | Step::ReadBody { .. } => {
                             fail_closed(shared, ctx, "the identity provider is unreachable")
                         }
                         other => apply(shared, cfg, ctx, other, resumed),
@@ -531,6 +542,19 @@ struct Http {
     shared: Rc<Shared>,
 }
 
+/// Feeds a requested body (or `None` if too large) to the engine.
+fn body_done(shared: &Shared, ctx: u32, body: Option<&[u8]>) -> Action {
+    let Some(pending) = shared.body_waiters.borrow_mut().remove(&ctx) else {
+        return Action::Pause;
+    };
+    let Some(cfg) = shared.config() else {
+        return fail_closed(shared, ctx, "bffgate is not configured");
+    };
+    let ran = run(shared, &cfg, |e| e.on_body(pending, body));
+    record_decision(shared, &cfg, &ran.step, ran.subject.as_deref());
+    apply(shared, &cfg, ctx, ran.step, false)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -577,23 +601,38 @@ impl Context for Http {
         let s = &self.shared;
         s.alive.borrow_mut().remove(&self.id);
         s.waiters.borrow_mut().remove(&self.id);
+        s.body_waiters.borrow_mut().remove(&self.id);
         s.stopped.borrow_mut().remove(&self.id);
         true
     }
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(cfg) = self.shared.config() else {
             return fail_closed(&self.shared, self.id, "bffgate is not configured");
         };
         let req = self.request(&cfg);
         let ran = run(&self.shared, &cfg, |e| e.on_request(&req));
         record_decision(&self.shared, &cfg, &ran.step, ran.subject.as_deref());
-        apply(&self.shared, &cfg, self.id, ran.step, false)
+        let action = apply(&self.shared, &cfg, self.id, ran.step, false);
+        if end_of_stream && self.shared.body_waiters.borrow().contains_key(&self.id) {
+            return body_done(&self.shared, self.id, Some(b""));
+        }
+        action
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.shared.body_waiters.borrow().contains_key(&self.id) {
+            if body_size > crate::flow::MAX_REQUEST_BODY {
+                return body_done(&self.shared, self.id, None);
+            }
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+            return body_done(&self.shared, self.id, Some(&body));
+        }
         // While a callout or a wait is in progress (or after a local reply), the body must not
         // continue the request: Continue here would forward the headers without our decision.
         if self.paused() {

@@ -282,7 +282,7 @@ pub fn assert_no_secret(step: &Step, notes: &[String], secrets: &[String]) {
     match step {
         Step::Respond(r) => visible.push(render(r)),
         Step::Forward { cookie, .. } => visible.push(format!("{cookie:?}")),
-        Step::Call { .. } | Step::Wait { .. } => {}
+        Step::Call { .. } | Step::Wait { .. } | Step::ReadBody { .. } => {}
     }
     visible.extend(notes.iter().cloned());
     for text in &visible {
@@ -586,7 +586,7 @@ impl Gate {
                     }
                 }
             }
-            Step::Wait { .. } => {}
+            Step::Wait { .. } | Step::ReadBody { .. } => {}
             Step::Forward { cookie, .. } => {
                 if let CookieEdit::Set(h) = cookie {
                     assert!(
