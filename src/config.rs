@@ -64,6 +64,10 @@ pub struct RawConfig {
     pub audiences: BTreeMap<String, RawAudience>,
     /// Policies by Envoy route name.
     pub routes: BTreeMap<String, RawPolicy>,
+    /// Serve the operator API instead of the browser-facing filter. Only for a filter instance
+    /// on a separate, loopback-only listener (the shipped config's `admin` listener).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// Identity provider settings.
@@ -436,6 +440,8 @@ pub struct Config {
     pub routes: HashMap<String, Policy>,
     /// ID-token claims kept in the session (those policies use, plus display claims).
     pub keep_claims: Vec<String>,
+    /// This instance serves the operator API only.
+    pub admin: bool,
 }
 
 /// Splits `scheme://authority/path?query` into its parts; `None` unless http(s) with a host.
@@ -914,6 +920,7 @@ impl Config {
             login_audience,
             routes,
             keep_claims,
+            admin: raw.admin,
         })
     }
 }

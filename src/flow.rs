@@ -505,6 +505,9 @@ impl<'a> Engine<'a> {
     /// Request entry point.
     pub fn on_request(&mut self, req: &Request) -> Step {
         let (path, query) = split_path(&req.path);
+        if self.cfg.admin {
+            return Step::Respond(self.admin_endpoint(req, path, query));
+        }
         let prefix = self.cfg.auth_prefix.as_str();
         if let Some(rest) = path.strip_prefix(prefix) {
             if rest.is_empty() || rest.starts_with('/') {
@@ -1632,6 +1635,47 @@ impl Engine<'_> {
             tokens.access_token,
             r.cookie,
         )
+    }
+
+    /// The operator API (admin listener only): `GET /sessions?sub=S` counts a subject's live
+    /// sessions; `POST /sessions/revoke?sub=S` (with the CSRF header, so a browser page cannot
+    /// fire it at a loopback port) ends them all, on every worker.
+    fn admin_endpoint(&mut self, req: &Request, path: &str, query: &str) -> Reply {
+        let sub = match query_param(query, "sub") {
+            Ok(Some(s)) if !s.is_empty() => s,
+            _ => {
+                return error_reply(
+                    400,
+                    ErrorCode::InvalidRequest,
+                    "query parameter `sub` is required",
+                )
+            }
+        };
+        match (req.method.as_str(), path) {
+            ("GET", "/sessions") => {
+                let now = self.now;
+                let idle = self.cfg.session.idle_timeout_s;
+                let n = self.store.count_where(&|s: &Session| {
+                    s.sub == sub && s.liveness(now, idle) == Liveness::Live
+                });
+                json_reply(200, json!({"sub": sub, "sessions": n}))
+            }
+            ("POST", "/sessions/revoke") => {
+                if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
+                    return error_reply(403, ErrorCode::Csrf, "the CSRF header is required");
+                }
+                let ended = self.store.delete_where(&|s: &Session| s.sub == sub);
+                for s in &ended {
+                    self.event(Event::SessionEnded {
+                        reason: EndReason::Admin,
+                        session: s.handle.clone(),
+                        sub: Some(s.sub.clone()),
+                    });
+                }
+                json_reply(200, json!({"sub": sub, "sessions_ended": ended.len()}))
+            }
+            _ => error_reply(404, ErrorCode::InvalidRequest, "no such admin endpoint"),
+        }
     }
 
     /// The request body arrived (for a [`Step::ReadBody`]); `None` if it was too large.

@@ -18,6 +18,8 @@ pub struct PolicyFile {
 
 /// The placeholder line in the Envoy template that receives the JSON.
 pub const PLACEHOLDER: &str = "__BFFGATE_CONFIG_JSON__";
+/// The optional placeholder for the operator API instance (the same JSON with `admin: true`).
+pub const ADMIN_PLACEHOLDER: &str = "__BFFGATE_ADMIN_CONFIG_JSON__";
 
 /// Merges settings (everything but `routes`) with policy files. Returns the merged JSON value
 /// and, for each route, the file that defined it.
@@ -80,13 +82,28 @@ pub fn validate(
 /// Replaces the placeholder line with the pretty JSON, indented like the placeholder.
 pub fn render_template(template: &str, json: &Value) -> Result<String, String> {
     let pretty = serde_json::to_string_pretty(json).map_err(|e| e.to_string())?;
-    let mut out = String::with_capacity(template.len() + pretty.len() * 2);
+    let mut admin = json.clone();
+    if let Some(o) = admin.as_object_mut() {
+        o.insert("admin".into(), Value::Bool(true));
+    }
+    let admin_pretty = serde_json::to_string_pretty(&admin).map_err(|e| e.to_string())?;
+    let mut out = String::with_capacity(template.len() + pretty.len() * 3);
     let mut found = 0;
     for line in template.lines() {
-        if line.trim() == PLACEHOLDER {
-            found += 1;
-            let indent = &line[..line.len() - line.trim_start().len()];
-            for j in pretty.lines() {
+        let t = line.trim();
+        if t == PLACEHOLDER || t == ADMIN_PLACEHOLDER {
+            if t == PLACEHOLDER {
+                found += 1;
+            }
+            let body = if t == PLACEHOLDER {
+                &pretty
+            } else {
+                &admin_pretty
+            };
+            let indent = line
+                .get(..line.len() - line.trim_start().len())
+                .unwrap_or("");
+            for j in body.lines() {
                 out.push_str(indent);
                 out.push_str(j);
                 out.push('\n');

@@ -125,6 +125,8 @@ pub trait Store {
     fn take_pending(&mut self, state: &str) -> Option<PendingLogin>;
     /// Deletes every session for which `pred` is true; returns those deleted.
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session>;
+    /// Counts the sessions for which `pred` is true.
+    fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize;
     /// The cached JWKS document and when it was fetched.
     fn jwks(&self) -> Option<(Vec<u8>, u64)>;
     /// Caches a JWKS document.
@@ -422,6 +424,12 @@ impl<D: SharedData> Store for SharedStore<D> {
         // Consume first, with CAS: of two concurrent callbacks only one wins.
         self.data.set(&key, b"", Some(cas?)).ok()?;
         Some(p)
+    }
+
+    fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize {
+        (0..self.limits.max_sessions)
+            .filter(|i| self.read_session(*i).0.is_some_and(|s| pred(&s)))
+            .count()
     }
 
     fn jwks(&self) -> Option<(Vec<u8>, u64)> {

@@ -56,7 +56,7 @@ impl Random for HostRandom {
         if getrandom::fill(buf).is_err() {
             log(
                 LogLevel::Critical,
-                "bffgate: host random source failed; aborting the VM",
+                "host random source failed; aborting the VM",
             );
             std::process::abort();
         }
@@ -311,7 +311,7 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
                     log(
                         LogLevel::Warn,
                         &format!(
-                            "bffgate: callout to cluster `{}` could not be dispatched",
+                            "callout to cluster `{}` could not be dispatched",
                             cfg.provider.cluster
                         ),
                     );
@@ -407,7 +407,7 @@ impl RootContext for Root {
         let Some(bytes) = self.get_plugin_configuration() else {
             log(
                 LogLevel::Critical,
-                "bffgate: configuration refused: field `.`: no plugin configuration (a StringValue holding JSON)",
+                "configuration refused: field `.`: no plugin configuration (a StringValue holding JSON)",
             );
             return false;
         };
@@ -416,7 +416,7 @@ impl RootContext for Root {
                 log(
                     LogLevel::Info,
                     &format!(
-                        "bffgate: configured: {} route policies, {} audiences, cookie key `{}`",
+                        "configured: {} route policies, {} audiences, cookie key `{}`",
                         c.routes.len(),
                         c.audiences.len(),
                         c.cookie.keys.current_kid()
@@ -447,10 +447,7 @@ impl RootContext for Root {
                 true
             }
             Err(e) => {
-                log(
-                    LogLevel::Critical,
-                    &format!("bffgate: configuration refused: {e}"),
-                );
+                log(LogLevel::Critical, &format!("configuration refused: {e}"));
                 false
             }
         }
