@@ -260,7 +260,11 @@ fn successful_login_clears_the_flow_cookie() {
 fn successful_login_stores_exactly_one_session_and_no_pending_login() {
     let (g, _, _) = signed_in(ALICE);
     assert_eq!(g.live_sessions(), 1);
-    assert_eq!(g.store.count(g.now), (1, 0), "one live session, no pending login");
+    assert_eq!(
+        g.store.count(g.now),
+        (1, 0),
+        "one live session, no pending login"
+    );
 }
 
 #[test]
