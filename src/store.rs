@@ -146,6 +146,19 @@ pub struct SharedStore<D> {
     pub data: D,
     /// Sizes and policies.
     pub limits: Limits,
+    /// CAS conflicts met (each one a retry or a lost race), for metrics.
+    pub cas_conflicts: std::cell::Cell<u32>,
+}
+
+impl<D> SharedStore<D> {
+    /// A store over `data`.
+    pub fn new(data: D, limits: Limits) -> Self {
+        SharedStore {
+            data,
+            limits,
+            cas_conflicts: std::cell::Cell::new(0),
+        }
+    }
 }
 
 fn session_key(slot: u32) -> String {
@@ -166,23 +179,33 @@ fn random_u32(rng: &mut dyn Random) -> u32 {
 const RETRIES: usize = 4;
 
 impl<D: SharedData> SharedStore<D> {
+    /// `data.set`, counting CAS conflicts.
+    fn cas_set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+        let r = self.data.set(key, value, cas);
+        if r == Err(StoreError::CasMismatch) {
+            self.cas_conflicts
+                .set(self.cas_conflicts.get().saturating_add(1));
+        }
+        r
+    }
+
     /// Creates every slot (empty) that does not exist yet. Run once at configuration time,
     /// before traffic: afterwards every claim is a CAS on an existing key.
     pub fn init_slots(&mut self) {
         for i in 0..self.limits.max_sessions {
             let k = session_key(i);
             if self.data.get(&k).1.is_none() {
-                let _ = self.data.set(&k, b"", None);
+                let _ = self.cas_set(&k, b"", None);
             }
         }
         for i in 0..self.limits.max_pending {
             let k = pending_key(i);
             if self.data.get(&k).1.is_none() {
-                let _ = self.data.set(&k, b"", None);
+                let _ = self.cas_set(&k, b"", None);
             }
         }
         if self.data.get(JTI_KEY).1.is_none() {
-            let _ = self.data.set(JTI_KEY, b"[]", None);
+            let _ = self.cas_set(JTI_KEY, b"[]", None);
         }
     }
 
@@ -207,7 +230,7 @@ impl<D: SharedData> SharedStore<D> {
             let i = from.wrapping_add(k) % n;
             let (s, cas) = self.read_session(i);
             if let (Some(s), Some(cas)) = (s, cas) {
-                if self.dead(&s, now) && self.data.set(&session_key(i), b"", Some(cas)).is_ok() {
+                if self.dead(&s, now) && self.cas_set(&session_key(i), b"", Some(cas)).is_ok() {
                     reclaimed.push(s);
                 }
             }
@@ -218,7 +241,7 @@ impl<D: SharedData> SharedStore<D> {
                     .and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok())
                     .is_some_and(|p| p.expires <= now);
                 if let (true, Some(cas)) = (expired, cas) {
-                    let _ = self.data.set(&pending_key(i), b"", Some(cas));
+                    let _ = self.cas_set(&pending_key(i), b"", Some(cas));
                 }
             }
         }
@@ -270,7 +293,7 @@ impl<D: SharedData> Store for SharedStore<D> {
         let mut rec = s.clone();
         rec.owner = id.verifier();
         let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
-        self.data.set(&session_key(id.slot()), &v, Some(cas))
+        self.cas_set(&session_key(id.slot()), &v, Some(cas))
     }
 
     fn create_session(
@@ -301,7 +324,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                     rec.owner = id.verifier();
                     rec.handle = id.handle();
                     let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
-                    match self.data.set(&session_key(slot), &v, Some(cas)) {
+                    match self.cas_set(&session_key(slot), &v, Some(cas)) {
                         Ok(()) => return Ok((id, None)),
                         Err(StoreError::CasMismatch) => continue,
                         Err(e) => return Err(e),
@@ -325,7 +348,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                 rec.owner = id.verifier();
                 rec.handle = id.handle();
                 let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
-                match self.data.set(&session_key(slot), &v, Some(cas)) {
+                match self.cas_set(&session_key(slot), &v, Some(cas)) {
                     Ok(()) => {
                         return Ok((
                             id,
@@ -348,7 +371,7 @@ impl<D: SharedData> Store for SharedStore<D> {
             let Some((_, cas)) = self.get_session(id) else {
                 return Err(StoreError::NotFound);
             };
-            match self.data.set(&session_key(id.slot()), b"", Some(cas)) {
+            match self.cas_set(&session_key(id.slot()), b"", Some(cas)) {
                 Err(StoreError::CasMismatch) => continue,
                 r => return r,
             }
@@ -398,7 +421,7 @@ impl<D: SharedData> Store for SharedStore<D> {
             let mut rec = p.clone();
             rec.state_hash = hex(&sha256(state.as_bytes()));
             let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
-            match self.data.set(&pending_key(slot), &v, Some(cas)) {
+            match self.cas_set(&pending_key(slot), &v, Some(cas)) {
                 Ok(()) => return Ok(state),
                 Err(StoreError::CasMismatch) => continue,
                 Err(e) => return Err(e),
@@ -422,7 +445,7 @@ impl<D: SharedData> Store for SharedStore<D> {
             return None;
         }
         // Consume first, with CAS: of two concurrent callbacks only one wins.
-        self.data.set(&key, b"", Some(cas?)).ok()?;
+        self.cas_set(&key, b"", Some(cas?)).ok()?;
         Some(p)
     }
 
@@ -443,7 +466,7 @@ impl<D: SharedData> Store for SharedStore<D> {
     fn set_jwks(&mut self, doc: &[u8], now: u64) {
         let mut v = now.to_be_bytes().to_vec();
         v.extend_from_slice(doc);
-        let _ = self.data.set(JWKS_KEY, &v, None);
+        let _ = self.cas_set(JWKS_KEY, &v, None);
     }
 
     fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {
@@ -466,7 +489,7 @@ impl<D: SharedData> Store for SharedStore<D> {
             let Ok(bytes) = serde_json::to_vec(&list) else {
                 return false;
             };
-            match self.data.set(JTI_KEY, &bytes, cas) {
+            match self.cas_set(JTI_KEY, &bytes, cas) {
                 Ok(()) => return true,
                 Err(StoreError::CasMismatch) => continue,
                 Err(_) => return false,
@@ -486,7 +509,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                 if !pred(&s) {
                     break;
                 }
-                match self.data.set(&session_key(i), b"", Some(cas)) {
+                match self.cas_set(&session_key(i), b"", Some(cas)) {
                     Ok(()) => {
                         out.push(s);
                         break;
@@ -546,10 +569,7 @@ impl SharedData for MemoryData {
 
 /// A store over in-memory data with the slots created, for tests and tools.
 pub fn memory_store(limits: Limits) -> SharedStore<MemoryData> {
-    let mut s = SharedStore {
-        data: MemoryData::default(),
-        limits,
-    };
+    let mut s = SharedStore::new(MemoryData::default(), limits);
     s.init_slots();
     s
 }

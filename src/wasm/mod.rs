@@ -170,20 +170,19 @@ where
     F: FnOnce(&mut Engine<'_>) -> Step,
 {
     let mut rng = HostRandom;
-    let mut store = SharedStore {
-        data: HostData,
-        limits: cfg.store,
-    };
+    let mut store = SharedStore::new(HostData, cfg.store);
     let mut engine = Engine::new(cfg, now_secs(), &mut rng, &mut store);
     let step = f(&mut engine);
     for n in &engine.notes {
         log(LogLevel::Info, n);
     }
     shared.account(&engine.events);
-    Ran {
-        step,
-        subject: engine.subject.take(),
+    let subject = engine.subject.take();
+    drop(engine);
+    for _ in 0..store.cas_conflicts.get().min(64) {
+        shared.count("bffgate_store_cas_retries");
     }
+    Ran { step, subject }
 }
 
 fn now_ms() -> u64 {
@@ -424,11 +423,7 @@ impl RootContext for Root {
                 );
                 // Create the slot table (only the slots not there yet: another VM of this Envoy
                 // may have done it, and sessions in it must survive a VM reload).
-                SharedStore {
-                    data: HostData,
-                    limits: c.store,
-                }
-                .init_slots();
+                SharedStore::new(HostData, c.store).init_slots();
                 for name in crate::audit::all_counters() {
                     self.shared.metric(MetricType::Counter, &name);
                 }
@@ -459,10 +454,7 @@ impl RootContext for Root {
         self.ticks = self.ticks.wrapping_add(1);
         if self.ticks % SWEEP_EVERY == 0 {
             // Reclaim dead sessions and expired logins a batch at a time.
-            let mut store = SharedStore {
-                data: HostData,
-                limits: cfg.store,
-            };
+            let mut store = SharedStore::new(HostData, cfg.store);
             let now = now_secs();
             let (next, reclaimed) = store.sweep(self.sweep_at, SWEEP_BATCH, now);
             self.sweep_at = next;

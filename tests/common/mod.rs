@@ -481,10 +481,7 @@ impl Gate {
     }
 
     pub fn with_config(cfg: Config) -> Gate {
-        let mut store = SharedStore {
-            data: MemoryData::default(),
-            limits: cfg.store,
-        };
+        let mut store = SharedStore::new(MemoryData::default(), cfg.store);
         store.init_slots();
         let mut g = Gate {
             cfg,
