@@ -528,6 +528,7 @@ function banner() {
     `  app (Envoy + bffgate)  ${URLS.app}/   (self-signed: .run/tls/cert.pem)`,
     `  identity provider      ${URLS.idp}`,
     `  Envoy admin            ${URLS.admin}`,
+    `  operator API           http://127.0.0.1:9902  (GET /sessions?sub=alice; POST /sessions/revoke?sub=alice with X-CSRF: 1)`,
     `  demo users             ${DEMO_USERS.map((u) => `${u.login}/${u.password} (${u.scopes})`).join(', ')}`,
     '  logs                   .run/logs/{envoy,idp,api}.log',
     'Press Ctrl-C to stop.',
