@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 /// What the engine needs to know about a request. Header values are as received; `cookie` is
 /// every `cookie` header joined with `; ` (HTTP/2 sends one header per cookie).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Request {
     /// `:method`.
     pub method: String,
@@ -42,6 +42,20 @@ pub struct Request {
     pub sec_fetch_dest: Option<String>,
     /// `accept`.
     pub accept: Option<String>,
+    /// Set by the engine when it re-decides a request after a store fetch (never twice).
+    pub store_fetched: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The cookie header carries the session cookie: never print it.
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path.split('?').next().unwrap_or(""))
+            .field("route", &self.route)
+            .field("cookie", &self.cookie.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A local reply.
@@ -129,6 +143,13 @@ pub enum Pending {
         since: u64,
         /// Unix seconds when it gives up with 503.
         deadline: u64,
+    },
+    /// A request waiting for a remote store to fetch its session.
+    StoreFetch {
+        /// The request, decided again when the answer arrives.
+        request: Box<Request>,
+        /// The session being fetched.
+        sid: SessionId,
     },
     /// `/auth/callback` waiting for the JWKS to verify the ID token's signature.
     LoginJwks(Box<LoginTokens>),
@@ -369,6 +390,8 @@ enum SessionLookup {
     Invalid,
     /// A live session.
     Live(SessionId, Box<Session>, u32),
+    /// Not in the local view of a remote store: fetch it, then decide again.
+    Fetch(SessionId, BackchannelRequest),
 }
 
 impl<'a> Engine<'a> {
@@ -470,6 +493,11 @@ impl<'a> Engine<'a> {
             Some(Ok(id)) => id,
         };
         let Some((s, cas)) = self.store.get_session(&id) else {
+            if !req.store_fetched {
+                if let Some(call) = self.store.fetch_session(&id) {
+                    return SessionLookup::Fetch(id, call);
+                }
+            }
             return SessionLookup::Invalid;
         };
         match s.liveness(self.now, self.cfg.session.idle_timeout_s) {
@@ -617,6 +645,7 @@ impl<'a> Engine<'a> {
             SessionLookup::Invalid => {
                 return Step::Respond(self.unauthenticated(navigation, &req.path, true))
             }
+            SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
         };
         if !policy.claims_ok(&session.claims) {
             self.deny(ErrorCode::Forbidden, &policy.route, Some(id.handle()));
@@ -879,7 +908,7 @@ impl<'a> Engine<'a> {
                 Ok(step) => return step,
                 Err(reply) => reply,
             },
-            "/user" if m == "GET" || m == "HEAD" => self.user(req),
+            "/user" if m == "GET" || m == "HEAD" => return self.user(req),
             "/logout" if m == "POST" => return self.logout(req),
             "/backchannel-logout" if m == "POST" && self.cfg.provider.jwks_path.is_some() => {
                 return Step::ReadBody {
@@ -1076,8 +1105,22 @@ impl Engine<'_> {
         })
     }
 
-    fn user(&mut self, req: &Request) -> Reply {
-        match self.lookup_session(req) {
+    /// Pauses a request on a store fetch; it is decided again when the answer arrives.
+    fn fetch_then_retry(req: &Request, sid: SessionId, request: BackchannelRequest) -> Step {
+        let mut again = req.clone();
+        again.store_fetched = true;
+        Step::Call {
+            request,
+            then: Box::new(Pending::StoreFetch {
+                request: Box::new(again),
+                sid,
+            }),
+        }
+    }
+
+    fn user(&mut self, req: &Request) -> Step {
+        Step::Respond(match self.lookup_session(req) {
+            SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
             SessionLookup::Live(id, s, cas) => {
                 self.touch(&id, &s, cas);
                 let mut claims = s.claims.clone();
@@ -1104,7 +1147,7 @@ impl Engine<'_> {
                 error_reply(401, ErrorCode::Unauthenticated, "no session"),
                 self.clear_session_cookie(),
             ),
-        }
+        })
     }
 
     fn logout(&mut self, req: &Request) -> Step {
@@ -1119,7 +1162,11 @@ impl Engine<'_> {
         let mut revoke: Vec<(Secret, &'static str)> = Vec::new();
         let mut id_token = None;
         let mut ended = None;
-        if let SessionLookup::Live(id, s, _) = self.lookup_session(req) {
+        let found = self.lookup_session(req);
+        if let SessionLookup::Fetch(sid, request) = found {
+            return Self::fetch_then_retry(req, sid, request);
+        }
+        if let SessionLookup::Live(id, s, _) = found {
             // Gone locally first (every worker sees it at once); revocation follows.
             let _ = self.store.delete_session(&id);
             self.event(Event::SessionEnded {
@@ -1213,6 +1260,10 @@ impl Engine<'_> {
                 }
                 self.backchannel_token(&token, false)
             }
+            Pending::StoreFetch { request, sid } => {
+                self.store.absorb(&sid, &result);
+                self.on_request(&request)
+            }
             Pending::Backchannel => Step::Respond(error_reply(
                 500,
                 ErrorCode::InvalidRequest,
@@ -1291,6 +1342,8 @@ impl Engine<'_> {
     /// Checks the ID token's claims, and its signature when a JWKS is configured. `Err` is the
     /// step to take instead: a refusal, or (with `may_fetch`) a JWKS callout whose
     /// continuation the caller fills in.
+    // The error is a whole step by design (it is what the caller returns); it is built once.
+    #[allow(clippy::result_large_err)]
     fn check_id_token(
         &mut self,
         login: &PendingLogin,

@@ -36,6 +36,10 @@ pub fn authorize_url(cfg: &Config, state: &str, nonce: &str, challenge: &str) ->
 /// A request to the provider's back channel, as a value the shell turns into a callout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackchannelRequest {
+    /// Envoy cluster to call; `None` for the provider's (`provider.cluster`).
+    pub cluster: Option<String>,
+    /// `:authority`; `None` for the provider's.
+    pub authority: Option<String>,
     /// `POST` (token endpoint, revocation) or `GET` (JWKS).
     pub method: &'static str,
     /// Path on the provider cluster.
@@ -74,6 +78,8 @@ fn client_request(
         }
     }
     BackchannelRequest {
+        cluster: None,
+        authority: None,
         method: "POST",
         path: path.to_string(),
         headers,
@@ -145,6 +151,8 @@ pub fn revoke_request(cfg: &Config, token: &str, hint: &str) -> Option<Backchann
 /// A JWKS fetch.
 pub fn jwks_request(cfg: &Config) -> Option<BackchannelRequest> {
     Some(BackchannelRequest {
+        cluster: None,
+        authority: None,
         method: "GET",
         path: cfg.provider.jwks_path.clone()?,
         headers: Vec::new(),

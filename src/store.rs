@@ -125,6 +125,15 @@ pub trait Store {
     fn take_pending(&mut self, state: &str) -> Option<PendingLogin>;
     /// Deletes every session for which `pred` is true; returns those deleted.
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session>;
+    /// For a store whose source of truth is remote (a fleet store): the callout that fetches a
+    /// session missing from the local view. The engine pauses the request, makes the call, hands
+    /// the answer to [`Store::absorb`] and decides the request again. The embedded store has
+    /// nothing remote: `None`.
+    fn fetch_session(&mut self, _id: &SessionId) -> Option<crate::oauth::BackchannelRequest> {
+        None
+    }
+    /// Takes the answer of a [`Store::fetch_session`] callout into the local view.
+    fn absorb(&mut self, _id: &SessionId, _result: &crate::flow::CallResult) {}
     /// Counts the sessions for which `pred` is true.
     fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize;
     /// The cached JWKS document and when it was fetched.

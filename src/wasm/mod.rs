@@ -283,7 +283,13 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
             let mut headers: Vec<(&str, &str)> = vec![
                 (":method", request.method),
                 (":path", request.path.as_str()),
-                (":authority", cfg.provider.authority.as_str()),
+                (
+                    ":authority",
+                    request
+                        .authority
+                        .as_deref()
+                        .unwrap_or(cfg.provider.authority.as_str()),
+                ),
                 ("content-type", "application/x-www-form-urlencoded"),
                 ("accept", "application/json"),
             ];
@@ -291,8 +297,12 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
                 headers.push((k.as_str(), v.expose()));
             }
             let body = request.body.expose().as_bytes();
+            let cluster = request
+                .cluster
+                .as_deref()
+                .unwrap_or(cfg.provider.cluster.as_str());
             match hostcalls::dispatch_http_call(
-                &cfg.provider.cluster,
+                cluster,
                 headers,
                 if body.is_empty() { None } else { Some(body) },
                 vec![],
@@ -309,10 +319,7 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
                 Err(_) => {
                     log(
                         LogLevel::Warn,
-                        &format!(
-                            "callout to cluster `{}` could not be dispatched",
-                            cfg.provider.cluster
-                        ),
+                        &format!("callout to cluster `{cluster}` could not be dispatched"),
                     );
                     // Feed the engine a failed call so locks are released and state stays right.
                     shared.count("bffgate_callouts_failed");

@@ -378,6 +378,7 @@ pub fn api(b: &Browser, method: &str, path: &str, route: &str) -> Request {
         sec_fetch_mode: Some("cors".into()),
         sec_fetch_dest: Some("empty".into()),
         accept: Some("application/json".into()),
+        store_fetched: false,
     }
 }
 
