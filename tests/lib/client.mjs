@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
+import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -101,6 +102,60 @@ export function rawRequest(method, url, {
     req.on('timeout', () => req.destroy(new Error(`${method} ${u.href}: timeout after ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(payload || undefined);
+  });
+}
+
+/**
+ * Sends `text` byte for byte over one TLS connection to the app (127.0.0.1:8443, SNI localhost) and
+ * reads the first response: for requests no HTTP client library will send (lowercase methods,
+ * odd request lines). The connection is not half-closed (a peer may answer a FIN with a reset
+ * that loses its answer); the response ends at Content-Length or when the server closes.
+ * Resolves { status, head, headers, body, raw } (status 0 when the server closed or reset the
+ * connection without an answer).
+ */
+export function rawHttp1(text, { timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(APP);
+    const chunks = [];
+    let settled = false;
+    const parse = () => {
+      const raw = Buffer.concat(chunks).toString('latin1');
+      const end = raw.indexOf('\r\n\r\n');
+      const head = end >= 0 ? raw.slice(0, end) : raw;
+      const [statusLine = '', ...lines] = head.split('\r\n');
+      const m = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine);
+      const headers = {};
+      for (const l of lines) {
+        const k = l.indexOf(':');
+        if (k > 0) headers[l.slice(0, k).trim().toLowerCase()] = l.slice(k + 1).trim();
+      }
+      const body = end >= 0 ? raw.slice(end + 4) : '';
+      const complete = end >= 0 && headers['content-length'] !== undefined && Buffer.byteLength(body, 'latin1') >= Number(headers['content-length']);
+      return {
+        res: {
+          status: m ? Number(m[1]) : 0, head, headers, body, raw,
+        },
+        complete,
+      };
+    };
+    const finish = (err) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      sock.destroy();
+      if (err && chunks.length === 0 && err.code !== 'ECONNRESET') reject(err);
+      else resolve(parse().res);
+    };
+    const sock = tls.connect({
+      host: '127.0.0.1', port: Number(u.port), servername: 'localhost', ca: ca(), ALPNProtocols: ['http/1.1'],
+    }, () => sock.write(text));
+    const timer = setTimeout(() => finish(new Error(`raw request: timeout after ${timeoutMs} ms`)), timeoutMs);
+    sock.on('data', (c) => {
+      chunks.push(c);
+      if (parse().complete) finish();
+    });
+    sock.on('error', (err) => finish(err));
+    sock.on('close', () => finish());
   });
 }
 
