@@ -145,6 +145,10 @@ pub trait Store {
 }
 
 const JWKS_KEY: &str = "bffgate:jwks";
+/// Number of occupied session slots (kept with CAS; recounted now and then).
+const SESSIONS_KEY: &str = "bffgate:n:sessions";
+/// Number of occupied pending-login slots.
+const PENDING_KEY: &str = "bffgate:n:pending";
 const JTI_KEY: &str = "bffgate:jti";
 /// Most logout-token ids remembered at once (oldest expire first).
 pub const MAX_JTI: usize = 512;
@@ -216,6 +220,67 @@ impl<D: SharedData> SharedStore<D> {
         if self.data.get(JTI_KEY).1.is_none() {
             let _ = self.cas_set(JTI_KEY, b"[]", None);
         }
+        for k in [SESSIONS_KEY, PENDING_KEY] {
+            if self.data.get(k).1.is_none() {
+                let _ = self.data.set(k, b"0", None);
+            }
+        }
+    }
+
+    fn read_counter(&self, key: &str) -> (u64, Option<Cas>) {
+        let (v, cas) = self.data.get(key);
+        let n = v
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        (n, cas)
+    }
+
+    /// Adds `delta` to an occupancy counter (CAS, bounded retries, never below zero).
+    fn adjust(&mut self, key: &str, delta: i64) {
+        for _ in 0..RETRIES {
+            let (n, cas) = self.read_counter(key);
+            let next = n.saturating_add_signed(delta);
+            if self.cas_set(key, next.to_string().as_bytes(), cas).is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Occupied session and pending-login slots, from the counters (one read each): the
+    /// gauges. Dead sessions count until the sweep empties their slot.
+    pub fn occupancy(&self) -> (u64, u64) {
+        (
+            self.read_counter(SESSIONS_KEY).0,
+            self.read_counter(PENDING_KEY).0,
+        )
+    }
+
+    /// Recounts occupied slots with a full scan and resets the counters (corrects drift from a
+    /// VM that died between a slot write and its counter update).
+    pub fn recount(&mut self) -> (u64, u64) {
+        let sessions = (0..self.limits.max_sessions)
+            .filter(|i| {
+                self.data
+                    .get(&session_key(*i))
+                    .0
+                    .is_some_and(|v| !v.is_empty())
+            })
+            .count() as u64;
+        let pending = (0..self.limits.max_pending)
+            .filter(|i| {
+                self.data
+                    .get(&pending_key(*i))
+                    .0
+                    .is_some_and(|v| !v.is_empty())
+            })
+            .count() as u64;
+        let _ = self
+            .data
+            .set(SESSIONS_KEY, sessions.to_string().as_bytes(), None);
+        let _ = self
+            .data
+            .set(PENDING_KEY, pending.to_string().as_bytes(), None);
+        (sessions, pending)
     }
 
     fn read_session(&self, slot: u32) -> (Option<Session>, Option<Cas>) {
@@ -240,6 +305,7 @@ impl<D: SharedData> SharedStore<D> {
             let (s, cas) = self.read_session(i);
             if let (Some(s), Some(cas)) = (s, cas) {
                 if self.dead(&s, now) && self.cas_set(&session_key(i), b"", Some(cas)).is_ok() {
+                    self.adjust(SESSIONS_KEY, -1);
                     reclaimed.push(s);
                 }
             }
@@ -250,7 +316,9 @@ impl<D: SharedData> SharedStore<D> {
                     .and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok())
                     .is_some_and(|p| p.expires <= now);
                 if let (true, Some(cas)) = (expired, cas) {
-                    let _ = self.cas_set(&pending_key(i), b"", Some(cas));
+                    if self.cas_set(&pending_key(i), b"", Some(cas)).is_ok() {
+                        self.adjust(PENDING_KEY, -1);
+                    }
                 }
             }
         }
@@ -334,7 +402,12 @@ impl<D: SharedData> Store for SharedStore<D> {
                     rec.handle = id.handle();
                     let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
                     match self.cas_set(&session_key(slot), &v, Some(cas)) {
-                        Ok(()) => return Ok((id, None)),
+                        Ok(()) => {
+                            if cur.is_none() {
+                                self.adjust(SESSIONS_KEY, 1);
+                            }
+                            return Ok((id, None));
+                        }
                         Err(StoreError::CasMismatch) => continue,
                         Err(e) => return Err(e),
                     }
@@ -382,6 +455,10 @@ impl<D: SharedData> Store for SharedStore<D> {
             };
             match self.cas_set(&session_key(id.slot()), b"", Some(cas)) {
                 Err(StoreError::CasMismatch) => continue,
+                Ok(()) => {
+                    self.adjust(SESSIONS_KEY, -1);
+                    return Ok(());
+                }
                 r => return r,
             }
         }
@@ -402,6 +479,7 @@ impl<D: SharedData> Store for SharedStore<D> {
             let start = random_u32(rng) % n;
             let mut oldest: Option<(u32, Cas, u64)> = None;
             let mut target = None;
+            let mut was_empty = false;
             for k in 0..SAMPLE.min(n) {
                 let slot = (start + k) % n;
                 let (v, cas) = self.data.get(&pending_key(slot));
@@ -415,7 +493,8 @@ impl<D: SharedData> Store for SharedStore<D> {
                             oldest = Some((slot, cas, c.expires));
                         }
                     }
-                    _ => {
+                    other => {
+                        was_empty = other.is_none();
                         target = Some((slot, cas));
                         break;
                     }
@@ -431,7 +510,12 @@ impl<D: SharedData> Store for SharedStore<D> {
             rec.state_hash = hex(&sha256(state.as_bytes()));
             let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
             match self.cas_set(&pending_key(slot), &v, Some(cas)) {
-                Ok(()) => return Ok(state),
+                Ok(()) => {
+                    if was_empty {
+                        self.adjust(PENDING_KEY, 1);
+                    }
+                    return Ok(state);
+                }
                 Err(StoreError::CasMismatch) => continue,
                 Err(e) => return Err(e),
             }
@@ -455,6 +539,7 @@ impl<D: SharedData> Store for SharedStore<D> {
         }
         // Consume first, with CAS: of two concurrent callbacks only one wins.
         self.cas_set(&key, b"", Some(cas?)).ok()?;
+        self.adjust(PENDING_KEY, -1);
         Some(p)
     }
 
@@ -520,6 +605,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                 }
                 match self.cas_set(&session_key(i), b"", Some(cas)) {
                     Ok(()) => {
+                        self.adjust(SESSIONS_KEY, -1);
                         out.push(s);
                         break;
                     }
@@ -689,7 +775,13 @@ mod tests {
             }
         }
         assert_eq!(st.data.keys(), keys);
-        assert!(st.data.live_entries() <= 16 + 16);
+        let (occupied, _) = st.occupancy();
+        assert_eq!(
+            (occupied, 0),
+            st.recount(),
+            "the counter tracks the slots exactly"
+        );
+        assert!(occupied <= 16);
     }
 
     #[test]
@@ -769,11 +861,15 @@ mod tests {
         st.create_session(&session("b", 1), &mut rng, 1).unwrap();
         st.create_session(&session("b", 90), &mut rng, 90).unwrap();
         assert_eq!(st.count(95), (3, 0));
+        assert_eq!(st.occupancy(), (3, 0));
         let (_, reclaimed) = st.sweep(0, 8, 150);
         assert_eq!(reclaimed.len(), 2, "two idle sessions reclaimed");
         assert_eq!(st.count(150), (1, 0));
+        assert_eq!(st.occupancy(), (1, 0));
         let gone = st.delete_where(&|s| s.sub == "b");
         assert_eq!(gone.len(), 1);
         assert_eq!(st.count(150), (0, 0));
+        assert_eq!(st.occupancy(), (0, 0));
+        assert_eq!(st.recount(), (0, 0));
     }
 }

@@ -3,6 +3,8 @@
 //! absorbs the answer and decides the request again. Shown with a remote store played in
 //! memory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 use bffgate::session::{Session, SessionId};
 use bffgate::store::{Cas, Evicted, PendingLogin, Store, StoreError};

@@ -397,8 +397,8 @@ struct Root {
 
 /// Sweep a batch every this many ticks (about once a second).
 const SWEEP_EVERY: u64 = 50;
-/// Gauges are recomputed (a full scan) every this many sweeps.
-const GAUGE_EVERY: u64 = 5;
+/// The occupancy counters are recounted with a full scan every this many sweeps (10 min).
+const RECOUNT_EVERY: u64 = 600;
 /// Slots looked at per sweep, per worker.
 const SWEEP_BATCH: u32 = 64;
 
@@ -481,11 +481,13 @@ impl RootContext for Root {
                 log(LogLevel::Info, &format!("audit {}", e.to_json()));
             }
             shared.account(&events);
-            if self.ticks % (SWEEP_EVERY * GAUGE_EVERY) == 0 {
-                let (live, pending) = store.count(now);
-                shared.gauge("bffgate_sessions_in_use", u64::from(live));
-                shared.gauge("bffgate_pending_logins", u64::from(pending));
-            }
+            let (sessions, pending) = if self.ticks % (SWEEP_EVERY * RECOUNT_EVERY) == 0 {
+                store.recount()
+            } else {
+                store.occupancy()
+            };
+            shared.gauge("bffgate_sessions_in_use", sessions);
+            shared.gauge("bffgate_pending_logins", pending);
         }
         if shared.waiters.borrow().is_empty() {
             return;

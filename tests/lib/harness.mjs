@@ -32,7 +32,12 @@ export async function bootStack(opts = {}) {
   } catch {
     offset = 0;
   }
-  const stack = await startStack({ concurrency: 2, componentLogLevel: 'wasm:trace', ...opts });
+  // BFFGATE_TEST_ENVOY_CONFIG: run the suites against another Envoy config (e.g. one with a
+  // defence removed, to see that the test naming that defence fails).
+  const envoyConfig = process.env.BFFGATE_TEST_ENVOY_CONFIG;
+  const stack = await startStack({
+    concurrency: 2, componentLogLevel: 'wasm:trace', ...(envoyConfig ? { envoyConfig } : {}), ...opts,
+  });
   return { stack, envoyLog, offset };
 }
 
@@ -94,18 +99,57 @@ export function secretsSeen() {
   return out;
 }
 
+/**
+ * Calls `fn(text)` with the contents of `file` from byte `offset` to its end, a chunk of whole
+ * lines at a time (about `chunkBytes` each); `fn` returning false stops the scan. The logs under
+ * .run/logs are appended to by every run, and with the wasm component at trace level Envoy logs
+ * every host call (hundreds of MB per test file), past what readFileSync (2 GiB) or one string
+ * (V8: 512 MiB) can hold, so logs are never read whole.
+ */
+export function forEachLogChunk(file, offset, fn, chunkBytes = 32 * 1024 * 1024) {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    let pos = Math.min(Math.max(0, offset || 0), size);
+    const buf = Buffer.alloc(Math.min(chunkBytes, Math.max(1, size - pos)));
+    let carry = Buffer.alloc(0);
+    while (pos < size) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - pos), pos);
+      if (n <= 0) break;
+      pos += n;
+      const data = carry.length ? Buffer.concat([carry, buf.subarray(0, n)]) : buf.subarray(0, n);
+      const cut = pos < size ? data.lastIndexOf(10) + 1 : data.length; // up to the last newline
+      carry = Buffer.from(data.subarray(cut)); // a copy: `buf` is reused
+      if (cut > 0 && fn(data.subarray(0, cut).toString('utf8')) === false) return;
+    }
+    if (carry.length) fn(carry.toString('utf8'));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Text of a (small) log `file` from byte `offset` to its end. */
+export function readLogSince(file, offset = 0) {
+  const parts = [];
+  forEachLogChunk(file, offset, (t) => { parts.push(t); });
+  return parts.join('');
+}
+
 /** Lines of `file` from byte `offset` that contain any of `secrets` (Map secret -> kind). */
 export function findSecretsInLog(file, offset, secrets) {
-  const buf = fs.readFileSync(file);
-  const text = buf.subarray(Math.min(offset, buf.length)).toString('utf8');
   const hits = [];
-  for (const [secret, kind] of secrets) {
-    const i = text.indexOf(secret);
-    if (i >= 0) {
-      const lineStart = text.lastIndexOf('\n', i) + 1;
-      hits.push(`${kind} in log line: ${text.slice(lineStart, Math.min(lineStart + 200, text.length)).replace(secret, '<SECRET>')}`);
+  const found = new Set();
+  forEachLogChunk(file, offset, (text) => {
+    for (const [secret, kind] of secrets) {
+      if (found.has(secret)) continue;
+      const i = text.indexOf(secret);
+      if (i >= 0) {
+        found.add(secret);
+        const lineStart = text.lastIndexOf('\n', i) + 1;
+        hits.push(`${kind} in log line: ${text.slice(lineStart, Math.min(lineStart + 200, text.length)).replace(secret, '<SECRET>')}`);
+      }
     }
-  }
+  });
   return hits;
 }
 
