@@ -49,8 +49,16 @@ test: lint unit check integration ## everything CI runs, in this order
 run: setup build ## run the demo stack in the foreground until Ctrl-C
 	node scripts/stack.mjs run
 
+.PHONY: soak
+soak: setup build ## churn 10x store.max_sessions logins through the real flow; print Envoy's memory curve
+	node scripts/soak.mjs
+
 clean: ## remove build output and the runtime dir (.run: logs, cert, secrets)
 	rm -rf target .run
 
 distclean: clean ## also remove .venv and node_modules
 	rm -rf .venv node_modules
+
+.PHONY: bench
+bench: build ## side-by-side benchmark (bare Envoy, Envoy oauth2, bffgate) + criterion core; writes bench/results/
+	node scripts/bench.mjs

@@ -102,6 +102,14 @@ pub struct RawProvider {
     /// token on a slow provider (the session is already gone locally).
     #[serde(default = "d_revocation_timeout_ms")]
     pub revocation_timeout_ms: u64,
+    /// Revoke the session's live access tokens at logout too (the refresh token always is).
+    /// Turn off for providers that cannot revoke structured (JWT) access tokens.
+    #[serde(default = "d_true")]
+    pub revoke_access_tokens: bool,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 /// Client authentication at the token endpoint.
@@ -364,6 +372,8 @@ pub struct Provider {
     pub timeout_ms: u64,
     /// Revocation callout timeout.
     pub revocation_timeout_ms: u64,
+    /// Revoke access tokens at logout.
+    pub revoke_access_tokens: bool,
 }
 
 /// OAuth client, compiled.
@@ -494,10 +504,14 @@ impl Config {
     /// Parses the JSON the filter receives from Envoy and compiles it.
     pub fn from_json(json: &[u8], secrets: &dyn Secrets) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             err(path, e.inner().to_string())
         })?;
+        // One document only: anything after it (a second object, stray text) is refused, as
+        // `serde_json::from_slice` would (found by fuzz/fuzz_targets/config.rs).
+        de.end()
+            .map_err(|e| err(".", format!("trailing data after the document: {e}")))?;
         Config::compile(&raw, secrets)
     }
 
@@ -884,6 +898,7 @@ impl Config {
                 authority,
                 timeout_ms: pr.timeout_ms,
                 revocation_timeout_ms: pr.revocation_timeout_ms,
+                revoke_access_tokens: pr.revoke_access_tokens,
             },
             client: Client {
                 client_id: c.client_id.clone(),
@@ -1105,6 +1120,26 @@ mod tests {
         ] {
             assert!(Config::from_json(g, &test_secrets).is_err());
         }
+    }
+
+    #[test]
+    fn trailing_data_after_the_document_is_refused() {
+        // Fuzzing found that a valid document followed by anything still compiled.
+        let good = serde_json::to_vec(&test_raw()).unwrap();
+        assert!(Config::from_json(&good, &test_secrets).is_ok());
+        for tail in [&b"\n#ceys new:AAEC"[..], b"{}", b" x", b"]"] {
+            let mut doc = good.clone();
+            doc.extend_from_slice(tail);
+            let e = Config::from_json(&doc, &test_secrets).unwrap_err();
+            assert_eq!(e.field, ".", "{e}");
+            assert!(e.message.contains("trailing"), "{e}");
+        }
+        let mut spaced = good.clone();
+        spaced.extend_from_slice(b" \n\t");
+        assert!(
+            Config::from_json(&spaced, &test_secrets).is_ok(),
+            "trailing whitespace is fine"
+        );
     }
 
     #[test]

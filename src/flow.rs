@@ -166,6 +166,8 @@ pub enum Pending {
         reply: Reply,
         /// Tokens still to revoke, with their `token_type_hint`.
         remaining: Vec<(Secret, &'static str)>,
+        /// Subject of the ended session (for the access log).
+        subject: Option<String>,
     },
 }
 
@@ -628,8 +630,14 @@ impl<'a> Engine<'a> {
     }
 
     fn protected(&mut self, req: &Request, policy: &Policy) -> Step {
+        // The session is looked up first so that every refusal can name it in the audit log.
+        let found = self.lookup_session(req);
         if !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
-            self.deny(ErrorCode::Csrf, &policy.route, None);
+            let handle = match &found {
+                SessionLookup::Live(id, _, _) => Some(id.handle()),
+                _ => None,
+            };
+            self.deny(ErrorCode::Csrf, &policy.route, handle);
             return Step::Respond(error_reply(
                 403,
                 ErrorCode::Csrf,
@@ -637,13 +645,15 @@ impl<'a> Engine<'a> {
             ));
         }
         let navigation = Self::wants_redirect(req, policy.unauthenticated);
-        let (id, session, cas) = match self.lookup_session(req) {
+        let (id, session, cas) = match found {
             SessionLookup::Live(id, s, cas) => (id, s, cas),
             SessionLookup::Absent => {
-                return Step::Respond(self.unauthenticated(navigation, &req.path, false))
+                self.deny(ErrorCode::Unauthenticated, &policy.route, None);
+                return Step::Respond(self.unauthenticated(navigation, &req.path, false));
             }
             SessionLookup::Invalid => {
-                return Step::Respond(self.unauthenticated(navigation, &req.path, true))
+                self.deny(ErrorCode::Unauthenticated, &policy.route, None);
+                return Step::Respond(self.unauthenticated(navigation, &req.path, true));
             }
             SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
         };
@@ -1177,9 +1187,11 @@ impl Engine<'_> {
             if let Some(rt) = &s.refresh_token {
                 revoke.push((rt.clone(), "refresh_token"));
             }
-            for t in &s.tokens {
-                if t.exp > self.now {
-                    revoke.push((t.token.clone(), "access_token"));
+            if self.cfg.provider.revoke_access_tokens {
+                for t in &s.tokens {
+                    if t.exp > self.now {
+                        revoke.push((t.token.clone(), "access_token"));
+                    }
                 }
             }
             id_token = s.id_token.clone();
@@ -1270,7 +1282,14 @@ impl Engine<'_> {
                 "internal: body expected",
             )),
             Pending::Token { resume, call, lock } => self.finish_token(resume, call, lock, result),
-            Pending::Logout { reply, remaining } => self.next_revocation(reply, remaining),
+            Pending::Logout {
+                reply,
+                remaining,
+                subject,
+            } => {
+                self.subject = subject;
+                self.next_revocation(reply, remaining)
+            }
             Pending::AwaitToken { .. } => Step::Respond(error_reply(
                 500,
                 ErrorCode::IdpUnavailable,
@@ -1882,7 +1901,11 @@ impl Engine<'_> {
                 request.timeout_ms = self.cfg.provider.revocation_timeout_ms;
                 Step::Call {
                     request,
-                    then: Box::new(Pending::Logout { reply, remaining }),
+                    then: Box::new(Pending::Logout {
+                        reply,
+                        remaining,
+                        subject: self.subject.clone(),
+                    }),
                 }
             }
             None => Step::Respond(reply),

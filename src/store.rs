@@ -421,6 +421,27 @@ impl<D: SharedData> Store for SharedStore<D> {
                     }
                 }
             }
+            // The sample is full: look for a free slot in the rest of the table before evicting
+            // or refusing (a full scan, paid only when the table is nearly full).
+            for k in SAMPLE.min(n)..n {
+                let slot = (start + k) % n;
+                let (cur, cas) = self.read_session(slot);
+                let Some(cas) = cas else { continue };
+                if cur.as_ref().is_some_and(|c| !self.dead(c, now)) {
+                    continue;
+                }
+                let id = SessionId::generate(rng, slot);
+                let mut rec = s.clone();
+                rec.owner = id.verifier();
+                rec.handle = id.handle();
+                let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+                if self.cas_set(&session_key(slot), &v, Some(cas)).is_ok() {
+                    if cur.is_none() {
+                        self.adjust(SESSIONS_KEY, 1);
+                    }
+                    return Ok((id, None));
+                }
+            }
             if self.limits.when_full == WhenFull::Refuse {
                 return Err(StoreError::Full);
             }

@@ -1,0 +1,71 @@
+// Variants of the shipped Envoy config for tests and the soak run: the filter settings of
+// envoy/bffgate.yaml with some fields overridden (e.g. a small `store`), rendered with the
+// project's own tool (bffgate-config, which validates them with the filter's code) into
+// .run/variants/<name>.yaml. Start a stack on it with startStack({ envoyConfig }).
+//
+// How: `bffgate-config json` prints the merged settings + policies; the `routes` (which belong to
+// the policy files) are dropped, the overrides deep-merged in, and the result (JSON is YAML) is
+// rendered with --policies policies and the shipped template, exactly as `make config` does.
+
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { ROOT } from './client.mjs';
+
+function isObj(v) {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** Deep merge: objects merge key by key, anything else replaces. */
+export function deepMerge(base, over) {
+  if (!isObj(base) || !isObj(over)) return over;
+  const out = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = k in base ? deepMerge(base[k], v) : v;
+  return out;
+}
+
+function configTool(args) {
+  // `cargo run` rebuilds the tool if src/ changed. If cargo cannot run (e.g. Cargo.toml is being
+  // edited), fall back to the last built binary.
+  try {
+    return execFileSync('cargo', ['run', '-q', '--features', 'cli', '--bin', 'bffgate-config', '--', ...args], {
+      cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 16 << 20,
+    });
+  } catch (err) {
+    const bin = path.join(ROOT, 'target/debug/bffgate-config');
+    // the tool's own refusals start with `bffgate-config:`; anything else is cargo failing
+    const toolRefused = /^bffgate-config:/m.test(String(err.stderr));
+    if (toolRefused || !fs.existsSync(bin)) throw err;
+    process.stderr.write(`variant: cargo run failed (${String(err.stderr).split('\n')[0]}); using ${path.relative(ROOT, bin)}\n`);
+    return execFileSync(bin, args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 16 << 20 });
+  }
+}
+
+/** The filter settings of envoy/bffgate.yaml as JSON (without the policies' `routes`). */
+export function shippedSettings() {
+  const merged = JSON.parse(configTool(['json', '--settings', 'envoy/bffgate.yaml', '--policies', 'policies']));
+  delete merged.routes;
+  return merged;
+}
+
+/**
+ * Renders an Envoy config whose filter settings are envoy/bffgate.yaml deep-merged with
+ * `overrides`. Returns the absolute path of the rendered file (.run/variants/<name>.yaml).
+ * Throws with the tool's message if the settings are refused.
+ */
+export function renderVariant(name, overrides) {
+  if (!/^[a-z0-9-]+$/.test(name)) throw new Error(`variant name ${name}: [a-z0-9-] only`);
+  const dir = path.join(ROOT, '.run/variants');
+  fs.mkdirSync(dir, { recursive: true });
+  const settingsFile = path.join(dir, `${name}.settings.json`);
+  const out = path.join(dir, `${name}.yaml`);
+  fs.writeFileSync(settingsFile, `${JSON.stringify(deepMerge(shippedSettings(), overrides), null, 2)}\n`);
+  try {
+    configTool(['render', '--settings', settingsFile, '--policies', 'policies',
+      '--template', 'envoy/envoy.template.yaml', '--out', out]);
+  } catch (err) {
+    throw new Error(`rendering variant ${name} failed: ${err.stderr || err.message}`);
+  }
+  return out;
+}
