@@ -351,6 +351,32 @@ pub const MAX_REQUEST_BODY: usize = 16 * 1024;
 /// The back-channel logout event (OIDC Back-Channel Logout 1.0, 2.4).
 const BCL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
+/// The fields of a stored session the fast path reads, borrowed from the record's bytes.
+#[derive(serde::Deserialize)]
+struct SessionView<'a> {
+    #[serde(borrow, default)]
+    owner: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    sub: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    last_seen: u64,
+    #[serde(default)]
+    expires: u64,
+    #[serde(borrow, default)]
+    tokens: Vec<TokenView<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenView<'a> {
+    #[serde(borrow)]
+    aud: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    token: std::borrow::Cow<'a, str>,
+    exp: u64,
+    #[serde(borrow, default)]
+    scope: std::borrow::Cow<'a, str>,
+}
+
 /// Outcome of a JWS check against the cached key set.
 enum JwsCheck {
     /// Verified; the payload.
@@ -544,7 +570,8 @@ impl<'a> Engine<'a> {
                 return self.auth_endpoint(req, rest, query);
             }
         }
-        let Some(policy) = req.route.as_deref().and_then(|r| self.cfg.routes.get(r)) else {
+        let cfg: &'a Config = self.cfg;
+        let Some(policy) = req.route.as_deref().and_then(|r| cfg.routes.get(r)) else {
             self.deny(
                 ErrorCode::Forbidden,
                 req.route.as_deref().unwrap_or(""),
@@ -556,14 +583,53 @@ impl<'a> Engine<'a> {
                 "no policy for this route",
             ));
         };
-        let policy = policy.clone();
         match policy.access {
             Access::Public => Step::Forward {
                 authorization: None,
                 cookie: self.strip_cookies(req),
             },
-            Access::Session => self.protected(req, &policy),
+            Access::Session => match self.fast_path(req, policy) {
+                Some(step) => step,
+                None => self.protected(req, policy),
+            },
         }
+    }
+
+    /// The common case, decided from a borrowed view of the stored record (no allocation per
+    /// field, refresh and ID tokens skipped): a valid cookie, a live session that needs no
+    /// last-use write, no claims to check, a fresh token for the audience with the route's
+    /// scopes, and a request that passes CSRF. Anything else returns `None` and takes the full
+    /// path, which decides (and explains) it.
+    fn fast_path(&mut self, req: &Request, policy: &Policy) -> Option<Step> {
+        if !policy.claims.is_empty() || !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
+            return None;
+        }
+        let audience = policy.audience.as_deref()?;
+        let id = self.session_id_from(req)?.ok()?;
+        let (raw, _) = self.store.get_session_raw(&id)?;
+        let view: SessionView<'_> = serde_json::from_slice(&raw).ok()?;
+        if !ct_eq(view.owner.as_bytes(), id.verifier().as_bytes())
+            || self.now >= view.expires
+            || self.now
+                >= view
+                    .last_seen
+                    .saturating_add(self.cfg.session.touch_interval_s)
+        {
+            return None;
+        }
+        let fresh = self.now.saturating_add(self.cfg.session.refresh_skew_s);
+        let t = view
+            .tokens
+            .iter()
+            .find(|t| t.aud == audience && t.exp > fresh)?;
+        if !policy.scopes_ok(&t.scope) {
+            return None;
+        }
+        self.subject = Some(view.sub.into_owned());
+        Some(Step::Forward {
+            authorization: Some(Secret::new(t.token.as_ref())),
+            cookie: self.strip_cookies(req),
+        })
     }
 
     fn csrf_ok(&self, req: &Request, mode: CsrfMode, allowed: &[String]) -> bool {
@@ -1496,7 +1562,13 @@ impl Engine<'_> {
             last_seen: self.now,
             expires: self.now.saturating_add(self.cfg.session.absolute_timeout_s),
             refresh_token: tokens.refresh_token.clone(),
-            id_token: tokens.id_token.clone(),
+            // Kept only when logout needs it for `id_token_hint`: a smaller record is cheaper on
+            // every request, and one token fewer is at rest.
+            id_token: if self.cfg.client.logout_id_token_hint {
+                tokens.id_token.clone()
+            } else {
+                None
+            },
             tokens: vec![AudienceToken {
                 aud: self.cfg.login_audience.clone(),
                 token: tokens.access_token.clone(),

@@ -102,6 +102,9 @@ pub struct Evicted {
 pub trait Store {
     /// Loads a session with its CAS token (`None` if absent or the slot holds another session).
     fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)>;
+    /// The stored bytes of a session's slot, unparsed and unchecked (the fast path reads a
+    /// borrowed view of them and checks the owner itself). `None` if empty or out of range.
+    fn get_session_raw(&self, id: &SessionId) -> Option<(Vec<u8>, Cas)>;
     /// Writes a session read with `cas`; fails if the slot changed since.
     fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError>;
     /// Creates a session in a free slot; returns its id and, if one had to go, the evicted one.
@@ -351,6 +354,14 @@ impl<D: SharedData> SharedStore<D> {
 }
 
 impl<D: SharedData> Store for SharedStore<D> {
+    fn get_session_raw(&self, id: &SessionId) -> Option<(Vec<u8>, Cas)> {
+        if id.slot() >= self.limits.max_sessions {
+            return None;
+        }
+        let (v, cas) = self.data.get(&session_key(id.slot()));
+        Some((v.filter(|v| !v.is_empty())?, cas?))
+    }
+
     fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)> {
         if id.slot() >= self.limits.max_sessions {
             return None;

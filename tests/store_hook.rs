@@ -22,6 +22,9 @@ impl Store for Remote {
     fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)> {
         self.local.get_session(id)
     }
+    fn get_session_raw(&self, id: &SessionId) -> Option<(Vec<u8>, Cas)> {
+        self.local.get_session_raw(id)
+    }
     fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError> {
         self.local.put_session(id, s, cas)
     }
