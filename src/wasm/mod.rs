@@ -95,6 +95,9 @@ struct Shared {
     stopped: RefCell<std::collections::HashSet<u32>>,
     /// Request contexts still alive.
     alive: RefCell<std::collections::HashSet<u32>>,
+    /// How many `authorization` and `cookie` headers each request arrived with (to edit them
+    /// with the fewest host calls; they do not change while a request is paused).
+    header_counts: RefCell<HashMap<u32, (usize, usize)>>,
 }
 
 impl Shared {
@@ -243,20 +246,42 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
             authorization,
             cookie,
         } => {
-            // Never forward an Authorization header the client sent.
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None);
-            if let Some(t) = authorization {
-                let v = format!("Bearer {}", t.expose());
-                let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, "authorization", &v);
+            const H: MapType = MapType::HttpRequestHeaders;
+            // Unknown counts (should not happen) take the always-correct remove-then-add.
+            let (auths, cookies) = shared
+                .header_counts
+                .borrow()
+                .get(&ctx)
+                .copied()
+                .unwrap_or((2, 2));
+            // Never forward an Authorization header the client sent. With at most one header
+            // present, a replace (or an add) is one host call and leaves exactly ours.
+            match (authorization, auths) {
+                (Some(t), n) => {
+                    let v = format!("Bearer {}", t.expose());
+                    if n <= 1 {
+                        let _ = hostcalls::set_map_value(H, "authorization", Some(&v));
+                    } else {
+                        let _ = hostcalls::set_map_value(H, "authorization", None);
+                        let _ = hostcalls::add_map_value(H, "authorization", &v);
+                    }
+                }
+                (None, 0) => {}
+                (None, _) => {
+                    let _ = hostcalls::set_map_value(H, "authorization", None);
+                }
             }
             match cookie {
                 CookieEdit::Keep => {}
                 CookieEdit::Remove => {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", None);
+                    let _ = hostcalls::set_map_value(H, "cookie", None);
+                }
+                CookieEdit::Set(v) if cookies <= 1 => {
+                    let _ = hostcalls::set_map_value(H, "cookie", Some(&v));
                 }
                 CookieEdit::Set(v) => {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", None);
-                    let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, "cookie", &v);
+                    let _ = hostcalls::set_map_value(H, "cookie", None);
+                    let _ = hostcalls::add_map_value(H, "cookie", &v);
                 }
             }
             shared.set_stopped(ctx, false);
@@ -561,8 +586,10 @@ impl Http {
     fn request(&self, cfg: &Config) -> Request {
         let mut req = Request::default();
         let mut cookies: Vec<String> = Vec::new();
+        let mut auths = 0;
         for (name, value) in self.get_http_request_headers_bytes() {
             match name.as_str() {
+                "authorization" => auths += 1,
                 ":method" => req.method = text(&value),
                 ":path" => req.path = text(&value),
                 "cookie" => cookies.push(text(&value)),
@@ -575,6 +602,10 @@ impl Http {
                 _ => {}
             }
         }
+        self.shared
+            .header_counts
+            .borrow_mut()
+            .insert(self.id, (auths, cookies.len()));
         if !cookies.is_empty() {
             req.cookie = Some(cookies.join("; "));
         }
@@ -601,6 +632,7 @@ impl Context for Http {
         s.waiters.borrow_mut().remove(&self.id);
         s.body_waiters.borrow_mut().remove(&self.id);
         s.stopped.borrow_mut().remove(&self.id);
+        s.header_counts.borrow_mut().remove(&self.id);
         true
     }
 }
