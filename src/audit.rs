@@ -238,12 +238,12 @@ pub enum Decision {
 
 impl Decision {
     /// The counter a final decision increments.
-    pub fn metric(&self) -> Option<String> {
+    pub fn metric(&self) -> Option<std::borrow::Cow<'static, str>> {
         match self {
             Decision::Pending | Decision::Endpoint | Decision::LoginRedirect => None,
             Decision::Public => Some("bffgate_requests_public".into()),
             Decision::Allowed => Some("bffgate_requests_allowed".into()),
-            Decision::Denied(c) => Some(format!("bffgate_denied_{c}")),
+            Decision::Denied(c) => Some(format!("bffgate_denied_{c}").into()),
         }
     }
 
@@ -311,7 +311,8 @@ mod tests {
         assert_eq!(e.metric().as_deref(), Some("bffgate_sessions_ended_logout"));
         assert!(all_counters().contains(&e.metric().unwrap()));
         for code in crate::flow::ErrorCode::ALL {
-            assert!(all_counters().contains(&Decision::Denied(code.as_str()).metric().unwrap()));
+            let m = Decision::Denied(code.as_str()).metric().unwrap();
+            assert!(all_counters().contains(&m.into_owned()));
         }
         assert_eq!(Decision::Denied("csrf").as_str(), "deny:csrf");
     }

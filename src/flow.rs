@@ -461,9 +461,12 @@ impl<'a> Engine<'a> {
 
     fn is_bff_cookie(&self, name: &str) -> bool {
         // Case-insensitive: a differently-cased copy of our cookie is not forwarded either.
-        let lower = name.to_ascii_lowercase();
-        lower == self.cfg.cookie.name.to_ascii_lowercase()
-            || lower.starts_with(&self.cfg.cookie.flow_prefix.to_ascii_lowercase())
+        let prefix = self.cfg.cookie.flow_prefix.as_bytes();
+        name.eq_ignore_ascii_case(&self.cfg.cookie.name)
+            || name
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|b| b.eq_ignore_ascii_case(prefix))
     }
 
     /// The `cookie` edit that strips every bffgate cookie.
@@ -471,8 +474,11 @@ impl<'a> Engine<'a> {
         match &req.cookie {
             None => CookieEdit::Keep,
             Some(h) => {
-                let has_ours = cookie::pairs(h).any(|(n, _)| self.is_bff_cookie(n))
-                    || h.to_ascii_lowercase().contains("__host-bff");
+                // Every part, well-formed or not, by the name `cookie::without` would see.
+                let has_ours = h.split(';').any(|part| {
+                    let t = part.trim();
+                    self.is_bff_cookie(t.split_once('=').map_or(t, |(n, _)| n).trim())
+                });
                 if !has_ours {
                     return CookieEdit::Keep;
                 }
@@ -608,7 +614,7 @@ impl<'a> Engine<'a> {
         let id = self.session_id_from(req)?.ok()?;
         let (raw, _) = self.store.get_session_raw(&id)?;
         let view: SessionView<'_> = serde_json::from_slice(&raw).ok()?;
-        if !ct_eq(view.owner.as_bytes(), id.verifier().as_bytes())
+        if !ct_eq(view.owner.as_bytes(), &id.verifier_bytes())
             || self.now >= view.expires
             || self.now
                 >= view

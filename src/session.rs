@@ -56,6 +56,18 @@ impl SessionId {
     pub fn verifier(&self) -> String {
         hex(&crate::util::sha256(&self.secret))
     }
+    /// [`SessionId::verifier`] as bytes, without allocating (for the per-request owner check).
+    pub fn verifier_bytes(&self) -> [u8; 64] {
+        let h = crate::util::sha256(&self.secret);
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(h.iter()) {
+            for (o, n) in pair.iter_mut().zip([b >> 4, b & 0x0f]) {
+                *o = if n < 10 { b'0' + n } else { b'a' + n - 10 };
+            }
+        }
+        out
+    }
+
     /// A non-reversible handle for logs and audit: 12 hex digits of SHA-256 of a domain tag
     /// and the id (unrelated to [`SessionId::verifier`]).
     pub fn handle(&self) -> String {
@@ -205,6 +217,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.slot(), 7);
         assert_eq!(a.verifier().len(), 64);
+        assert_eq!(a.verifier().as_bytes(), &a.verifier_bytes()[..]);
         assert_eq!(format!("{a:?}"), "SessionId([redacted])");
         assert_eq!(a.handle().len(), 12);
         assert!(!a.verifier().starts_with(&a.handle()));
