@@ -5,7 +5,7 @@
 //! - `hmac_sha256_cookie`: one HMAC-SHA256 (pre-keyed, like the key ring) over the cookie value;
 //!   the floor: no cookie check can cost less.
 //! - `cookie_verify`: `KeyRing::open` of a real session cookie (split, base64url, HMAC, compare).
-//! - `session_decode`: `serde_json::from_slice::<Session>` of a ~3 KB record holding two JWT
+//! - `session_decode`: `bffgate::record::decode` (full decode) of a ~3 KB record holding two JWT
 //!   access tokens, the ID token and a refresh token (what shared data holds per session).
 //! - `store_get_session`: the store read of that record (shared-data get, decode, owner check).
 //! - `policy_decide`: `Policy::decide` for the `orders-read` route.
@@ -275,7 +275,7 @@ fn main() {
         .expect("a free slot");
     let sealed = cfg.cookie.keys.seal(COOKIE, &id.to_bytes());
     let (stored, _) = store.get_session(&id).expect("the session reads back");
-    let record_bytes = serde_json::to_vec(&stored).expect("serializes");
+    let record_bytes = bffgate::record::encode(&stored).expect("encodes");
 
     // A well-formed but wrongly signed cookie: same kid and payload, another MAC.
     let mut parts: Vec<&str> = sealed.split('.').collect();
@@ -354,7 +354,7 @@ fn main() {
             })
         });
         g.bench_function("session_decode", |b| {
-            b.iter(|| serde_json::from_slice::<Session>(black_box(&record_bytes)).expect("decodes"))
+            b.iter(|| bffgate::record::decode(black_box(&record_bytes)).expect("decodes"))
         });
         g.bench_function("store_get_session", |b| {
             b.iter(|| store.get_session(black_box(&id)).expect("present"))

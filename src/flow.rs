@@ -351,32 +351,6 @@ pub const MAX_REQUEST_BODY: usize = 16 * 1024;
 /// The back-channel logout event (OIDC Back-Channel Logout 1.0, 2.4).
 const BCL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
-/// The fields of a stored session the fast path reads, borrowed from the record's bytes.
-#[derive(serde::Deserialize)]
-struct SessionView<'a> {
-    #[serde(borrow, default)]
-    owner: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    sub: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    last_seen: u64,
-    #[serde(default)]
-    expires: u64,
-    #[serde(borrow, default)]
-    tokens: Vec<TokenView<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct TokenView<'a> {
-    #[serde(borrow)]
-    aud: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    token: std::borrow::Cow<'a, str>,
-    exp: u64,
-    #[serde(borrow, default)]
-    scope: std::borrow::Cow<'a, str>,
-}
-
 /// Outcome of a JWS check against the cached key set.
 enum JwsCheck {
     /// Verified; the payload.
@@ -601,8 +575,8 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The common case, decided from a borrowed view of the stored record (no allocation per
-    /// field, refresh and ID tokens skipped): a valid cookie, a live session that needs no
+    /// The common case, decided from the binary head of the stored record (no JSON, no
+    /// allocation per field; see `record`): a valid cookie, a live session that needs no
     /// last-use write, no claims to check, a fresh token for the audience with the route's
     /// scopes, and a request that passes CSRF. Anything else returns `None` and takes the full
     /// path, which decides (and explains) it.
@@ -613,8 +587,8 @@ impl<'a> Engine<'a> {
         let audience = policy.audience.as_deref()?;
         let id = self.session_id_from(req)?.ok()?;
         let (raw, _) = self.store.get_session_raw(&id)?;
-        let view: SessionView<'_> = serde_json::from_slice(&raw).ok()?;
-        if !ct_eq(view.owner.as_bytes(), &id.verifier_bytes())
+        let view = crate::record::Head::parse(&raw)?;
+        if !ct_eq(view.owner, &id.verifier_bytes())
             || self.now >= view.expires
             || self.now
                 >= view
@@ -624,16 +598,13 @@ impl<'a> Engine<'a> {
             return None;
         }
         let fresh = self.now.saturating_add(self.cfg.session.refresh_skew_s);
-        let t = view
-            .tokens
-            .iter()
-            .find(|t| t.aud == audience && t.exp > fresh)?;
-        if !policy.scopes_ok(&t.scope) {
+        let (token, scope) = view.token(audience, fresh)?;
+        if !policy.scopes_ok(scope) {
             return None;
         }
-        self.subject = Some(view.sub.into_owned());
+        self.subject = Some(view.sub.to_string());
         Some(Step::Forward {
-            authorization: Some(Secret::new(t.token.as_ref())),
+            authorization: Some(Secret::new(token)),
             cookie: self.strip_cookies(req),
         })
     }

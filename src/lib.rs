@@ -29,6 +29,7 @@ pub mod jose;
 pub mod jwt;
 pub mod oauth;
 pub mod policy;
+pub mod record;
 pub mod redirect;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod render;

@@ -290,7 +290,7 @@ impl<D: SharedData> SharedStore<D> {
         let (v, cas) = self.data.get(&session_key(slot));
         let s = v
             .filter(|v| !v.is_empty())
-            .and_then(|v| serde_json::from_slice::<Session>(&v).ok());
+            .and_then(|v| crate::record::decode(&v));
         (s, cas)
     }
 
@@ -380,7 +380,7 @@ impl<D: SharedData> Store for SharedStore<D> {
         }
         let mut rec = s.clone();
         rec.owner = id.verifier();
-        let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+        let v = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
         self.cas_set(&session_key(id.slot()), &v, Some(cas))
     }
 
@@ -411,7 +411,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                     let mut rec = s.clone();
                     rec.owner = id.verifier();
                     rec.handle = id.handle();
-                    let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+                    let v = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
                     match self.cas_set(&session_key(slot), &v, Some(cas)) {
                         Ok(()) => {
                             if cur.is_none() {
@@ -445,7 +445,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                 let mut rec = s.clone();
                 rec.owner = id.verifier();
                 rec.handle = id.handle();
-                let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+                let v = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
                 if self.cas_set(&session_key(slot), &v, Some(cas)).is_ok() {
                     if cur.is_none() {
                         self.adjust(SESSIONS_KEY, 1);
@@ -461,7 +461,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                 let mut rec = s.clone();
                 rec.owner = id.verifier();
                 rec.handle = id.handle();
-                let v = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
+                let v = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
                 match self.cas_set(&session_key(slot), &v, Some(cas)) {
                     Ok(()) => {
                         return Ok((

@@ -88,8 +88,8 @@ fn record(g: &Gate) -> Value {
         .store
         .data
         .values()
-        .filter_map(|v| serde_json::from_slice::<Value>(v).ok())
-        .filter(|j| j.get("sub").is_some())
+        .filter_map(bffgate::record::decode)
+        .map(|s| serde_json::to_value(&s).unwrap())
         .collect();
     assert_eq!(live.len(), 1, "one live session: {live:?}");
     live.pop().unwrap()

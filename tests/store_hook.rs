@@ -87,7 +87,7 @@ impl Store for Remote {
             let (_, c) = self.local.data.get(&format!("bffgate:s:{}", id.slot()));
             let mut rec = s.clone();
             rec.owner = owner.verifier();
-            let v = serde_json::to_vec(&rec).unwrap();
+            let v = bffgate::record::encode(&rec).unwrap();
             use bffgate::store::SharedData;
             self.local
                 .data

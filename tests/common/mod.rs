@@ -642,8 +642,7 @@ impl Gate {
         self.store
             .data
             .values()
-            .filter_map(|v| serde_json::from_slice::<Value>(v).ok())
-            .filter(|j| j.get("sub").is_some())
+            .filter_map(bffgate::record::decode)
             .count()
     }
 

@@ -1,0 +1,218 @@
+//! The stored form of a session: a small binary head with exactly what the fast path reads
+//! (owner check, lifetimes, subject, and each audience's token with its expiry and scopes),
+//! followed by JSON for everything else. The fast path walks the head in place, without JSON
+//! and without allocating; the full path decodes both.
+//!
+//! Layout: `b"B1"`, then `owner` (u8 length + bytes), `sub` (u16 + bytes), `expires` and
+//! `last_seen` (u64 big-endian), a token count (u8) and per token `aud`, `scope`, `token`
+//! (u16 + bytes each) and `exp` (u64); then the JSON of the session without its tokens.
+
+use crate::session::{AudienceToken, Session};
+
+const MAGIC: &[u8; 2] = b"B1";
+
+/// A cursor over the head; every read is bounds-checked.
+struct Cur<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cur<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+    fn u16(&mut self) -> Option<usize> {
+        let s = self.take(2)?;
+        Some(usize::from(u16::from_be_bytes([*s.first()?, *s.get(1)?])))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(<[u8; 8]>::try_from(self.take(8)?).ok()?))
+    }
+    fn str16(&mut self) -> Option<&'a str> {
+        let n = self.u16()?;
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+}
+
+fn put_u16_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
+    let n = u16::try_from(s.len()).ok()?;
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Some(())
+}
+
+/// Encodes a session; `None` only if a field is beyond the format's limits (a 64 KiB token).
+pub fn encode(s: &Session) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(
+        512 + s
+            .tokens
+            .iter()
+            .map(|t| t.token.expose().len())
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(MAGIC);
+    out.push(u8::try_from(s.owner.len()).ok()?);
+    out.extend_from_slice(s.owner.as_bytes());
+    put_u16_str(&mut out, &s.sub)?;
+    out.extend_from_slice(&s.expires.to_be_bytes());
+    out.extend_from_slice(&s.last_seen.to_be_bytes());
+    out.push(u8::try_from(s.tokens.len()).ok()?);
+    for t in &s.tokens {
+        put_u16_str(&mut out, &t.aud)?;
+        put_u16_str(&mut out, &t.scope)?;
+        put_u16_str(&mut out, t.token.expose())?;
+        out.extend_from_slice(&t.exp.to_be_bytes());
+    }
+    let mut rest = s.clone();
+    rest.tokens = Vec::new();
+    serde_json::to_writer(&mut out, &rest).ok()?;
+    Some(out)
+}
+
+/// What the fast path reads, borrowed from the stored bytes.
+pub struct Head<'a> {
+    /// [`crate::session::SessionId::verifier`] of the owner.
+    pub owner: &'a [u8],
+    /// Subject.
+    pub sub: &'a str,
+    /// Absolute expiry.
+    pub expires: u64,
+    /// Last use.
+    pub last_seen: u64,
+    tokens: Cur<'a>,
+    count: u8,
+}
+
+impl<'a> Head<'a> {
+    /// Parses the head (not the tokens yet).
+    pub fn parse(b: &'a [u8]) -> Option<Head<'a>> {
+        let mut c = Cur { b, at: 0 };
+        if c.take(2)? != MAGIC {
+            return None;
+        }
+        let n = usize::from(c.u8()?);
+        let owner = c.take(n)?;
+        let sub = c.str16()?;
+        let expires = c.u64()?;
+        let last_seen = c.u64()?;
+        let count = c.u8()?;
+        Some(Head {
+            owner,
+            sub,
+            expires,
+            last_seen,
+            tokens: c,
+            count,
+        })
+    }
+
+    /// The first token for `aud` expiring after `after`: `(token, scope)`.
+    pub fn token(&self, aud: &str, after: u64) -> Option<(&'a str, &'a str)> {
+        let mut c = Cur {
+            b: self.tokens.b,
+            at: self.tokens.at,
+        };
+        for _ in 0..self.count {
+            let a = c.str16()?;
+            let scope = c.str16()?;
+            let token = c.str16()?;
+            let exp = c.u64()?;
+            if a == aud && exp > after {
+                return Some((token, scope));
+            }
+        }
+        None
+    }
+}
+
+/// Decodes a whole session.
+pub fn decode(b: &[u8]) -> Option<Session> {
+    let head = Head::parse(b)?;
+    let mut c = Cur {
+        b: head.tokens.b,
+        at: head.tokens.at,
+    };
+    let mut tokens = Vec::with_capacity(usize::from(head.count));
+    for _ in 0..head.count {
+        let aud = c.str16()?.to_string();
+        let scope = c.str16()?.to_string();
+        let token = crate::secret::Secret::new(c.str16()?);
+        let exp = c.u64()?;
+        tokens.push(AudienceToken {
+            aud,
+            token,
+            exp,
+            scope,
+        });
+    }
+    let mut s: Session = serde_json::from_slice(b.get(c.at..)?).ok()?;
+    s.tokens = tokens;
+    s.owner = std::str::from_utf8(head.owner).ok()?.to_string();
+    s.sub = head.sub.to_string();
+    s.expires = head.expires;
+    s.last_seen = head.last_seen;
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn s() -> Session {
+        Session {
+            owner: "ab".repeat(32),
+            sub: "alice ü".into(),
+            created: 1,
+            last_seen: 5,
+            expires: 99,
+            refresh_token: Some(Secret::new("rt")),
+            tokens: vec![
+                AudienceToken {
+                    aud: "https://a".into(),
+                    token: Secret::new("t-a"),
+                    exp: 50,
+                    scope: "x y".into(),
+                },
+                AudienceToken {
+                    aud: "https://b".into(),
+                    token: Secret::new("t-b"),
+                    exp: 70,
+                    scope: "".into(),
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_and_the_head_finds_tokens_in_place() {
+        let b = encode(&s()).unwrap();
+        assert_eq!(decode(&b).unwrap(), s());
+        let h = Head::parse(&b).unwrap();
+        assert_eq!((h.sub, h.expires, h.last_seen), ("alice ü", 99, 5));
+        assert_eq!(h.owner, "ab".repeat(32).as_bytes());
+        assert_eq!(h.token("https://b", 60), Some(("t-b", "")));
+        assert_eq!(h.token("https://b", 70), None, "expired at `after`");
+        assert_eq!(h.token("https://c", 0), None);
+    }
+
+    #[test]
+    fn every_truncation_and_garbage_is_refused_without_panic() {
+        let b = encode(&s()).unwrap();
+        for n in 0..b.len() {
+            assert!(decode(&b[..n]).is_none(), "truncated at {n}");
+            if let Some(h) = Head::parse(&b[..n]) {
+                let _ = h.token("https://b", 0);
+            }
+        }
+        for g in [&b""[..], b"B1", b"{\"sub\":\"x\"}", b"B1\xff\xff\xff"] {
+            assert!(decode(g).is_none());
+        }
+    }
+}
