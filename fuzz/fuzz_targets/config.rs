@@ -23,6 +23,9 @@ fuzz_target!(|data: &[u8]| {
         "BFFGATE_COOKIE_KEYS" => Some(keys.clone()),
         _ => None,
     };
+    // Strings the document itself carries may come back in errors (a quoted unknown field) or in
+    // the compiled config: libFuzzer learns the secrets from the comparisons that look for them.
+    let in_doc = |s: &str| !s.is_empty() && doc.windows(s.len()).any(|w| w == s.as_bytes());
     match Config::from_json(doc, &secrets) {
         Ok(c) => {
             let Ok(raw) = serde_json::from_slice::<RawConfig>(doc) else {
@@ -45,12 +48,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Err(e) => panic!("round-tripped config refused: {e}"),
             }
-            assert!(!format!("{c:?}").contains(CLIENT_SECRET));
+            assert!(in_doc(CLIENT_SECRET) || !format!("{c:?}").contains(CLIENT_SECRET));
         }
         Err(e) => {
             let text = e.to_string();
-            // (Unless the document itself carries the string: errors may quote a field name.)
-            let in_doc = |s: &str| doc.windows(s.len()).any(|w| w == s.as_bytes());
             for s in std::iter::once(CLIENT_SECRET).chain(KEY_MATERIAL) {
                 assert!(
                     in_doc(s) || !text.contains(s),
