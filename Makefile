@@ -15,7 +15,7 @@ CONFIG_INPUTS := --settings envoy/bffgate.yaml --policies policies --template en
 
 # Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable via RUSTC_BOOTSTRAP=1): seconds per target.
 FUZZ_SECONDS ?= 300
-FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SMOKE_SECONDS ?= 15
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -49,7 +49,7 @@ unit: ## native unit, specification and property tests (tests/prop.rs: proptest)
 fuzz: setup ## run every fuzz target for FUZZ_SECONDS (default 300) each, 2 at a time
 	bash scripts/fuzz.sh -t $(FUZZ_SECONDS)
 
-fuzz-smoke: setup ## short fuzz run of every target (FUZZ_SMOKE_SECONDS, default 20): a crash fails
+fuzz-smoke: setup ## short fuzz run of every target (FUZZ_SMOKE_SECONDS, default 15): a crash fails
 	bash scripts/fuzz.sh -t $(FUZZ_SMOKE_SECONDS)
 
 integration: setup build ## end-to-end tests against the real stack (Envoy + IdP + APIs)

@@ -2,11 +2,11 @@
 # Runs the cargo-fuzz targets of fuzz/ for a bounded time each, and says how each one ended.
 #
 #   scripts/fuzz.sh [-t SECONDS] [-j JOBS] [TARGET...]     (default: every target, 20 s, 2 jobs)
-#   make fuzz FUZZ_SECONDS=300        the long run        make fuzz-smoke   the CI smoke (20 s)
+#   make fuzz FUZZ_SECONDS=300        the long run        make fuzz-smoke   the CI smoke (15 s)
 #
-# cargo-fuzz drives libFuzzer with nightly-only rustc flags (-Zsanitizer, sancov passes). This
-# machine has only a stable toolchain, so the script sets RUSTC_BOOTSTRAP=1, which lets stable
-# rustc accept them. AddressSanitizer is used when its runtime links (it does on stable 1.95);
+# cargo-fuzz drives libFuzzer with nightly-only rustc flags (-Zsanitizer, sancov passes). The
+# project only relies on the stable toolchain (no nightly can be fetched on the build machine),
+# so the script sets RUSTC_BOOTSTRAP=1, which lets stable rustc accept them. AddressSanitizer is used when its runtime links (it does on stable 1.95);
 # otherwise the targets are rebuilt without a sanitizer (-s none: libFuzzer still works, only
 # memory errors in unsafe dependency code would go unseen). FUZZ_SANITIZER=address|none forces.
 # Builds run with debug assertions and overflow checks (-a) so arithmetic overflow is a finding.

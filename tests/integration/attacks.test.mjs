@@ -32,7 +32,7 @@ import {
   transcript,
 } from '../lib/client.mjs';
 import {
-  ACCEPT_JSON, CSRF, JWT_RE, assertJsonError, assertNoSessionSet, assertSessionCleared,
+  ACCEPT_JSON, CSRF, assertJsonError, assertNoSessionSet, assertSessionCleared,
   forEachLogChunk, secretsSeen, tokenLeaksInResponses,
 } from '../lib/harness.mjs';
 import { onEveryWorker, operatorRevoke } from '../lib/observe.mjs';

@@ -25,7 +25,7 @@ import {
 import { forEachLogChunk } from '../lib/harness.mjs';
 
 const SECONDS = Number(process.env.BFFGATE_LOAD_SECONDS || 45);
-const MAX_REQUESTS = Number(process.env.BFFGATE_LOAD_MAX || 100_000);
+const MAX_REQUESTS = Number(process.env.BFFGATE_LOAD_MAX || 150_000);
 const IN_FLIGHT = 32;
 const H2_CONNECTIONS = 4;
 const LOG_DIR = '.run/logs/load';
