@@ -205,6 +205,23 @@ impl<D: SharedData> SharedStore<D> {
         r
     }
 
+    /// Writes a new session into `slot` (read with `cas`) under a fresh id for that slot.
+    fn claim(
+        &mut self,
+        slot: u32,
+        cas: Cas,
+        s: &Session,
+        rng: &mut dyn Random,
+    ) -> Result<SessionId, StoreError> {
+        let id = SessionId::generate(rng, slot);
+        let mut rec = s.clone();
+        rec.owner = id.verifier();
+        rec.handle = id.handle();
+        let v = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
+        self.cas_set(&session_key(slot), &v, Some(cas))?;
+        Ok(id)
+    }
+
     /// Creates every slot (empty) that does not exist yet. Run once at configuration time,
     /// before traffic: afterwards every claim is a CAS on an existing key.
     pub fn init_slots(&mut self) {
@@ -396,24 +413,17 @@ impl<D: SharedData> Store for SharedStore<D> {
         }
         for _ in 0..RETRIES {
             let start = random_u32(rng) % n;
-            // Least recently used live session among those sampled: (slot, cas, record).
+            // Least recently used live session among the first SAMPLE looked at.
             let mut lru: Option<(u32, Cas, Session)> = None;
-            for k in 0..SAMPLE.min(n) {
+            // A free (empty or dead) slot wins; past the sample the look goes on through the
+            // rest of the table, a full scan paid only when it is nearly full.
+            for k in 0..n {
                 let slot = (start + k) % n;
                 let (cur, cas) = self.read_session(slot);
                 let Some(cas) = cas else { continue };
-                let free = match &cur {
-                    None => true,
-                    Some(c) => self.dead(c, now),
-                };
-                if free {
-                    let id = SessionId::generate(rng, slot);
-                    let mut rec = s.clone();
-                    rec.owner = id.verifier();
-                    rec.handle = id.handle();
-                    let v = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
-                    match self.cas_set(&session_key(slot), &v, Some(cas)) {
-                        Ok(()) => {
+                if cur.as_ref().is_none_or(|c| self.dead(c, now)) {
+                    match self.claim(slot, cas, s, rng) {
+                        Ok(id) => {
                             if cur.is_none() {
                                 self.adjust(SESSIONS_KEY, 1);
                             }
@@ -423,7 +433,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                         Err(e) => return Err(e),
                     }
                 }
-                if let Some(c) = cur {
+                if let (true, Some(c)) = (k < SAMPLE, cur) {
                     if lru
                         .as_ref()
                         .is_none_or(|(_, _, l)| c.last_seen < l.last_seen)
@@ -432,45 +442,17 @@ impl<D: SharedData> Store for SharedStore<D> {
                     }
                 }
             }
-            // The sample is full: look for a free slot in the rest of the table before evicting
-            // or refusing (a full scan, paid only when the table is nearly full).
-            for k in SAMPLE.min(n)..n {
-                let slot = (start + k) % n;
-                let (cur, cas) = self.read_session(slot);
-                let Some(cas) = cas else { continue };
-                if cur.as_ref().is_some_and(|c| !self.dead(c, now)) {
-                    continue;
-                }
-                let id = SessionId::generate(rng, slot);
-                let mut rec = s.clone();
-                rec.owner = id.verifier();
-                rec.handle = id.handle();
-                let v = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
-                if self.cas_set(&session_key(slot), &v, Some(cas)).is_ok() {
-                    if cur.is_none() {
-                        self.adjust(SESSIONS_KEY, 1);
-                    }
-                    return Ok((id, None));
-                }
-            }
             if self.limits.when_full == WhenFull::Refuse {
                 return Err(StoreError::Full);
             }
             if let Some((slot, cas, victim)) = lru {
-                let id = SessionId::generate(rng, slot);
-                let mut rec = s.clone();
-                rec.owner = id.verifier();
-                rec.handle = id.handle();
-                let v = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
-                match self.cas_set(&session_key(slot), &v, Some(cas)) {
-                    Ok(()) => {
-                        return Ok((
-                            id,
-                            Some(Evicted {
-                                handle: victim.handle,
-                                sub: victim.sub,
-                            }),
-                        ))
+                match self.claim(slot, cas, s, rng) {
+                    Ok(id) => {
+                        let evicted = Evicted {
+                            handle: victim.handle,
+                            sub: victim.sub,
+                        };
+                        return Ok((id, Some(evicted)));
                     }
                     Err(StoreError::CasMismatch) => continue,
                     Err(e) => return Err(e),
