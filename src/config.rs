@@ -940,10 +940,11 @@ impl Config {
     }
 }
 
-/// A complete, valid configuration for tests (matches the demo stack).
-#[cfg(test)]
-pub fn test_raw() -> RawConfig {
-    let json = serde_json::json!({
+/// The demo stack's filter configuration without secrets and JWKS, as JSON: the one example the
+/// unit tests, the engine suites and the fuzz targets share (each patches what it needs).
+#[doc(hidden)]
+pub fn demo_json() -> serde_json::Value {
+    serde_json::json!({
         "public_origin": "https://localhost:8443",
         "provider": {
             "issuer": "http://localhost:9000",
@@ -971,7 +972,13 @@ pub fn test_raw() -> RawConfig {
             "profile": {"access": "session", "audience": "https://profile.api.local", "scopes": ["profile"]},
             "admin": {"access": "session", "audience": "https://orders.api.local", "claims": {"preferred_username": ["alice"]}}
         }
-    });
+    })
+}
+
+/// A complete, valid configuration for tests (matches the demo stack).
+#[cfg(test)]
+pub fn test_raw() -> RawConfig {
+    let json = demo_json();
     serde_json::from_value(json).unwrap()
 }
 

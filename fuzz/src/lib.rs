@@ -54,38 +54,12 @@ pub fn secrets(name: &str) -> Option<String> {
     }
 }
 
-/// The demo configuration of the unit tests (no JWKS: ID tokens are checked by claims only).
+/// The demo configuration of the unit tests (no JWKS: ID tokens are checked by claims only),
+/// with a small store so that scripts reach its limits.
 pub fn demo_config_json() -> Value {
-    json!({
-        "public_origin": "https://localhost:8443",
-        "provider": {
-            "issuer": "http://localhost:9000",
-            "authorization_endpoint": "http://localhost:9000/auth",
-            "token_endpoint": "http://localhost:9000/token",
-            "revocation_endpoint": "http://localhost:9000/token/revocation",
-            "end_session_endpoint": "http://localhost:9000/session/end",
-            "cluster": "bffgate_idp"
-        },
-        "client": {
-            "client_id": "bffgate",
-            "redirect_uri": "https://localhost:8443/auth/callback",
-            "scopes": ["openid", "profile", "offline_access", "orders:read", "orders:write"],
-            "extra_authorize_params": {"prompt": "consent"},
-            "post_logout_redirect_uri": "https://localhost:8443/"
-        },
-        "store": {"max_sessions": 8, "max_pending_logins": 8},
-        "audiences": {
-            "https://orders.api.local": {"acquire": "login"},
-            "https://profile.api.local": {"acquire": "refresh"}
-        },
-        "routes": {
-            "static": {"access": "public"},
-            "orders-read": {"access": "session", "audience": "https://orders.api.local", "scopes": ["orders:read"]},
-            "orders-write": {"access": "session", "audience": "https://orders.api.local", "scopes": ["orders:write"]},
-            "profile": {"access": "session", "audience": "https://profile.api.local", "scopes": ["profile"]},
-            "admin": {"access": "session", "audience": "https://orders.api.local", "claims": {"preferred_username": ["alice"]}}
-        }
-    })
+    let mut v = bffgate::config::demo_json();
+    v["store"] = json!({"max_sessions": 8, "max_pending_logins": 8});
+    v
 }
 
 /// The shipped settings file.

@@ -59,37 +59,9 @@ pub const ERROR_CODES: &[&str] = &[
     "idp_unavailable",
 ];
 
-/// The demo configuration (as in `config::test_raw`).
+/// The demo configuration (`config::demo_json`, shared with the unit tests and fuzz targets).
 pub fn demo_config() -> Value {
-    json!({
-        "public_origin": "https://localhost:8443",
-        "provider": {
-            "issuer": "http://localhost:9000",
-            "authorization_endpoint": "http://localhost:9000/auth",
-            "token_endpoint": "http://localhost:9000/token",
-            "revocation_endpoint": "http://localhost:9000/token/revocation",
-            "end_session_endpoint": "http://localhost:9000/session/end",
-            "cluster": "bffgate_idp"
-        },
-        "client": {
-            "client_id": "bffgate",
-            "redirect_uri": "https://localhost:8443/auth/callback",
-            "scopes": ["openid", "profile", "offline_access", "orders:read", "orders:write"],
-            "extra_authorize_params": {"prompt": "consent"},
-            "post_logout_redirect_uri": "https://localhost:8443/"
-        },
-        "audiences": {
-            "https://orders.api.local": {"acquire": "login"},
-            "https://profile.api.local": {"acquire": "refresh"}
-        },
-        "routes": {
-            "static": {"access": "public"},
-            "orders-read": {"access": "session", "audience": "https://orders.api.local", "scopes": ["orders:read"]},
-            "orders-write": {"access": "session", "audience": "https://orders.api.local", "scopes": ["orders:write"]},
-            "profile": {"access": "session", "audience": "https://profile.api.local", "scopes": ["profile"]},
-            "admin": {"access": "session", "audience": "https://orders.api.local", "claims": {"preferred_username": ["alice"]}}
-        }
-    })
+    bffgate::config::demo_json()
 }
 
 pub fn config_with(keys: &str, patch: impl FnOnce(&mut Value)) -> Config {
