@@ -382,6 +382,9 @@ pub struct Engine<'a> {
     pub events: Vec<Event>,
     /// Subject of the session the request was decided for (for the access log).
     pub subject: Option<String>,
+    /// The request's session cookie, verified once per engine (the fast path and the full path
+    /// ask for it in turn).
+    cookie_id: Option<Option<Result<SessionId, ()>>>,
 }
 
 /// How the session cookie of a request resolved.
@@ -412,6 +415,7 @@ impl<'a> Engine<'a> {
             notes: Vec::new(),
             events: Vec::new(),
             subject: None,
+            cookie_id: None,
         }
     }
 
@@ -482,7 +486,16 @@ impl<'a> Engine<'a> {
         )
     }
 
-    fn session_id_from(&self, req: &Request) -> Option<Result<SessionId, ()>> {
+    fn session_id_from(&mut self, req: &Request) -> Option<Result<SessionId, ()>> {
+        if let Some(known) = &self.cookie_id {
+            return known.clone();
+        }
+        let id = self.verify_session_cookie(req);
+        self.cookie_id = Some(id.clone());
+        id
+    }
+
+    fn verify_session_cookie(&self, req: &Request) -> Option<Result<SessionId, ()>> {
         let h = req.cookie.as_deref()?;
         let (count, value) = cookie::find(h, &self.cfg.cookie.name);
         let value = value?;
