@@ -227,6 +227,13 @@ pub struct RawStore {
     /// When every sampled slot holds a live session: `evict_least_recently_used` or `refuse`.
     #[serde(default)]
     pub when_full: crate::store::WhenFull,
+    /// Where sessions live: `shared_data` (this Envoy's memory, the default) or `etcd` (shared
+    /// by a fleet of Envoys; shared data becomes a read cache of `max_sessions` slots).
+    #[serde(default)]
+    pub backend: Backend,
+    /// The etcd backend's settings (required with `backend: etcd`, refused without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<RawEtcd>,
 }
 
 impl Default for RawStore {
@@ -235,8 +242,102 @@ impl Default for RawStore {
             max_sessions: d_max_sessions(),
             max_pending_logins: d_max_pending(),
             when_full: crate::store::WhenFull::default(),
+            backend: Backend::default(),
+            etcd: None,
         }
     }
+}
+
+/// Session store backends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// proxy-wasm shared data of this Envoy process.
+    #[default]
+    SharedData,
+    /// etcd v3 through its JSON gateway, shared by every Envoy of a fleet.
+    Etcd,
+}
+
+/// What a request whose session cannot be read from etcd gets.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenUnavailable {
+    /// `503 store_unavailable` (never the request without a verified session).
+    #[default]
+    FailClosed,
+    /// Serve a cached session no older than `serve_cached_max_ms`, else fail closed.
+    ServeCached,
+}
+
+/// etcd backend settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    /// Envoy cluster of the etcd members' client URLs (HTTP/1.1: etcd sends h2 to gRPC).
+    pub cluster: String,
+    /// `:authority` of the callouts.
+    #[serde(default = "d_etcd_authority")]
+    pub authority: String,
+    /// Prefix of every key bffgate writes (an etcd role can be limited to it).
+    #[serde(default = "d_etcd_prefix")]
+    pub prefix: String,
+    /// Every etcd callout gives up after this.
+    #[serde(default = "d_etcd_timeout")]
+    pub timeout_ms: u64,
+    /// Staleness bound of the per-Envoy cache: a logout or revocation on another Envoy is
+    /// honoured here within this.
+    #[serde(default = "d_cache_ttl")]
+    pub cache_ttl_ms: u64,
+    /// When etcd cannot be reached.
+    #[serde(default)]
+    pub when_unavailable: WhenUnavailable,
+    /// `serve_cached`: the oldest cache entry ever served.
+    #[serde(default = "d_serve_cached_max")]
+    pub serve_cached_max_ms: u64,
+    /// Name of the environment variable holding the key ring that encrypts records at rest.
+    #[serde(default = "d_store_keys_env")]
+    pub keys_env: String,
+}
+
+fn d_etcd_authority() -> String {
+    "etcd".into()
+}
+fn d_etcd_prefix() -> String {
+    "bffgate/".into()
+}
+fn d_etcd_timeout() -> u64 {
+    500
+}
+fn d_cache_ttl() -> u64 {
+    1000
+}
+fn d_serve_cached_max() -> u64 {
+    30_000
+}
+fn d_store_keys_env() -> String {
+    "BFFGATE_STORE_KEYS".into()
+}
+
+/// The etcd backend, compiled.
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    /// Cluster.
+    pub cluster: String,
+    /// Authority.
+    pub authority: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Callout timeout.
+    pub timeout_ms: u64,
+    /// Cache staleness bound.
+    pub cache_ttl_ms: u64,
+    /// Failure mode.
+    pub when_unavailable: WhenUnavailable,
+    /// Oldest entry served in `serve_cached` mode.
+    pub serve_cached_max_ms: u64,
+    /// Record encryption keys.
+    pub keys: crate::vault::Vault,
 }
 
 fn d_max_sessions() -> u32 {
@@ -438,6 +539,8 @@ pub struct Config {
     pub session: RawSession,
     /// Store sizes and policies.
     pub store: crate::store::Limits,
+    /// The etcd backend, when sessions are shared by a fleet (`store.backend: etcd`).
+    pub etcd: Option<Etcd>,
     /// CSRF header name, lower-case.
     pub csrf_header: String,
     /// CSRF header value.
@@ -495,6 +598,84 @@ fn token_chars(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks and compiles the etcd backend settings (`None` for the embedded store).
+fn compile_etcd(st: &RawStore, secrets: &dyn Secrets) -> Result<Option<Etcd>, ConfigError> {
+    let e = match (st.backend, &st.etcd) {
+        (Backend::SharedData, None) => return Ok(None),
+        (Backend::SharedData, Some(_)) => {
+            return Err(err(
+                "store.etcd",
+                "set only with `store.backend: etcd` (the embedded store does not use it)",
+            ))
+        }
+        (Backend::Etcd, None) => {
+            return Err(err(
+                "store.etcd",
+                "required with `store.backend: etcd` (at least `cluster`)",
+            ))
+        }
+        (Backend::Etcd, Some(e)) => e,
+    };
+    if e.cluster.is_empty() || !e.cluster.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err("store.etcd.cluster", "must be an Envoy cluster name"));
+    }
+    if e.authority.is_empty() || !e.authority.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err("store.etcd.authority", "must be a host name"));
+    }
+    let prefix_ok = !e.prefix.is_empty()
+        && e.prefix.len() <= 64
+        && e.prefix.ends_with('/')
+        && e.prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+    if !prefix_ok {
+        return Err(err(
+            "store.etcd.prefix",
+            "must be 1-64 characters of [A-Za-z0-9/_.-] ending with `/`",
+        ));
+    }
+    if !(50..=10_000).contains(&e.timeout_ms) {
+        return Err(err("store.etcd.timeout_ms", "must be between 50 and 10000"));
+    }
+    if e.cache_ttl_ms > 60_000 {
+        return Err(err(
+            "store.etcd.cache_ttl_ms",
+            "must be at most 60000 (it bounds how long a logout elsewhere is not seen here)",
+        ));
+    }
+    if e.serve_cached_max_ms < e.cache_ttl_ms || e.serve_cached_max_ms > 3_600_000 {
+        return Err(err(
+            "store.etcd.serve_cached_max_ms",
+            "must be between store.etcd.cache_ttl_ms and 3600000",
+        ));
+    }
+    let spec = secrets
+        .get(&e.keys_env)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            err(
+                "store.etcd.keys_env",
+                format!("environment variable `{}` is not set in the VM", e.keys_env),
+            )
+        })?;
+    let keys = crate::vault::Vault::parse(&spec).map_err(|m| {
+        err(
+            "store.etcd.keys_env",
+            format!("environment variable `{}`: {m}", e.keys_env),
+        )
+    })?;
+    Ok(Some(Etcd {
+        cluster: e.cluster.clone(),
+        authority: e.authority.clone(),
+        prefix: e.prefix.clone(),
+        timeout_ms: e.timeout_ms,
+        cache_ttl_ms: e.cache_ttl_ms,
+        when_unavailable: e.when_unavailable,
+        serve_cached_max_ms: e.serve_cached_max_ms,
+        keys,
+    }))
 }
 
 /// Claims always kept in the session for `/auth/user`.
@@ -737,6 +918,7 @@ impl Config {
                 "must be between 1 and 100000",
             ));
         }
+        let etcd = compile_etcd(&raw.store, secrets)?;
 
         // CSRF.
         if !token_chars(&raw.csrf.header) {
@@ -929,6 +1111,7 @@ impl Config {
                 idle_s: s.idle_timeout_s,
                 when_full: raw.store.when_full,
             },
+            etcd,
             csrf_header: raw.csrf.header.to_ascii_lowercase(),
             csrf_value: raw.csrf.value.clone(),
             audiences,

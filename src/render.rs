@@ -53,6 +53,35 @@ pub fn merge(
     Ok((Value::Object(obj), origin))
 }
 
+/// Deep-merges `over` into `base`: mappings merge key by key, anything else replaces. Lets a
+/// deployment variant (the fleet's `store:` block) sit in a small file over the shared settings.
+pub fn overlay(base: &mut Value, over: Value) -> Result<(), String> {
+    let Value::Object(over) = over else {
+        return Err("the overlay must be a mapping".into());
+    };
+    if over.contains_key("routes") {
+        return Err("field `routes`: route policies belong in the policy files".into());
+    }
+    merge_into(base, Value::Object(over));
+    Ok(())
+}
+
+fn merge_into(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_into(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
 /// Validates merged JSON with the filter's own entry point, attributing errors to files.
 pub fn validate(
     json: &Value,
@@ -231,6 +260,22 @@ mod tests {
         let out = render_template(t, &json!({"k": 1})).unwrap();
         assert_eq!(out, "a:\n  value: |\n    {\n      \"k\": 1\n    }\nb: 1\n");
         assert!(render_template("x: 1\n", &json!({})).is_err());
+    }
+
+    #[test]
+    fn overlay_merges_mappings_and_replaces_the_rest() {
+        let mut base = json!({"store": {"max_sessions": 5, "when_full": "refuse"}, "a": [1, 2]});
+        overlay(
+            &mut base,
+            json!({"store": {"backend": "etcd", "max_sessions": 7}, "a": [3]}),
+        )
+        .unwrap();
+        assert_eq!(
+            base,
+            json!({"store": {"max_sessions": 7, "when_full": "refuse", "backend": "etcd"}, "a": [3]})
+        );
+        assert!(overlay(&mut base, json!([1])).is_err());
+        assert!(overlay(&mut base, json!({"routes": {}})).is_err());
     }
 
     #[test]

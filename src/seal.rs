@@ -59,33 +59,10 @@ impl KeyRing {
     /// Keys must be at least 32 bytes. Errors never contain key material.
     pub fn parse(spec: &str) -> Result<KeyRing, String> {
         let mut keys: Vec<(String, HmacSha256)> = Vec::new();
-        for (i, entry) in spec.split(',').map(str::trim).enumerate() {
-            if entry.is_empty() {
-                continue;
-            }
-            let (kid, b64) = entry
-                .split_once(':')
-                .ok_or_else(|| format!("entry {i}: expected `kid:base64url-key`"))?;
-            if !valid_kid(kid) {
-                return Err(format!("entry {i}: key id must be 1-16 of [A-Za-z0-9_-]"));
-            }
-            if keys.iter().any(|(k, _)| k == kid) {
-                return Err(format!("entry {i}: duplicate key id `{kid}`"));
-            }
-            let key = b64url_decode(b64.trim_end_matches('='))
-                .ok_or_else(|| format!("entry {i} (`{kid}`): key is not base64url"))?;
-            if key.len() < 32 {
-                return Err(format!(
-                    "entry {i} (`{kid}`): key must be at least 32 bytes, got {}",
-                    key.len()
-                ));
-            }
-            let mac = HmacSha256::new_from_slice(&key)
-                .map_err(|_| format!("entry {i} (`{kid}`): unusable key"))?;
-            keys.push((kid.to_string(), mac));
-        }
-        if keys.is_empty() {
-            return Err("no keys".into());
+        for (kid, key) in crate::vault::parse_key_spec(spec, 32)? {
+            let mac =
+                HmacSha256::new_from_slice(&key).map_err(|_| format!("`{kid}`: unusable key"))?;
+            keys.push((kid, mac));
         }
         Ok(KeyRing { keys })
     }

@@ -4,6 +4,8 @@
 //! ```text
 //! bffgate-config render --settings envoy/bffgate.yaml --policies policies \
 //!     --template envoy/envoy.template.yaml [--out envoy/envoy.yaml]
+//! bffgate-config render --settings envoy/bffgate.yaml --overlay envoy/fleet.yaml --policies policies \
+//!     --template envoy/envoy.template.yaml --out envoy/envoy.fleet.yaml
 //! bffgate-config json   --settings envoy/bffgate.yaml --policies policies
 //! bffgate-config check  --settings envoy/bffgate.yaml --policies policies \
 //!     --template envoy/envoy.template.yaml --envoy envoy/envoy.yaml
@@ -22,6 +24,7 @@ use std::process::ExitCode;
 struct Args {
     cmd: String,
     settings: PathBuf,
+    overlay: Option<PathBuf>,
     policies: PathBuf,
     template: Option<PathBuf>,
     out: Option<PathBuf>,
@@ -29,7 +32,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: bffgate-config (render|json|check) --settings FILE --policies DIR \
+    "usage: bffgate-config (render|json|check) --settings FILE [--overlay FILE] --policies DIR \
      [--template FILE] [--out FILE] [--envoy FILE]"
         .into()
 }
@@ -48,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
     let a = Args {
         cmd,
         settings: take("--settings").ok_or_else(usage)?,
+        overlay: take("--overlay"),
         policies: take("--policies").ok_or_else(usage)?,
         template: take("--template"),
         out: take("--out"),
@@ -102,7 +106,14 @@ fn secret(name: &str) -> Option<String> {
 
 fn build(a: &Args) -> Result<(Value, RawConfig), String> {
     let settings_name = a.settings.display().to_string();
-    let settings: Value = yaml_to(&settings_name, &read(&a.settings)?)?;
+    let mut settings: Value = yaml_to(&settings_name, &read(&a.settings)?)?;
+    let mut settings_name = settings_name;
+    if let Some(o) = &a.overlay {
+        let name = o.display().to_string();
+        let over: Value = yaml_to(&name, &read(o)?)?;
+        render::overlay(&mut settings, over).map_err(|m| format!("{name}: {m}"))?;
+        settings_name = format!("{settings_name} + {name}");
+    }
     let policies = load_policies(&a.policies)?;
     let (json, origin) = render::merge(settings, policies)?;
     render::validate(&json, &origin, &settings_name, &secret)?;

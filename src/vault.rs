@@ -1,0 +1,222 @@
+//! Records at rest in a shared store (etcd): XChaCha20-Poly1305 with key ids, so keys can rotate
+//! and a backup or a read-only store user reveals no token.
+//!
+//! Envelope: `"V1" || len(kid) as u8 || kid || nonce (24 bytes, random) || ciphertext+tag`.
+//! Associated data: `lp("bffgate-store-v1") || lp(store key) || lp(kid) || lp(session handle)`
+//! (`lp` = big-endian u32 length prefix, as in `seal`): a record copied to another key, or
+//! presented for another session, does not open. The first key of the ring seals; every key
+//! opens (rotation: add a key in front, later drop the old one).
+
+use crate::util::Random;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+const MAGIC: &[u8] = b"V1";
+const DOMAIN: &[u8] = b"bffgate-store-v1";
+const NONCE_LEN: usize = 24;
+
+/// Parses a key ring spec `kid:base64url-key[,kid:base64url-key...]` (first entry first) into
+/// key ids and raw keys of at least `min_len` bytes. Errors never contain key material.
+pub fn parse_key_spec(spec: &str, min_len: usize) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, entry) in spec.split(',').map(str::trim).enumerate() {
+        if entry.is_empty() {
+            continue;
+        }
+        let (kid, b64) = entry
+            .split_once(':')
+            .ok_or_else(|| format!("entry {i}: expected `kid:base64url-key`"))?;
+        if !crate::seal::valid_kid(kid) {
+            return Err(format!("entry {i}: key id must be 1-16 of [A-Za-z0-9_-]"));
+        }
+        if keys.iter().any(|(k, _)| k == kid) {
+            return Err(format!("entry {i}: duplicate key id `{kid}`"));
+        }
+        let key = crate::util::b64url_decode(b64.trim_end_matches('='))
+            .ok_or_else(|| format!("entry {i} (`{kid}`): key is not base64url"))?;
+        if key.len() < min_len {
+            return Err(format!(
+                "entry {i} (`{kid}`): key must be at least {min_len} bytes, got {}",
+                key.len()
+            ));
+        }
+        keys.push((kid.to_string(), key));
+    }
+    if keys.is_empty() {
+        return Err("no keys".into());
+    }
+    Ok(keys)
+}
+
+/// Why an envelope did not open. Callers treat all alike (the record is unusable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaultError {
+    /// Not an envelope.
+    Malformed,
+    /// Sealed with a key id no longer in the ring.
+    UnknownKey,
+    /// Tag mismatch: tampered, moved to another key or session, or the wrong key.
+    Tampered,
+}
+
+/// An AEAD key ring.
+#[derive(Clone)]
+pub struct Vault {
+    keys: Vec<(String, XChaCha20Poly1305)>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<&str> = self.keys.iter().map(|(k, _)| k.as_str()).collect();
+        write!(f, "Vault{{kids: {kids:?}, keys: [redacted]}}")
+    }
+}
+
+fn lp(out: &mut Vec<u8>, field: &[u8]) {
+    let n = u32::try_from(field.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(field);
+}
+
+fn aad(key: &str, kid: &str, handle: &str) -> Vec<u8> {
+    let mut a = Vec::with_capacity(DOMAIN.len() + key.len() + kid.len() + handle.len() + 16);
+    for f in [DOMAIN, key.as_bytes(), kid.as_bytes(), handle.as_bytes()] {
+        lp(&mut a, f);
+    }
+    a
+}
+
+impl Vault {
+    /// Parses `kid:base64url(32 bytes)[,...]`.
+    pub fn parse(spec: &str) -> Result<Vault, String> {
+        let mut keys = Vec::new();
+        for (kid, key) in parse_key_spec(spec, 32)? {
+            if key.len() != 32 {
+                return Err(format!(
+                    "`{kid}`: key must be exactly 32 bytes, got {}",
+                    key.len()
+                ));
+            }
+            let cipher = XChaCha20Poly1305::new_from_slice(&key)
+                .map_err(|_| format!("`{kid}`: unusable key"))?;
+            keys.push((kid, cipher));
+        }
+        Ok(Vault { keys })
+    }
+
+    /// The key id new envelopes are sealed with.
+    pub fn current_kid(&self) -> &str {
+        self.keys.first().map_or("", |(k, _)| k.as_str())
+    }
+
+    /// Seals `plain` for `key` (the store key) and `handle` (the session's audit handle).
+    pub fn seal(&self, key: &str, handle: &str, plain: &[u8], rng: &mut dyn Random) -> Vec<u8> {
+        let Some((kid, cipher)) = self.keys.first() else {
+            return Vec::new();
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce);
+        let a = aad(key, kid, handle);
+        let Ok(ct) = cipher.encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plain,
+                aad: &a,
+            },
+        ) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(MAGIC.len() + 1 + kid.len() + NONCE_LEN + ct.len());
+        out.extend_from_slice(MAGIC);
+        out.push(u8::try_from(kid.len()).unwrap_or(0));
+        out.extend_from_slice(kid.as_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Opens an envelope sealed for `key` and `handle`.
+    pub fn open(&self, key: &str, handle: &str, env: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let rest = env.strip_prefix(MAGIC).ok_or(VaultError::Malformed)?;
+        let (&n, rest) = rest.split_first().ok_or(VaultError::Malformed)?;
+        let n = usize::from(n);
+        let kid = rest.get(..n).ok_or(VaultError::Malformed)?;
+        let nonce = rest.get(n..n + NONCE_LEN).ok_or(VaultError::Malformed)?;
+        let ct = rest.get(n + NONCE_LEN..).ok_or(VaultError::Malformed)?;
+        let kid = std::str::from_utf8(kid).map_err(|_| VaultError::Malformed)?;
+        let (_, cipher) = self
+            .keys
+            .iter()
+            .find(|(k, _)| k == kid)
+            .ok_or(VaultError::UnknownKey)?;
+        let a = aad(key, kid, handle);
+        cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &a })
+            .map_err(|_| VaultError::Tampered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::TestRandom;
+
+    const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    const K2: &str = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8";
+
+    #[test]
+    fn round_trip_and_binding() {
+        let v = Vault::parse(K1).unwrap();
+        let mut rng = TestRandom(7);
+        let env = v.seal("bffgate/s/ab", "h1", b"secret tokens", &mut rng);
+        assert!(!env.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            v.open("bffgate/s/ab", "h1", &env).unwrap(),
+            b"secret tokens"
+        );
+        // Moved to another key or presented for another session: refused.
+        assert_eq!(
+            v.open("bffgate/s/cd", "h1", &env),
+            Err(VaultError::Tampered)
+        );
+        assert_eq!(
+            v.open("bffgate/s/ab", "h2", &env),
+            Err(VaultError::Tampered)
+        );
+        // Any flipped byte is refused, never a panic.
+        for i in 0..env.len() {
+            let mut bad = env.clone();
+            bad[i] ^= 1;
+            assert!(v.open("bffgate/s/ab", "h1", &bad).is_err(), "byte {i}");
+        }
+        for n in 0..env.len() {
+            assert!(v.open("bffgate/s/ab", "h1", &env[..n]).is_err());
+        }
+        // Two seals of the same record differ (random nonce).
+        assert_ne!(
+            env,
+            v.seal("bffgate/s/ab", "h1", b"secret tokens", &mut rng)
+        );
+    }
+
+    #[test]
+    fn rotation() {
+        let old = Vault::parse(K1).unwrap();
+        let both = Vault::parse(&format!("{K2},{K1}")).unwrap();
+        let only_new = Vault::parse(K2).unwrap();
+        let mut rng = TestRandom(1);
+        let env = old.seal("k", "h", b"x", &mut rng);
+        assert_eq!(both.open("k", "h", &env).unwrap(), b"x");
+        assert_eq!(only_new.open("k", "h", &env), Err(VaultError::UnknownKey));
+        assert_eq!(both.current_kid(), "k2");
+    }
+
+    #[test]
+    fn key_spec_errors_name_no_key_material() {
+        assert!(Vault::parse("").is_err());
+        let e = Vault::parse("k1:c2hvcnQ").unwrap_err();
+        assert!(e.contains("32 bytes") && !e.contains("c2hvcnQ"), "{e}");
+        assert!(Vault::parse(&format!("{K1},{K1}")).is_err());
+        assert!(Vault::parse("bad kid:AAAA").is_err());
+    }
+}
