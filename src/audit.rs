@@ -113,6 +113,12 @@ pub enum Event {
         /// Session handle, if the request had a live session.
         session: Option<String>,
     },
+    /// Writes to the fleet store (etcd) did not apply; the request got `store_unavailable` or
+    /// waited for another Envoy's renewal.
+    StoreWriteFailed {
+        /// `conflict` (another Envoy changed the session first) or `unavailable`.
+        outcome: &'static str,
+    },
     /// Tokens were revoked at the provider at logout.
     RevocationSent {
         /// Session handle.
@@ -159,6 +165,9 @@ impl Event {
             Event::RevocationSent { session, tokens } => {
                 json!({"event": "revocation", "session": session, "tokens": tokens})
             }
+            Event::StoreWriteFailed { outcome } => {
+                json!({"event": "store_write_failed", "outcome": outcome})
+            }
         }
     }
 
@@ -182,6 +191,7 @@ impl Event {
             Event::RefreshCoalesced { .. } => "bffgate_refreshes_coalesced".into(),
             Event::Denied { .. } => return None,
             Event::RevocationSent { .. } => "bffgate_revocations_sent".into(),
+            Event::StoreWriteFailed { outcome } => format!("bffgate_store_write_{outcome}"),
         })
     }
 }
@@ -203,6 +213,8 @@ pub fn all_counters() -> Vec<String> {
         "bffgate_callouts_failed",
         "bffgate_store_evictions",
         "bffgate_store_cas_retries",
+        "bffgate_store_write_conflict",
+        "bffgate_store_write_unavailable",
         "bffgate_requests_allowed",
         "bffgate_requests_public",
     ]

@@ -1171,6 +1171,7 @@ pub fn test_secrets(name: &str) -> Option<String> {
     match name {
         "BFFGATE_CLIENT_SECRET" => Some("test-client-secret".into()),
         "BFFGATE_COOKIE_KEYS" => Some("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into()),
+        "BFFGATE_STORE_KEYS" => Some("s1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY".into()),
         _ => None,
     }
 }
@@ -1200,6 +1201,64 @@ mod tests {
 
     fn field_of(patch: impl FnOnce(&mut serde_json::Value)) -> String {
         compile_with(patch).unwrap_err().field
+    }
+
+    #[test]
+    fn the_etcd_backend_is_checked_field_by_field() {
+        let etcd = |v: &mut serde_json::Value| {
+            v["store"]["backend"] = json!("etcd");
+            v["store"]["etcd"] = json!({"cluster": "bffgate_etcd"});
+        };
+        let c = compile_with(etcd).unwrap();
+        let e = c.etcd.as_ref().unwrap();
+        assert_eq!(
+            (e.prefix.as_str(), e.timeout_ms, e.cache_ttl_ms),
+            ("bffgate/", 500, 1000)
+        );
+        assert_eq!(e.when_unavailable, WhenUnavailable::FailClosed);
+        assert!(!format!("{c:?}").contains("QUJDREVG"));
+        let field = |patch: &dyn Fn(&mut serde_json::Value)| {
+            compile_with(|v| {
+                etcd(v);
+                patch(v)
+            })
+            .unwrap_err()
+            .field
+        };
+        assert_eq!(field(&|v| v["store"]["etcd"] = json!(null)), "store.etcd");
+        assert_eq!(
+            field(&|v| v["store"]["etcd"]["prefix"] = json!("bffgate")),
+            "store.etcd.prefix"
+        );
+        assert_eq!(
+            field(&|v| v["store"]["etcd"]["timeout_ms"] = json!(0)),
+            "store.etcd.timeout_ms"
+        );
+        assert_eq!(
+            field(&|v| v["store"]["etcd"]["cache_ttl_ms"] = json!(600_000)),
+            "store.etcd.cache_ttl_ms"
+        );
+        assert_eq!(
+            field(&|v| v["store"]["etcd"]["serve_cached_max_ms"] = json!(10)),
+            "store.etcd.serve_cached_max_ms"
+        );
+        assert_eq!(
+            field(&|v| v["store"]["etcd"]["keys_env"] = json!("NOPE")),
+            "store.etcd.keys_env"
+        );
+        assert_eq!(
+            field(&|v| v["store"]["etcd"]["when_unavailable"] = json!("fail_open")),
+            "store.etcd.when_unavailable"
+        );
+        assert_eq!(
+            field(&|v| v["store"]["etcd"]["clustr"] = json!("x")),
+            "store.etcd.clustr"
+        );
+        // The embedded store refuses etcd settings it would ignore.
+        assert_eq!(
+            field(&|v| v["store"]["backend"] = json!("shared_data")),
+            "store.etcd"
+        );
     }
 
     #[test]

@@ -151,6 +151,25 @@ pub enum Pending {
         /// The session being fetched.
         sid: SessionId,
     },
+    /// A request whose writes are being flushed to a remote store before it goes on.
+    StoreFlush {
+        /// What is left to send.
+        outbox: Box<crate::fleet::Outbox>,
+        /// The step to take once the writes are in.
+        held: Box<Step>,
+    },
+    /// A waiting request re-reading its session from a remote store.
+    WakeFetch {
+        /// The wait to resume.
+        pending: Box<Pending>,
+    },
+    /// `/auth/callback` taking a login started on another Envoy from a remote store.
+    PendingFetch {
+        /// The callback, decided again when the answer arrives.
+        request: Box<Request>,
+        /// Its `state`.
+        state: String,
+    },
     /// `/auth/callback` waiting for the JWKS to verify the ID token's signature.
     LoginJwks(Box<LoginTokens>),
     /// `POST /auth/backchannel-logout` waiting for its body.
@@ -243,11 +262,13 @@ pub enum ErrorCode {
     LoginFailed,
     /// The provider could not be reached or misbehaved.
     IdpUnavailable,
+    /// The session store (etcd, in fleet mode) could not be reached.
+    StoreUnavailable,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::Unauthenticated,
         ErrorCode::InsufficientScope,
         ErrorCode::Forbidden,
@@ -255,6 +276,7 @@ impl ErrorCode {
         ErrorCode::InvalidRequest,
         ErrorCode::LoginFailed,
         ErrorCode::IdpUnavailable,
+        ErrorCode::StoreUnavailable,
     ];
 
     /// The wire code.
@@ -267,6 +289,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::LoginFailed => "login_failed",
             ErrorCode::IdpUnavailable => "idp_unavailable",
+            ErrorCode::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -277,6 +300,12 @@ fn base_headers() -> Vec<(String, String)> {
         ("cache-control".into(), "no-store".into()),
         ("x-content-type-options".into(), "nosniff".into()),
     ]
+}
+
+/// How long a refresh lock (and a wait for it) lasts, in seconds: the provider callout's
+/// timeout, rounded up, plus a margin for the store write.
+pub fn lock_ttl(cfg: &Config) -> u64 {
+    cfg.provider.timeout_ms.div_ceil(1000).saturating_add(2)
 }
 
 /// A JSON error reply.
@@ -291,6 +320,15 @@ pub fn error_reply(status: u16, code: ErrorCode, description: &str) -> Reply {
         headers,
         body: json!({"error": code.as_str(), "error_description": description}).to_string(),
     }
+}
+
+/// `503 store_unavailable`: the session store could not confirm the session or a write.
+pub fn store_unavailable() -> Reply {
+    error_reply(
+        503,
+        ErrorCode::StoreUnavailable,
+        "the session store is unavailable; try again",
+    )
 }
 
 fn json_reply(status: u16, body: Value) -> Reply {
@@ -397,6 +435,8 @@ enum SessionLookup {
     Live(SessionId, Box<Session>, u32),
     /// Not in the local view of a remote store: fetch it, then decide again.
     Fetch(SessionId, BackchannelRequest),
+    /// The remote store could not be reached and nothing cached may be used: fail closed.
+    Unavailable,
 }
 
 impl<'a> Engine<'a> {
@@ -513,6 +553,14 @@ impl<'a> Engine<'a> {
             Some(Err(())) => return SessionLookup::Invalid,
             Some(Ok(id)) => id,
         };
+        if !req.store_fetched && self.store.is_stale(&id) {
+            if let Some(call) = self.store.fetch_session(&id) {
+                return SessionLookup::Fetch(id, call);
+            }
+        }
+        if self.store.unavailable(&id) {
+            return SessionLookup::Unavailable;
+        }
         let Some((s, cas)) = self.store.get_session(&id) else {
             if !req.store_fetched {
                 if let Some(call) = self.store.fetch_session(&id) {
@@ -553,6 +601,68 @@ impl<'a> Engine<'a> {
 
     /// Request entry point.
     pub fn on_request(&mut self, req: &Request) -> Step {
+        let step = self.decide(req);
+        self.finish(step)
+    }
+
+    /// Holds `step` until the writes this run queued for a remote store are in (nothing to do
+    /// for the embedded store, which writes at once).
+    fn finish(&mut self, step: Step) -> Step {
+        let Some(mut outbox) = self.store.take_outbox() else {
+            return step;
+        };
+        match self.store.advance(&mut outbox, None) {
+            crate::fleet::Flush::Call(request) => Step::Call {
+                request,
+                then: Box::new(Pending::StoreFlush {
+                    outbox: Box::new(outbox),
+                    held: Box::new(step),
+                }),
+            },
+            crate::fleet::Flush::Done(o) => self.after_flush(o, outbox.critical, step),
+        }
+    }
+
+    /// What a held step becomes once its writes are flushed with `outcome`.
+    fn after_flush(&mut self, outcome: crate::fleet::Outcome, critical: bool, held: Step) -> Step {
+        use crate::fleet::Outcome;
+        if outcome == Outcome::Ok || !critical {
+            if outcome != Outcome::Ok {
+                self.notes
+                    .push("store: a last-use write did not reach the store".into());
+            }
+            return held;
+        }
+        self.event(Event::StoreWriteFailed {
+            outcome: if outcome == Outcome::Conflict {
+                "conflict"
+            } else {
+                "unavailable"
+            },
+        });
+        match held {
+            // Another Envoy took the refresh lock (or changed the session) first: wait for
+            // its renewal like a request on this Envoy would.
+            Step::Call { then, .. } if outcome == Outcome::Conflict => match *then {
+                Pending::Token { resume, .. } => {
+                    self.event(Event::RefreshCoalesced {
+                        session: resume.sid.handle(),
+                    });
+                    Step::Wait {
+                        then: Box::new(Pending::AwaitToken {
+                            resume,
+                            since: self.now,
+                            deadline: self.now.saturating_add(self.lock_ttl()),
+                        }),
+                    }
+                }
+                _ => Step::Respond(store_unavailable()),
+            },
+            _ => Step::Respond(store_unavailable()),
+        }
+    }
+
+    fn decide(&mut self, req: &Request) -> Step {
         let (path, query) = split_path(&req.path);
         if self.cfg.admin {
             return Step::Respond(self.admin_endpoint(req, path, query));
@@ -712,6 +822,7 @@ impl<'a> Engine<'a> {
                 return Step::Respond(self.unauthenticated(navigation, &req.path, true));
             }
             SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
+            SessionLookup::Unavailable => return Step::Respond(store_unavailable()),
         };
         if !policy.claims_ok(&session.claims) {
             self.deny(ErrorCode::Forbidden, &policy.route, Some(id.handle()));
@@ -869,11 +980,7 @@ impl<'a> Engine<'a> {
     /// How long a refresh lock (and a wait for it) lasts: the callout timeout, rounded up, plus
     /// a margin for the store write.
     fn lock_ttl(&self) -> u64 {
-        self.cfg
-            .provider
-            .timeout_ms
-            .div_ceil(1000)
-            .saturating_add(2)
+        lock_ttl(self.cfg)
     }
 
     /// The provider could not renew: use a token that is still valid, else 503.
@@ -894,6 +1001,11 @@ impl<'a> Engine<'a> {
     /// Polled by the shell for a request in [`Step::Wait`]: `None` while the renewal it waits
     /// for is still in progress.
     pub fn on_wake(&mut self, pending: &Pending) -> Option<Step> {
+        let step = self.wake(pending)?;
+        Some(self.finish(step))
+    }
+
+    fn wake(&mut self, pending: &Pending) -> Option<Step> {
         let Pending::AwaitToken {
             resume,
             since,
@@ -906,6 +1018,17 @@ impl<'a> Engine<'a> {
                 "internal: not a waiting request",
             )));
         };
+        if self.store.is_stale(&resume.sid) {
+            // A remote store's renewal shows here only once the session is read again.
+            if let Some(request) = self.store.fetch_session(&resume.sid) {
+                return Some(Step::Call {
+                    request,
+                    then: Box::new(Pending::WakeFetch {
+                        pending: Box::new(pending.clone()),
+                    }),
+                });
+            }
+        }
         let mut fresh = false;
         if let Some((s, _)) = self.store.get_session(&resume.sid) {
             fresh = s
@@ -1101,6 +1224,19 @@ impl Engine<'_> {
             ));
         };
         let Some(login) = self.store.take_pending(&state) else {
+            if !req.store_fetched {
+                if let Some(request) = self.store.fetch_pending(&state) {
+                    let mut again = req.clone();
+                    again.store_fetched = true;
+                    return Ok(Step::Call {
+                        request,
+                        then: Box::new(Pending::PendingFetch {
+                            request: Box::new(again),
+                            state,
+                        }),
+                    });
+                }
+            }
             return Err(self.login_failed(
                 400,
                 ErrorCode::LoginFailed,
@@ -1209,6 +1345,7 @@ impl Engine<'_> {
                 )
             }
             SessionLookup::Absent => error_reply(401, ErrorCode::Unauthenticated, "no session"),
+            SessionLookup::Unavailable => store_unavailable(),
             SessionLookup::Invalid => with_cookie(
                 error_reply(401, ErrorCode::Unauthenticated, "no session"),
                 self.clear_session_cookie(),
@@ -1229,8 +1366,11 @@ impl Engine<'_> {
         let mut id_token = None;
         let mut ended = None;
         let found = self.lookup_session(req);
-        if let SessionLookup::Fetch(sid, request) = found {
-            return Self::fetch_then_retry(req, sid, request);
+        match found {
+            SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
+            // Not confirmed gone: the cookie stays, so the logout can be tried again.
+            SessionLookup::Unavailable => return Step::Respond(store_unavailable()),
+            _ => {}
         }
         if let SessionLookup::Live(id, s, _) = found {
             // Gone locally first (every worker sees it at once); revocation follows.
@@ -1288,7 +1428,44 @@ impl Engine<'_> {
 
     /// Resumes a paused request with the result of its callout.
     pub fn on_callout(&mut self, pending: Pending, result: CallResult) -> Step {
+        let step = self.callout(pending, result);
+        self.finish(step)
+    }
+
+    fn callout(&mut self, pending: Pending, result: CallResult) -> Step {
         match pending {
+            Pending::StoreFlush { mut outbox, held } => {
+                match self.store.advance(&mut outbox, Some(&result)) {
+                    crate::fleet::Flush::Call(request) => Step::Call {
+                        request,
+                        then: Box::new(Pending::StoreFlush { outbox, held }),
+                    },
+                    crate::fleet::Flush::Done(o) => self.after_flush(o, outbox.critical, *held),
+                }
+            }
+            Pending::WakeFetch { pending } => {
+                if let Pending::AwaitToken { resume, .. } = pending.as_ref() {
+                    self.store.absorb(&resume.sid, &result);
+                }
+                let wait = Step::Wait {
+                    then: pending.clone(),
+                };
+                if matches!(result, CallResult::Failed) {
+                    // Wait on (the deadline still holds); the next tick reads again.
+                    return wait;
+                }
+                match self.wake(&pending) {
+                    Some(Step::Call { then, .. }) if matches!(*then, Pending::WakeFetch { .. }) => {
+                        wait
+                    }
+                    Some(step) => step,
+                    None => wait,
+                }
+            }
+            Pending::PendingFetch { request, state } => {
+                self.store.absorb_pending(&state, &result);
+                self.decide(&request)
+            }
             Pending::CodeExchange {
                 login,
                 flow_cookie,
@@ -1330,7 +1507,7 @@ impl Engine<'_> {
             }
             Pending::StoreFetch { request, sid } => {
                 self.store.absorb(&sid, &result);
-                self.on_request(&request)
+                self.decide(&request)
             }
             Pending::Backchannel => Step::Respond(error_reply(
                 500,
@@ -1798,6 +1975,7 @@ impl Engine<'_> {
                 if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
                     return error_reply(403, ErrorCode::Csrf, "the CSRF header is required");
                 }
+                self.store.revoke_remote(Some(&sub), None);
                 let ended = self.store.delete_where(&|s: &Session| s.sub == sub);
                 for s in &ended {
                     self.event(Event::SessionEnded {
@@ -1814,6 +1992,11 @@ impl Engine<'_> {
 
     /// The request body arrived (for a [`Step::ReadBody`]); `None` if it was too large.
     pub fn on_body(&mut self, pending: Pending, body: Option<&[u8]>) -> Step {
+        let step = self.body(pending, body);
+        self.finish(step)
+    }
+
+    fn body(&mut self, pending: Pending, body: Option<&[u8]>) -> Step {
         let Pending::Backchannel = pending else {
             return Step::Respond(error_reply(
                 500,
@@ -1924,6 +2107,8 @@ impl Engine<'_> {
         {
             return bad("logout_token: replayed");
         }
+        // Sessions on other Envoys of a fleet too (sessions this Envoy never saw).
+        self.store.revoke_remote(sub.as_deref(), sid.as_deref());
         let ended = self.store.delete_where(&|s: &Session| {
             let sid_ok = sid
                 .as_deref()

@@ -24,6 +24,7 @@
 pub mod audit;
 pub mod config;
 pub mod cookie;
+pub mod fleet;
 pub mod flow;
 pub mod jose;
 pub mod jwt;

@@ -137,6 +137,39 @@ pub trait Store {
     }
     /// Takes the answer of a [`Store::fetch_session`] callout into the local view.
     fn absorb(&mut self, _id: &SessionId, _result: &crate::flow::CallResult) {}
+    /// Whether the local view of a session is too old to decide on (a fleet store's cache past
+    /// its staleness bound): the engine fetches it first.
+    fn is_stale(&self, _id: &SessionId) -> bool {
+        false
+    }
+    /// Whether the session cannot be decided on at all: the remote store did not answer and
+    /// the configured failure mode does not allow what is cached. The request fails closed.
+    fn unavailable(&self, _id: &SessionId) -> bool {
+        false
+    }
+    /// For a remote store: the callout that takes a pending login missing from the local view
+    /// (a login started on another Envoy). Its answer goes to [`Store::absorb_pending`].
+    fn fetch_pending(&mut self, _state: &str) -> Option<crate::oauth::BackchannelRequest> {
+        None
+    }
+    /// Takes the answer of a [`Store::fetch_pending`] callout.
+    fn absorb_pending(&mut self, _state: &str, _result: &crate::flow::CallResult) {}
+    /// Ends, in the remote store, every session of a subject (or of a provider session id):
+    /// sessions that this Envoy has never seen too.
+    fn revoke_remote(&mut self, _sub: Option<&str>, _sid: Option<&str>) {}
+    /// Writes queued for a remote store during this run, to be flushed (with
+    /// [`Store::advance`]) before the request goes on. The embedded store writes at once.
+    fn take_outbox(&mut self) -> Option<crate::fleet::Outbox> {
+        None
+    }
+    /// Takes the answer of the last flush callout (`None` at the start) and says what comes next.
+    fn advance(
+        &mut self,
+        _ob: &mut crate::fleet::Outbox,
+        _result: Option<&crate::flow::CallResult>,
+    ) -> crate::fleet::Flush {
+        crate::fleet::Flush::Done(crate::fleet::Outcome::Ok)
+    }
     /// Counts the sessions for which `pred` is true.
     fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize;
     /// The cached JWKS document and when it was fetched.
@@ -629,6 +662,15 @@ impl<D: SharedData> Store for SharedStore<D> {
             }
         }
         out
+    }
+}
+
+impl<T: SharedData + ?Sized> SharedData for &mut T {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>) {
+        (**self).get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+        (**self).set(key, value, cas)
     }
 }
 

@@ -17,6 +17,7 @@
 
 use crate::audit::{decision_of, Decision, EndReason, Event};
 use crate::config::Config;
+use crate::fleet::FleetStore;
 use crate::flow::{CallResult, CookieEdit, Engine, Pending, Request, Step};
 use crate::store::{Cas, SharedData, SharedStore, StoreError};
 use crate::util::Random;
@@ -173,18 +174,54 @@ where
     F: FnOnce(&mut Engine<'_>) -> Step,
 {
     let mut rng = HostRandom;
-    let mut store = SharedStore::new(HostData, cfg.store);
-    let mut engine = Engine::new(cfg, now_secs(), &mut rng, &mut store);
+    let now = now_ms();
+    let conflicts;
+    let ran = match &cfg.etcd {
+        None => {
+            let mut store = SharedStore::new(HostData, cfg.store);
+            let ran = run_on(shared, cfg, now / 1000, &mut rng, &mut store, f);
+            conflicts = store.cas_conflicts.get();
+            ran
+        }
+        Some(etcd) => {
+            let mut store = FleetStore::new(
+                HostData,
+                cfg.store,
+                etcd,
+                now,
+                HostRandom,
+                crate::flow::lock_ttl(cfg),
+                cfg.session.login_timeout_s,
+            );
+            let ran = run_on(shared, cfg, now / 1000, &mut rng, &mut store, f);
+            conflicts = store.local.cas_conflicts.get();
+            ran
+        }
+    };
+    for _ in 0..conflicts.min(64) {
+        shared.count("bffgate_store_cas_retries");
+    }
+    ran
+}
+
+fn run_on<F>(
+    shared: &Shared,
+    cfg: &Config,
+    now: u64,
+    rng: &mut HostRandom,
+    store: &mut dyn crate::store::Store,
+    f: F,
+) -> Ran
+where
+    F: FnOnce(&mut Engine<'_>) -> Step,
+{
+    let mut engine = Engine::new(cfg, now, rng, store);
     let step = f(&mut engine);
     for n in &engine.notes {
         log(LogLevel::Info, n);
     }
     shared.account(&engine.events);
     let subject = engine.subject.take();
-    drop(engine);
-    for _ in 0..store.cas_conflicts.get().min(64) {
-        shared.count("bffgate_store_cas_retries");
-    }
     Ran { step, subject }
 }
 
@@ -455,7 +492,19 @@ impl RootContext for Root {
                 );
                 // Create the slot table (only the slots not there yet: another VM of this Envoy
                 // may have done it, and sessions in it must survive a VM reload).
-                SharedStore::new(HostData, c.store).init_slots();
+                match &c.etcd {
+                    None => SharedStore::new(HostData, c.store).init_slots(),
+                    Some(etcd) => FleetStore::new(
+                        HostData,
+                        c.store,
+                        etcd,
+                        now_ms(),
+                        HostRandom,
+                        crate::flow::lock_ttl(&c),
+                        c.session.login_timeout_s,
+                    )
+                    .init_slots(),
+                }
                 for name in crate::audit::all_counters() {
                     self.shared.metric(MetricType::Counter, &name);
                 }
@@ -484,7 +533,8 @@ impl RootContext for Root {
         let shared = &self.shared;
         let Some(cfg) = shared.config() else { return };
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks % SWEEP_EVERY == 0 {
+        // In fleet mode etcd's leases end sessions; the cache needs no sweep.
+        if self.ticks % SWEEP_EVERY == 0 && cfg.etcd.is_none() {
             // Reclaim dead sessions and expired logins a batch at a time.
             let mut store = SharedStore::new(HostData, cfg.store);
             let now = now_secs();

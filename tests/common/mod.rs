@@ -57,6 +57,7 @@ pub const ERROR_CODES: &[&str] = &[
     "invalid_request",
     "login_failed",
     "idp_unavailable",
+    "store_unavailable",
 ];
 
 /// The demo configuration (`config::demo_json`, shared with the unit tests and fuzz targets).
