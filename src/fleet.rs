@@ -286,11 +286,13 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
         login_ttl: u64,
     ) -> Self {
         let slots = limits.max_sessions.max(1);
-        // The local store keeps no sessions (etcd does); its pending slots are unused too.
+        // The local store keeps no sessions and no pending logins (etcd does): only the JWKS
+        // cache and the logout-token ids.
         let local = SharedStore::new(
             data,
             Limits {
                 max_sessions: 0,
+                max_pending: 0,
                 ..limits
             },
         );

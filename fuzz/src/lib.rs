@@ -43,6 +43,7 @@ pub const ERROR_CODES: &[&str] = &[
     "invalid_request",
     "login_failed",
     "idp_unavailable",
+    "store_unavailable",
 ];
 
 /// Secrets of the test configurations, as the filter's VM would see them.
