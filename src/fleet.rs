@@ -251,6 +251,8 @@ impl Entry {
 /// A failed fetch is not retried for this long (each request would otherwise wait for its own
 /// timeout while etcd is down).
 const RETRY_AFTER_FAILURE_MS: u64 = 250;
+/// A request waiting for another Envoy's renewal reads the session again this often.
+const WAIT_REREAD_MS: u64 = 200;
 /// Bounded CAS retries on a cache slot.
 const RETRIES: usize = 4;
 
@@ -332,18 +334,20 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
         format!("{}s/{v}", self.cfg.prefix)
     }
 
+    /// The index entries of a session (names keyed with the current store key: a reader of
+    /// etcd without the key cannot test whether someone is signed in).
     fn index_keys(&self, s: &Session, v: &str) -> Vec<String> {
-        let mut keys = vec![format!(
-            "{}u/{}/{v}",
-            self.cfg.prefix,
-            short_hash("bffgate-sub:", &s.sub)
-        )];
+        let name = |tag: &str, value: &str| {
+            self.cfg
+                .keys
+                .index_names(tag, value)
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+        };
+        let mut keys = vec![format!("{}u/{}/{v}", self.cfg.prefix, name("sub", &s.sub))];
         if let Some(sid) = s.claims.get("sid").and_then(Value::as_str) {
-            keys.push(format!(
-                "{}i/{}/{v}",
-                self.cfg.prefix,
-                short_hash("bffgate-sid:", sid)
-            ));
+            keys.push(format!("{}i/{}/{v}", self.cfg.prefix, name("sid", sid)));
         }
         keys
     }
@@ -942,21 +946,23 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
 
     fn revoke_remote(&mut self, sub: Option<&str>, sid: Option<&str>) {
         // The index of the narrower claim: `sid` names one login session at the provider.
-        let prefix = match (sid, sub) {
-            (Some(sid), _) => format!("{}i/{}/", self.cfg.prefix, short_hash("bffgate-sid:", sid)),
-            (None, Some(sub)) => {
-                format!("{}u/{}/", self.cfg.prefix, short_hash("bffgate-sub:", sub))
-            }
+        // Under every key of the ring: entries made before a key rotation are found too.
+        let (kind, tag, value) = match (sid, sub) {
+            (Some(sid), _) => ("i", "sid", sid),
+            (None, Some(sub)) => ("u", "sub", sub),
             (None, None) => return,
         };
-        if !self
-            .outbox
-            .iter()
-            .any(|o| matches!(o, Op::Revoke { index_prefix } if *index_prefix == prefix))
-        {
-            self.outbox.push(Op::Revoke {
-                index_prefix: prefix,
-            });
+        for name in self.cfg.keys.index_names(tag, value) {
+            let prefix = format!("{}{kind}/{name}/", self.cfg.prefix);
+            if !self
+                .outbox
+                .iter()
+                .any(|o| matches!(o, Op::Revoke { index_prefix } if *index_prefix == prefix))
+            {
+                self.outbox.push(Op::Revoke {
+                    index_prefix: prefix,
+                });
+            }
         }
     }
 
@@ -965,6 +971,16 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
             None => true,
             Some((e, _)) => {
                 !self.fresh(&e) && self.now_ms.saturating_sub(e.failed_ms) > RETRY_AFTER_FAILURE_MS
+            }
+        }
+    }
+
+    fn is_stale_for_wait(&self, id: &SessionId) -> bool {
+        match self.entry(id) {
+            None => true,
+            Some((e, _)) => {
+                self.now_ms.saturating_sub(e.fetched_ms) > WAIT_REREAD_MS
+                    && self.now_ms.saturating_sub(e.failed_ms) > RETRY_AFTER_FAILURE_MS
             }
         }
     }

@@ -1018,7 +1018,7 @@ impl<'a> Engine<'a> {
                 "internal: not a waiting request",
             )));
         };
-        if self.store.is_stale(&resume.sid) {
+        if self.store.is_stale_for_wait(&resume.sid) {
             // A remote store's renewal shows here only once the session is read again.
             if let Some(request) = self.store.fetch_session(&resume.sid) {
                 return Some(Step::Call {

@@ -142,6 +142,12 @@ pub trait Store {
     fn is_stale(&self, _id: &SessionId) -> bool {
         false
     }
+    /// Whether a request waiting for another's renewal should read the session again from the
+    /// remote store (a renewal on another Envoy shows only there): much sooner than
+    /// [`Store::is_stale`], whatever the cache's staleness bound.
+    fn is_stale_for_wait(&self, id: &SessionId) -> bool {
+        self.is_stale(id)
+    }
     /// Whether the session cannot be decided on at all: the remote store did not answer and
     /// the configured failure mode does not allow what is cached. The request fails closed.
     fn unavailable(&self, _id: &SessionId) -> bool {

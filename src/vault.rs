@@ -63,6 +63,8 @@ pub enum VaultError {
 #[derive(Clone)]
 pub struct Vault {
     keys: Vec<(String, XChaCha20Poly1305)>,
+    /// Per key: an HMAC key for index names (so a store reader cannot test who is signed in).
+    index: Vec<hmac::Hmac<sha2::Sha256>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -90,6 +92,7 @@ impl Vault {
     /// Parses `kid:base64url(32 bytes)[,...]`.
     pub fn parse(spec: &str) -> Result<Vault, String> {
         let mut keys = Vec::new();
+        let mut index = Vec::new();
         for (kid, key) in parse_key_spec(spec, 32)? {
             if key.len() != 32 {
                 return Err(format!(
@@ -99,9 +102,33 @@ impl Vault {
             }
             let cipher = XChaCha20Poly1305::new_from_slice(&key)
                 .map_err(|_| format!("`{kid}`: unusable key"))?;
+            // A separate key for index names, derived so the AEAD key is used for one thing.
+            let derived = crate::util::sha256(&[b"bffgate-index-key:".as_slice(), &key].concat());
+            let mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&derived)
+                .map_err(|_| format!("`{kid}`: unusable key"))?;
             keys.push((kid, cipher));
+            index.push(mac);
         }
-        Ok(Vault { keys })
+        Ok(Vault { keys, index })
+    }
+
+    /// Keyed names for an index entry (`tag` says which index, `value` is the subject or the
+    /// provider session id), one per key of the ring, the current key's first: new entries use
+    /// the first, a revocation looks under all of them (entries made before a rotation).
+    pub fn index_names(&self, tag: &str, value: &str) -> Vec<String> {
+        use hmac::Mac;
+        self.index
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                let mut buf = Vec::with_capacity(tag.len() + value.len() + 8);
+                lp(&mut buf, tag.as_bytes());
+                lp(&mut buf, value.as_bytes());
+                m.update(&buf);
+                let out = m.finalize().into_bytes();
+                crate::util::hex(out.get(..16).unwrap_or(&[]))
+            })
+            .collect()
     }
 
     /// The key id new envelopes are sealed with.
@@ -197,6 +224,22 @@ mod tests {
             env,
             v.seal("bffgate/s/ab", "h1", b"secret tokens", &mut rng)
         );
+    }
+
+    #[test]
+    fn index_names_are_keyed_and_follow_rotation() {
+        let old = Vault::parse(K1).unwrap();
+        let both = Vault::parse(&format!("{K2},{K1}")).unwrap();
+        let a = old.index_names("sub", "alice");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].len(), 32);
+        // Without the key, the name is not the plain hash of the subject.
+        assert_ne!(a[0], crate::util::hex(&crate::util::sha256(b"alice")[..16]));
+        assert_ne!(a, old.index_names("sid", "alice"));
+        let b = both.index_names("sub", "alice");
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[1], a[0], "entries made under the old key are still found");
+        assert_ne!(b[0], a[0]);
     }
 
     #[test]

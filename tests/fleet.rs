@@ -270,12 +270,16 @@ impl FakeEtcd {
 }
 
 fn fleet_config(mode: &str) -> Config {
+    fleet_config_ttl(mode, CACHE_TTL_MS)
+}
+
+fn fleet_config_ttl(mode: &str, cache_ttl_ms: u64) -> Config {
     let mut raw = demo_config();
     raw["store"] = json!({
         "backend": "etcd",
         "max_sessions": 64,
-        "etcd": {"cluster": ETCD, "timeout_ms": 300, "cache_ttl_ms": CACHE_TTL_MS,
-                 "when_unavailable": mode, "serve_cached_max_ms": 10_000}
+        "etcd": {"cluster": ETCD, "timeout_ms": 300, "cache_ttl_ms": cache_ttl_ms,
+                 "when_unavailable": mode, "serve_cached_max_ms": cache_ttl_ms.max(10_000)}
     });
     let secrets = |name: &str| match name {
         "BFFGATE_CLIENT_SECRET" => Some(CLIENT_SECRET.to_string()),
@@ -306,8 +310,12 @@ const B: usize = 1;
 
 impl Fleet {
     fn new(mode: &str) -> Fleet {
+        Fleet::with_ttl(mode, CACHE_TTL_MS)
+    }
+
+    fn with_ttl(mode: &str, cache_ttl_ms: u64) -> Fleet {
         let mk = |seed| Envoy {
-            cfg: fleet_config(mode),
+            cfg: fleet_config_ttl(mode, cache_ttl_ms),
             data: MemoryData::default(),
             seed,
         };
@@ -615,7 +623,17 @@ fn a_refresh_on_one_envoy_serves_the_other_without_another_grant() {
 
 #[test]
 fn one_refresh_for_the_fleet_when_two_envoys_need_it_at_once() {
-    let mut f = Fleet::new("fail_closed");
+    one_refresh_for_the_fleet(CACHE_TTL_MS);
+}
+
+#[test]
+fn waiters_read_etcd_again_soon_whatever_the_cache_bound() {
+    // A long staleness bound must not keep a waiter from seeing another Envoy's renewal.
+    one_refresh_for_the_fleet(30_000);
+}
+
+fn one_refresh_for_the_fleet(cache_ttl_ms: u64) {
+    let mut f = Fleet::with_ttl("fail_closed", cache_ttl_ms);
     let mut b = Browser::default();
     f.sign_in(&mut b, A, A);
     // B reads the session first so both caches hold the pre-renewal record.
@@ -636,15 +654,19 @@ fn one_refresh_for_the_fleet_when_two_envoys_need_it_at_once() {
     );
     // B's next wake-ups re-read etcd (past the bound) and forward with A's token.
     let mut got = None;
-    for _ in 0..40 {
-        f.advance_ms(100);
+    for ticks in 1..=40 {
+        f.advance_ms(20);
         if let Some(step) = f.wake(B, &waiting) {
-            got = Some(step);
+            got = Some((step, ticks * 20));
             break;
         }
     }
-    let step = got.expect("B woke up before its deadline");
+    let (step, after_ms) = got.expect("B woke up before its deadline");
     assert_eq!(bearer(step), new_access);
+    assert!(
+        after_ms <= 400,
+        "B saw the renewal only after {after_ms} ms"
+    );
 }
 
 #[test]
