@@ -10,8 +10,12 @@ SHELL := bash
 WASM := target/wasm32-wasip1/release/bffgate.wasm
 CONFIG_TOOL := cargo run --quiet --features cli --bin bffgate-config --
 CONFIG_INPUTS := --settings envoy/bffgate.yaml --policies policies --template envoy/envoy.template.yaml
+# Fleet mode (sessions in etcd): the same settings with envoy/fleet.yaml laid over them, and the
+# shared template plus the etcd cluster (scripts/fleet.mjs template; derived, never edited).
+FLEET_TEMPLATE := target/envoy.fleet.template.yaml
+FLEET_INPUTS := --settings envoy/bffgate.yaml --overlay envoy/fleet.yaml --policies policies --template $(FLEET_TEMPLATE)
 
-.PHONY: help setup wasm-target build config check lint unit fuzz fuzz-smoke integration test run clean distclean
+.PHONY: help setup wasm-target build config fleet-template check lint unit fuzz fuzz-smoke integration test run run-fleet clean distclean
 
 # Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable via RUSTC_BOOTSTRAP=1): seconds per target.
 FUZZ_SECONDS ?= 300
@@ -30,12 +34,18 @@ build: wasm-target ## build the filter: target/wasm32-wasip1/release/bffgate.was
 	cargo build --release --target wasm32-wasip1
 	@ls -l $(WASM)
 
-config: ## render envoy/envoy.yaml from the template, settings and policies
+config: fleet-template ## render envoy/envoy.yaml and envoy/envoy.fleet.yaml from the template, settings and policies
 	$(CONFIG_TOOL) render $(CONFIG_INPUTS) --out envoy/envoy.yaml
+	$(CONFIG_TOOL) render $(FLEET_INPUTS) --out envoy/envoy.fleet.yaml
 
-check: setup build ## check settings/policies/rendered config, let Envoy load it (on_configure); cargo deny
+fleet-template:
+	@node scripts/fleet.mjs template --out $(FLEET_TEMPLATE) >/dev/null
+
+check: setup build fleet-template ## check settings/policies/rendered configs (embedded and fleet), let Envoy load them; cargo deny
 	$(CONFIG_TOOL) check $(CONFIG_INPUTS) --envoy envoy/envoy.yaml
 	bash scripts/envoy.sh --mode validate -l warn -c envoy/envoy.yaml
+	$(CONFIG_TOOL) check $(FLEET_INPUTS) --envoy envoy/envoy.fleet.yaml
+	bash scripts/envoy.sh --mode validate -l warn -c envoy/envoy.fleet.yaml
 	cargo deny check licenses bans sources
 
 lint: wasm-target ## rustfmt and clippy (host with the cli feature, and wasm32-wasip1)
@@ -59,6 +69,9 @@ test: lint unit check fuzz-smoke integration ## everything CI runs, in this orde
 
 run: setup build ## run the demo stack in the foreground until Ctrl-C
 	node scripts/stack.mjs run
+
+run-fleet: setup build ## run the fleet (3 etcd members, Envoy A and B, load balancer on 8443) until Ctrl-C
+	node scripts/fleet.mjs run
 
 .PHONY: soak
 soak: setup build ## churn 10x store.max_sessions logins through the real flow; print Envoy's memory curve

