@@ -172,6 +172,14 @@ fn int(v: &Value) -> Option<u64> {
     }
 }
 
+/// The `kvs` list at `pointer` of an answer (absent = no keys: proto3 JSON leaves it out).
+fn kvs_at(v: &Value, pointer: &str) -> Vec<Value> {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn revision(v: &Value) -> u64 {
     v.get("header")
         .and_then(|h| h.get("revision"))
@@ -673,12 +681,7 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
                     });
                     return Step2::Done(Outcome::Ok);
                 }
-                let kvs = v
-                    .pointer("/responses/0/response_range/kvs")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                self.absorb_kvs(sid, &kvs);
+                self.absorb_kvs(sid, &kvs_at(&v, "/responses/0/response_range/kvs"));
                 Step2::Done(Outcome::Conflict)
             }
             (Op::Revoke { .. }, None) => {
@@ -804,9 +807,8 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         rng: &mut dyn Random,
         now: u64,
     ) -> Result<(SessionId, Option<Evicted>), StoreError> {
-        let mut b = [0u8; 4];
-        rng.fill(&mut b);
-        let id = SessionId::generate(rng, u32::from_le_bytes(b) % self.slots);
+        let slot = crate::store::random_u32(rng) % self.slots;
+        let id = SessionId::generate(rng, slot);
         let mut rec = s.clone();
         rec.owner = id.verifier();
         rec.handle = id.handle();
@@ -1008,14 +1010,7 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
 
     fn absorb(&mut self, id: &SessionId, result: &CallResult) {
         match answer(result) {
-            Some(v) => {
-                let kvs = v
-                    .get("kvs")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                self.absorb_kvs(id, &kvs);
-            }
+            Some(v) => self.absorb_kvs(id, &kvs_at(&v, "/kvs")),
             None => self.mark_failed(id),
         }
     }

@@ -224,7 +224,8 @@ fn pending_key(slot: u32) -> String {
     format!("bffgate:p:{slot}")
 }
 
-fn random_u32(rng: &mut dyn Random) -> u32 {
+/// A uniformly random `u32`.
+pub(crate) fn random_u32(rng: &mut dyn Random) -> u32 {
     let mut b = [0u8; 4];
     rng.fill(&mut b);
     u32::from_le_bytes(b)
