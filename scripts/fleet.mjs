@@ -32,17 +32,15 @@
 // No npm dependencies. Every wait is bounded; every child is stopped on stop(), on exit and on
 // SIGINT/SIGTERM/SIGHUP (scripts/stack.mjs and scripts/etcd.mjs hooks).
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import {
   Proc, ROOT, TLS_CERT, URLS as STACK_URLS, DEMO_USERS, expect200, findEnvoy, get, installHooks, portFree,
-  readSecrets, startStack, tail, waitFor,
+  readSecrets, runCli, startStack, waitFor,
 } from './stack.mjs';
-import { startEtcdCluster, prefixEnd } from './etcd.mjs';
+import { gatewayCall, startEtcdCluster, prefixEnd } from './etcd.mjs';
 
 export { ROOT };
 
@@ -459,20 +457,9 @@ export async function startFleet(opts = {}) {
     const errors = [];
     for (const [i, ep] of etcd.endpoints.entries()) {
       if (!etcd.running(i)) continue;
-      try {
-        const res = await fetch(ep + p, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify(body ?? {}),
-          signal: AbortSignal.timeout(timeoutMs),
-        });
-        const text = await res.text();
-        let json;
-        try { json = JSON.parse(text); } catch { json = { raw: text }; }
-        return { status: res.status, json, member: i };
-      } catch (err) {
-        errors.push(`m${i}: ${err.name === 'TimeoutError' ? 'timeout' : err.cause?.code || err.message}`);
-      }
+      const r = await gatewayCall(ep, p, body, { timeoutMs });
+      if (r.status) return { status: r.status, json: r.json, member: i };
+      errors.push(`m${i}: ${r.error}`);
     }
     throw new Error(`fleet: no etcd member answered ${p}: ${errors.join('; ') || 'none running'}`);
   }
@@ -591,20 +578,6 @@ export async function startFleet(opts = {}) {
 // ---------------------------------------------------------------------------------------------
 // CLI
 
-function parseArgs(argv) {
-  const [cmd, ...rest] = argv;
-  const flags = {};
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i];
-    if (!a.startsWith('--')) throw new Error(`unexpected argument: ${a}`);
-    const eq = a.indexOf('=');
-    if (eq > 0) flags[a.slice(2, eq)] = a.slice(eq + 1);
-    else if (rest[i + 1] === undefined) throw new Error(`${a} needs a value`);
-    else flags[a.slice(2)] = rest[++i];
-  }
-  return { cmd, flags };
-}
-
 function optsFromFlags(f) {
   const o = {};
   if (f.config) o.config = f.config;
@@ -632,145 +605,24 @@ function banner() {
   ].join('\n');
 }
 
-async function cliRun(flags) {
-  let fleet;
-  let stopping = null;
-  const shutdown = (code) => {
-    if (!stopping) {
-      stopping = (async () => {
-        console.log('fleet: stopping…');
-        if (fleet) await fleet.stop();
-        if (flags.pidfile) fs.rmSync(path.resolve(ROOT, flags.pidfile), { force: true });
-        console.log('fleet: stopped');
-        process.exit(code);
-      })();
-    }
-    return stopping;
-  };
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => shutdown(0));
-  try {
-    fleet = await startFleet(optsFromFlags(flags));
-  } catch (err) {
-    console.error(`fleet: failed to start: ${err.message}`);
-    process.exit(1);
-  }
-  fleet.onUnexpectedExit = (name) => {
-    setTimeout(() => {
-      if (stopping) return;
-      const log = { 'envoy-a': fleet.logs.a, 'envoy-b': fleet.logs.b }[name] || fleet.logs[name];
-      console.error(`fleet: ${name} died; stopping the fleet. Tail of its log:\n${tail(log)}`);
-      shutdown(1);
-    }, 300);
-  };
-  console.log(banner());
-  setInterval(() => {}, 1 << 30);
-}
-
-async function cliStart(flags) {
-  const pidfile = path.resolve(ROOT, flags.pidfile || '.run/fleet.pid');
-  try {
-    const old = Number(fs.readFileSync(pidfile, 'utf8').trim());
-    if (old) {
-      process.kill(old, 0);
-      console.error(`fleet: already running (pid ${old}, ${rel(pidfile)}); stop it with: node scripts/fleet.mjs stop`);
-      process.exit(1);
-    }
-  } catch {
-    // no pidfile, or its process is gone: start
-  }
-  const logFile = path.resolve(ROOT, '.run/logs/fleet/fleet.log');
-  fs.mkdirSync(path.dirname(logFile), { recursive: true });
-  const fd = fs.openSync(logFile, 'a');
-  const startAt = fs.fstatSync(fd).size;
-  const args = [fileURLToPath(import.meta.url), 'run', '--pidfile', pidfile];
-  for (const [k, v] of Object.entries(flags)) if (k !== 'pidfile') args.push(`--${k}`, v);
-  const child = spawn(process.execPath, args, { cwd: ROOT, detached: true, stdio: ['ignore', fd, fd] });
-  fs.closeSync(fd);
-  fs.writeFileSync(pidfile, `${child.pid}\n`);
-  let exited = null;
-  child.once('exit', (code, signal) => { exited = { code, signal }; });
-  const since = () => fs.readFileSync(logFile, 'utf8').slice(startAt);
-  const deadline = Date.now() + READY_TIMEOUT_MS + 10000;
-  while (Date.now() < deadline) {
-    if (exited) {
-      fs.rmSync(pidfile, { force: true });
-      console.error(`${since().split('\n').slice(0, 80).join('\n')}\n(see .run/logs/fleet/fleet.log)`);
-      process.exit(1);
-    }
-    if (/fleet is ready/.test(since())) {
-      child.unref();
-      console.log(`fleet: running in the background, pid ${child.pid} (${rel(pidfile)})`);
-      console.log(banner().split('\n').slice(0, -1).join('\n'));
-      console.log('Stop it with: node scripts/fleet.mjs stop');
-      process.exit(0);
-    }
-    await sleep(200);
-  }
-  console.error('fleet: not ready in time; stopping it');
-  process.kill(child.pid, 'SIGTERM');
-  process.exit(1);
-}
-
-async function cliStop(flags) {
-  const pidfile = path.resolve(ROOT, flags.pidfile || '.run/fleet.pid');
-  let pid;
-  try {
-    pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
-  } catch {
-    console.log(`fleet: no pidfile ${rel(pidfile)}; nothing to stop`);
-    return;
-  }
-  const alive = () => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (!pid || !alive()) {
-    console.log(`fleet: pid ${pid} not running; removing stale pidfile`);
-    fs.rmSync(pidfile, { force: true });
-    return;
-  }
-  process.kill(pid, 'SIGTERM');
-  const deadline = Date.now() + 20000;
-  while (alive() && Date.now() < deadline) await sleep(100);
-  if (alive()) {
-    console.error(`fleet: pid ${pid} still alive; sending SIGKILL (its children get SIGTERM via pdeathsig)`);
-    process.kill(pid, 'SIGKILL');
-  }
-  fs.rmSync(pidfile, { force: true });
-  console.log(`fleet: stopped (pid ${pid})`);
-}
-
 function cliTemplate(flags) {
   const out = writeFleetTemplate(flags.out || FLEET_TEMPLATE);
   console.log(`fleet: template ${rel(out)}`);
 }
 
-const isMain = process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url);
-if (isMain) {
-  const usage =
+// Does nothing when this file is imported rather than run.
+await runCli({
+  name: 'fleet',
+  script: import.meta.url,
+  usage:
     'usage: node scripts/fleet.mjs run|start|stop|template [--pidfile F] [--out FILE] [--config envoy/envoy.fleet.yaml]\n' +
-    '       [--log-level info] [--component-log-level wasm:debug] [--concurrency N] [--access-token-ttl S]';
-  let parsed;
-  try {
-    parsed = parseArgs(process.argv.slice(2));
-  } catch (err) {
-    console.error(`${err.message}\n${usage}`);
-    process.exit(2);
-  }
-  const { cmd, flags } = parsed;
-  const run = { run: cliRun, start: cliStart, stop: cliStop, template: cliTemplate }[cmd];
-  if (!run) {
-    console.error(usage);
-    process.exit(2);
-  }
-  try {
-    await run(flags);
-  } catch (err) {
-    console.error(`fleet: ${err.message}`);
-    process.exit(1);
-  }
-}
+    '       [--log-level info] [--component-log-level wasm:debug] [--concurrency N] [--access-token-ttl S]',
+  start: startFleet,
+  optsFromFlags,
+  banner,
+  logFile: '.run/logs/fleet/fleet.log',
+  // Envoys die as envoy-a / envoy-b; their logs are logs.a / logs.b.
+  logOf: (fleet, name) => ({ 'envoy-a': fleet.logs.a, 'envoy-b': fleet.logs.b }[name] || fleet.logs[name]),
+  stopWaitMs: 20000,
+  commands: { template: cliTemplate },
+});

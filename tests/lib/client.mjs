@@ -531,10 +531,14 @@ export async function idpStats() {
   return r.json;
 }
 
-/** Envoy admin stats as a Map name -> number (counters and gauges, `filter` regex optional). */
-export async function envoyStats(filter) {
+/**
+ * One Envoy's admin /stats as a Map name -> number (counters and gauges, `filter` regex
+ * optional). `adminUrl`: the admin listener (the fleet's Envoys have their own).
+ */
+export async function adminStats(adminUrl, filter) {
   const q = filter ? `?filter=${encodeURIComponent(filter)}` : '';
-  const r = await rawRequest('GET', `http://127.0.0.1:9901/stats${q}`);
+  const r = await rawRequest('GET', `${adminUrl}/stats${q}`);
+  if (r.status !== 200) throw new Error(`${adminUrl}/stats: ${r.status}`);
   const out = new Map();
   for (const line of r.text.split('\n')) {
     const m = /^(\S+): (\d+)$/.exec(line.trim());
@@ -542,6 +546,9 @@ export async function envoyStats(filter) {
   }
   return out;
 }
+
+/** The stack's Envoy admin stats (adminStats on 127.0.0.1:9901). */
+export const envoyStats = (filter) => adminStats('http://127.0.0.1:9901', filter);
 
 // ---------------------------------------------------------------------------------------------
 // small assertion helpers shared by the test files

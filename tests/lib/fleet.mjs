@@ -5,7 +5,7 @@
 import crypto from 'node:crypto';
 
 import {
-  APP, CALLBACK, authorizeAtIdp, deliverCallback, rawRequest, setsSession,
+  APP, CALLBACK, authorizeAtIdp, deliverCallback, setsSession,
 } from './client.mjs';
 
 /**
@@ -38,31 +38,9 @@ export async function loginThroughOk(browser, user, o = {}) {
   return browser.sessionCookie;
 }
 
-/** Envoy admin /stats of one Envoy as Map name -> number (counters and gauges). */
-export async function adminStats(adminUrl, filter) {
-  const q = filter ? `?filter=${encodeURIComponent(filter)}` : '';
-  const r = await rawRequest('GET', `${adminUrl}/stats${q}`);
-  if (r.status !== 200) throw new Error(`${adminUrl}/stats: ${r.status}`);
-  const out = new Map();
-  for (const line of r.text.split('\n')) {
-    const m = /^(\S+): (\d+)$/.exec(line.trim());
-    if (m) out.set(m[1], Number(m[2]));
-  }
-  return out;
-}
-
-/** One Envoy's /stats/prometheus lines starting with `prefix` as Map `name{labels}` -> number. */
-export async function adminPrometheus(adminUrl, prefix = 'bffgate_') {
-  const r = await rawRequest('GET', `${adminUrl}/stats/prometheus`);
-  if (r.status !== 200) throw new Error(`${adminUrl}/stats/prometheus: ${r.status}`);
-  const out = new Map();
-  for (const line of r.text.split('\n')) {
-    if (!line.startsWith(prefix)) continue;
-    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})? (\S+)$/.exec(line);
-    if (m) out.set(`${m[1]}${m[2] && m[2] !== '{}' ? m[2] : ''}`, Number(m[3]));
-  }
-  return out;
-}
+// One Envoy's admin /stats and /stats/prometheus: the stack tests' helpers, any admin URL.
+export { adminStats } from './client.mjs';
+export { adminPrometheus } from './observe.mjs';
 
 // ---------------------------------------------------------------------------------------------
 // XChaCha20-Poly1305 (node:crypto has the IETF ChaCha20-Poly1305; XChaCha20 = HChaCha20 subkey
@@ -92,11 +70,19 @@ export function hchacha20(key, nonce16) {
   return out;
 }
 
-/** XChaCha20-Poly1305 open; returns the plaintext Buffer or throws. `ct` includes the 16-byte tag. */
-export function xchachaOpen(key, nonce24, ct, aad) {
+/**
+ * An XChaCha20-Poly1305 cipher or decipher (`create`: crypto.createCipheriv or
+ * createDecipheriv): ChaCha20-Poly1305 under the HChaCha20 subkey, nonce 0^4 || nonce24[16..24].
+ */
+function xchacha(create, key, nonce24) {
   const sub = hchacha20(key, nonce24.subarray(0, 16));
   const n12 = Buffer.concat([Buffer.alloc(4), nonce24.subarray(16, 24)]);
-  const d = crypto.createDecipheriv('chacha20-poly1305', sub, n12, { authTagLength: 16 });
+  return create('chacha20-poly1305', sub, n12, { authTagLength: 16 });
+}
+
+/** XChaCha20-Poly1305 open; returns the plaintext Buffer or throws. `ct` includes the 16-byte tag. */
+export function xchachaOpen(key, nonce24, ct, aad) {
+  const d = xchacha(crypto.createDecipheriv, key, nonce24);
   d.setAAD(aad, { plaintextLength: ct.length - 16 });
   d.setAuthTag(ct.subarray(ct.length - 16));
   return Buffer.concat([d.update(ct.subarray(0, ct.length - 16)), d.final()]);
@@ -104,9 +90,7 @@ export function xchachaOpen(key, nonce24, ct, aad) {
 
 /** XChaCha20-Poly1305 seal (for the self-test of xchachaOpen). */
 export function xchachaSeal(key, nonce24, plain, aad) {
-  const sub = hchacha20(key, nonce24.subarray(0, 16));
-  const n12 = Buffer.concat([Buffer.alloc(4), nonce24.subarray(16, 24)]);
-  const c = crypto.createCipheriv('chacha20-poly1305', sub, n12, { authTagLength: 16 });
+  const c = xchacha(crypto.createCipheriv, key, nonce24);
   c.setAAD(aad, { plaintextLength: plain.length });
   return Buffer.concat([c.update(plain), c.final(), c.getAuthTag()]);
 }

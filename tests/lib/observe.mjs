@@ -20,12 +20,13 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // metrics and memory
 
 /**
- * Envoy's /stats/prometheus as a Map: `name` (no labels) or `name{labels}` -> number. Only lines
- * whose name matches `prefix` (default bffgate_) are kept.
+ * One Envoy's /stats/prometheus as a Map: `name` (no labels) or `name{labels}` -> number. Only
+ * lines whose name matches `prefix` (default bffgate_) are kept. `adminUrl`: the admin listener
+ * (the fleet's Envoys have their own).
  */
-export async function prometheus(prefix = 'bffgate_') {
-  const r = await rawRequest('GET', `${ADMIN}/stats/prometheus`);
-  if (r.status !== 200) throw new Error(`/stats/prometheus: ${r.status}`);
+export async function adminPrometheus(adminUrl, prefix = 'bffgate_') {
+  const r = await rawRequest('GET', `${adminUrl}/stats/prometheus`);
+  if (r.status !== 200) throw new Error(`${adminUrl}/stats/prometheus: ${r.status}`);
   const out = new Map();
   for (const line of r.text.split('\n')) {
     if (!line.startsWith(prefix)) continue;
@@ -36,6 +37,9 @@ export async function prometheus(prefix = 'bffgate_') {
   }
   return out;
 }
+
+/** The stack's Envoy (adminPrometheus on ADMIN). */
+export const prometheus = (prefix = 'bffgate_') => adminPrometheus(ADMIN, prefix);
 
 /** `after - before` for every key of `after` (missing in before = 0). */
 export function deltas(before, after) {
