@@ -374,15 +374,17 @@ export async function startFleet(opts = {}) {
       '-l', o.envoyLogLevel,
       ...(o.componentLogLevel ? ['--component-log-level', o.componentLogLevel] : []),
     ],
-    env: { ...baseEnv, ...secrets },
+    env: { ...baseEnv, ...secrets, ...(e.env || {}) },
     logFile: e.log,
   });
 
-  async function startEnvoy(name, { settings, timeoutMs = o.timeoutMs } = {}) {
+  async function startEnvoy(name, { settings, env, timeoutMs = o.timeoutMs } = {}) {
     const e = envoys[name];
     if (!e) throw new Error(`fleet: no Envoy ${name} (a or b)`);
     if (e.proc?.running) await e.proc.stop();
     if (settings !== undefined) e.settings = mergeSettings(o.settings, settings, { keepNull: true });
+    // Secrets for this Envoy laid over .run/secrets.env (key rotation), kept for later restarts.
+    if (env !== undefined) e.env = env;
     for (const port of [e.tls, e.admin, e.operator]) {
       // a just-stopped Envoy's sockets are gone once it exited; bounded wait regardless
       const deadline = Date.now() + 5000;
@@ -534,10 +536,11 @@ export async function startFleet(opts = {}) {
      * (Re)starts Envoy `name` ('a' | 'b') with its last config, or with `settings` laid over the
      * fleet's own (startFleet's opts.settings) when given.
      */
-    startEnvoy: (name, o2 = {}) => startEnvoy(name, { settings: o2.settings }),
+    startEnvoy: (name, o2 = {}) => startEnvoy(name, { settings: o2.settings, env: o2.env }),
+    /** Restarts Envoy `name`; `settings` as for startEnvoy, `env` overrides its secrets. */
     async restartEnvoy(name, o2 = {}) {
       await stopEnvoy(name);
-      await startEnvoy(name, { settings: o2.settings });
+      await startEnvoy(name, { settings: o2.settings, env: o2.env });
     },
     stopEtcdMember: (i) => etcd.stopMember(i),
     etcdView,

@@ -18,6 +18,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
+import crypto from 'node:crypto';
 import path from 'node:path';
 
 import { startFleet } from '../../scripts/fleet.mjs';
@@ -455,6 +456,42 @@ test('serve_cached: without quorum A serves its cached session until serve_cache
   await fleet.startEtcdMember(2, { wait: false });
   await fleet.etcd.waitHealthy([0, 1, 2], 15_000);
   assertOrdersOk(await eventuallyOk(() => orders(A, s)), 'A after quorum returned');
+});
+
+test('key rotation without logging anyone out: new cookie and store keys in front, then the old ones dropped', { timeout: 90_000 }, async () => {
+  const secrets = readSecrets();
+  const fresh = () => crypto.randomBytes(32).toString('base64url');
+  const oldCookie = secrets.BFFGATE_COOKIE_KEYS;
+  const oldStore = secrets.BFFGATE_STORE_KEYS;
+  const oldStoreKid = oldStore.split(',')[0].split(':')[0];
+  const newCookie = `r2:${fresh()}`;
+  const newStore = `r2:${fresh()}`;
+  const settings = { store: { etcd: { when_unavailable: 'fail_closed' } } };
+  const s = await login('rotation-old', 'alice', { start: A, callback: A });
+  assert.notEqual(s.kid, 'r2');
+  // Step 1: every Envoy signs and seals with the new keys and still accepts the old ones.
+  const both = { BFFGATE_COOKIE_KEYS: `${newCookie},${oldCookie}`, BFFGATE_STORE_KEYS: `${newStore},${oldStore}` };
+  await Promise.all([fleet.restartEnvoy('a', { settings, env: both }), fleet.restartEnvoy('b', { settings, env: both })]);
+  await envoysSeeEtcd();
+  assertOrdersOk(await orders(A, s), 'old cookie and old record on A after the rotation');
+  assertOrdersOk(await orders(B, s), 'old cookie and old record on B after the rotation');
+  const n = await login('rotation-new', 'bob', { start: B, callback: B });
+  assert.equal(n.kid, 'r2', 'a new login gets a cookie signed with the new key');
+  const rec = (await fleet.etcdKeys(`bffgate/s/${n.verifier}`)).find((kv) => kv.key === `bffgate/s/${n.verifier}`);
+  assert.ok(rec, 'the new session is in etcd');
+  assert.equal(parseEnvelope(rec.value)?.kid, 'r2', 'and sealed with the new store key');
+  const old = (await fleet.etcdKeys(`bffgate/s/${s.verifier}`)).find((kv) => kv.key === `bffgate/s/${s.verifier}`);
+  assert.equal(parseEnvelope(old?.value)?.kid, oldStoreKid, 'the old record keeps its key until rewritten');
+  assert.equal((await orders(A, n)).status, 200, 'the new session on the other Envoy');
+  // Step 2: the old keys dropped: the old cookie is refused (a clean 401), the new one works.
+  const only = { BFFGATE_COOKIE_KEYS: newCookie, BFFGATE_STORE_KEYS: newStore };
+  await Promise.all([fleet.restartEnvoy('a', { settings, env: only }), fleet.restartEnvoy('b', { settings, env: only })]);
+  await envoysSeeEtcd();
+  assertJsonErr(await orders(A, s), 401, 'unauthenticated', 'a cookie under a dropped key');
+  assertOrdersOk(await orders(B, n), 'the new session after the old keys are gone');
+  // Back to the shipped secrets for the tests after this one.
+  await Promise.all([fleet.restartEnvoy('a', { settings, env: {} }), fleet.restartEnvoy('b', { settings, env: {} })]);
+  await envoysSeeEtcd();
 });
 
 test('no token in either Envoy log; no Envoy died', async () => {
