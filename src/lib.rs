@@ -38,6 +38,7 @@ pub mod secret;
 pub mod session;
 pub mod store;
 pub mod util;
+pub mod verified;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::flow::{CallResult, CookieEdit, Engine, Pending, Request, Step};
 use crate::store::{Cas, SharedData, SharedStore, StoreError};
 use crate::util::Random;
+use crate::verified::VerifiedCookies;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
@@ -98,6 +99,8 @@ struct Shared {
     /// How many `authorization` and `cookie` headers each request arrived with (to edit them
     /// with the fewest host calls; they do not change while a request is paused).
     header_counts: RefCell<HashMap<u32, (usize, usize)>>,
+    /// Session cookie values this VM has verified (bound to the key ring that verified them).
+    verified: VerifiedCookies,
 }
 
 impl Shared {
@@ -174,7 +177,8 @@ where
 {
     let mut rng = HostRandom;
     let mut store = SharedStore::new(HostData, cfg.store);
-    let mut engine = Engine::new(cfg, now_secs(), &mut rng, &mut store);
+    let mut engine =
+        Engine::new(cfg, now_secs(), &mut rng, &mut store).with_verified(&shared.verified);
     let step = f(&mut engine);
     for n in &engine.notes {
         log(LogLevel::Info, n);
