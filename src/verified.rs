@@ -26,6 +26,7 @@ use std::cell::RefCell;
 
 /// Entries kept (a power of two).
 pub const ENTRIES: usize = 512;
+const _: () = assert!(ENTRIES.is_power_of_two() && ENTRIES > 1);
 
 struct Entry {
     value: Box<str>,
@@ -57,16 +58,18 @@ impl std::fmt::Debug for VerifiedCookies {
     }
 }
 
-/// The entry a value maps to: FNV-1a of its last 16 bytes, which for a value we issued are
-/// MAC (uniform). Anyone can make values collide, which only costs them misses (module docs).
+/// The entry a value maps to: its last 8 bytes, which for a value we issued are MAC (uniform),
+/// times a 64-bit odd constant, top bits. Anyone can make values collide, which only costs them
+/// misses (module docs).
 fn index(value: &str) -> usize {
     let b = value.as_bytes();
-    let tail = b.get(b.len().saturating_sub(16)..).unwrap_or(b);
-    let mut h: u32 = 0x811c_9dc5;
-    for c in tail {
-        h = (h ^ u32::from(*c)).wrapping_mul(0x0100_0193);
+    let mut tail = [0u8; 8];
+    let n = b.len().min(8);
+    if let (Some(dst), Some(src)) = (tail.get_mut(8 - n..), b.get(b.len() - n..)) {
+        dst.copy_from_slice(src);
     }
-    (h as usize) & (ENTRIES - 1)
+    let h = u64::from_le_bytes(tail).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> (64 - ENTRIES.trailing_zeros())) as usize
 }
 
 impl VerifiedCookies {
@@ -157,7 +160,7 @@ mod tests {
         let b = SessionId::generate(&mut rng, 2);
         let va = "k1.first.value".to_string();
         let vb = (0..)
-            .map(|i| format!("k1.other.value.{i}"))
+            .map(|i| format!("k1.other.{i:08}"))
             .find(|v| index(v) == index(&va))
             .unwrap();
         c.insert(&r, &va, &a, a.verifier_bytes());
@@ -165,5 +168,20 @@ mod tests {
         assert!(c.get(&r, &va).is_none());
         assert_eq!(c.get(&r, &vb).unwrap().0, b);
         assert!(!format!("{c:?}").contains("first"));
+    }
+
+    #[test]
+    fn values_spread_over_the_entries() {
+        let r = ring(K1);
+        let mut rng = TestRandom(11);
+        let used: std::collections::HashSet<usize> = (0..ENTRIES)
+            .map(|_| {
+                let id = SessionId::generate(&mut rng, 1);
+                index(&r.seal("c", &id.to_bytes()))
+            })
+            .collect();
+        // Uniform placement fills about 1 - 1/e of the entries with as many values.
+        assert!(used.len() > ENTRIES / 2, "{}", used.len());
+        assert!(index("") < ENTRIES && index("x") < ENTRIES);
     }
 }
