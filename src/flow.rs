@@ -400,8 +400,9 @@ pub struct Engine<'a> {
     /// [`SessionId::verifier_bytes`] of that cookie's id, when already known.
     cookie_verifier: Option<[u8; 64]>,
     /// What the same pass over the cookie header found for [`Engine::strip_cookies`]: the
-    /// header's address and length (the memo is used only for that very header), whether it
-    /// has bffgate cookies, and whether it has others.
+    /// header's address and length (the memo is used only for that very string, so a clone or
+    /// another request's header is scanned afresh), whether it has bffgate cookies, and whether
+    /// it has others. Like `cookie_id`, it holds for the one request an engine is for.
     cookie_strip: Option<(usize, usize, bool, bool)>,
     /// Session cookie values verified by earlier requests of this VM (see [`Engine::with_verified`]).
     verified: Option<&'a VerifiedCookies>,
@@ -618,8 +619,6 @@ impl<'a> Engine<'a> {
 
     /// Request entry point.
     pub fn on_request(&mut self, req: &Request) -> Step {
-        // The cookie-header memo is for the header of this one call (see `cookie_strip`).
-        self.cookie_strip = None;
         let (path, query) = split_path(&req.path);
         if self.cfg.admin {
             return Step::Respond(self.admin_endpoint(req, path, query));
@@ -966,8 +965,6 @@ impl<'a> Engine<'a> {
     /// Polled by the shell for a request in [`Step::Wait`]: `None` while the renewal it waits
     /// for is still in progress.
     pub fn on_wake(&mut self, pending: &Pending) -> Option<Step> {
-        // The cookie-header memo is for the header of this one call (see `cookie_strip`).
-        self.cookie_strip = None;
         let Pending::AwaitToken {
             resume,
             since,
@@ -1362,8 +1359,6 @@ impl Engine<'_> {
 
     /// Resumes a paused request with the result of its callout.
     pub fn on_callout(&mut self, pending: Pending, result: CallResult) -> Step {
-        // The cookie-header memo is for the header of this one call (see `cookie_strip`).
-        self.cookie_strip = None;
         match pending {
             Pending::CodeExchange {
                 login,
@@ -1890,8 +1885,6 @@ impl Engine<'_> {
 
     /// The request body arrived (for a [`Step::ReadBody`]); `None` if it was too large.
     pub fn on_body(&mut self, pending: Pending, body: Option<&[u8]>) -> Step {
-        // The cookie-header memo is for the header of this one call (see `cookie_strip`).
-        self.cookie_strip = None;
         let Pending::Backchannel = pending else {
             return Step::Respond(error_reply(
                 500,
