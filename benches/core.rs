@@ -10,7 +10,11 @@
 //! - `store_get_session`: the store read of that record (shared-data get, decode, owner check).
 //! - `policy_decide`: `Policy::decide` for the `orders-read` route.
 //! - `engine_fast_path`: the whole `Engine::on_request` for `GET /api/orders` with a live session
-//!   whose token for the route's audience is cached (in-memory store): the decision per request.
+//!   whose token for the route's audience is cached (in-memory store): the decision per request,
+//!   run as the wasm shell runs it, with the VM's memo of verified cookies (`verified`), which
+//!   holds the cookie after its first request.
+//! - `engine_fast_path_first_seen`: the same without the memo (a cookie the VM sees for the first
+//!   time): the full cookie verify (HMAC) and the verifier hash.
 //! - `engine_second_audience`: the same for `/api/profile` (the second, cached audience).
 //! - `engine_forged_cookie`: a well-formed cookie with a wrong MAC (answered 401).
 //!
@@ -37,6 +41,7 @@ use bffgate::secret::Secret;
 use bffgate::session::{AudienceToken, Session};
 use bffgate::store::{Cas, MemoryData, SharedData, SharedStore, Store, StoreError};
 use bffgate::util::TestRandom;
+use bffgate::verified::VerifiedCookies;
 use criterion::Criterion;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -302,7 +307,15 @@ fn main() {
             forwards_with_token(&e.on_request(&profile_req)),
             "second audience forwards"
         );
-        let mut e = Engine::new(&cfg, now, &mut r, &mut store);
+        let verified = VerifiedCookies::default();
+        for _ in 0..2 {
+            let mut e = Engine::new(&cfg, now, &mut r, &mut store).with_verified(&verified);
+            assert!(
+                forwards_with_token(&e.on_request(&orders_req)),
+                "fast path forwards with the memo (first and repeated cookie)"
+            );
+        }
+        let mut e = Engine::new(&cfg, now, &mut r, &mut store).with_verified(&verified);
         match e.on_request(&forged_req) {
             Step::Respond(reply) => assert_eq!(reply.status, 401, "forged cookie -> 401"),
             other => panic!("forged cookie: expected a 401 reply, got {other:?}"),
@@ -330,6 +343,30 @@ fn main() {
         .decode(COOKIE_KEYS.split_once(':').expect("kid:key").1)
         .expect("base64url key");
     let keyed = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+
+    // `BENCH_CORE_LOOP=<name>:<count>`: run one case `count` times and exit, without criterion
+    // (for callgrind: the instructions of one request are the difference of two counts).
+    if let Ok(spec) = std::env::var("BENCH_CORE_LOOP") {
+        let (name, count) = spec
+            .split_once(':')
+            .expect("BENCH_CORE_LOOP=<name>:<count>");
+        let count: u64 = count.parse().expect("a count");
+        let req = match name {
+            "engine_fast_path" => &orders_req,
+            "engine_second_audience" => &profile_req,
+            "engine_forged_cookie" => &forged_req,
+            other => panic!("BENCH_CORE_LOOP: unknown case {other}"),
+        };
+        let verified = VerifiedCookies::default();
+        let cold = std::env::var_os("BENCH_CORE_COLD").is_some();
+        let mut r = TestRandom(2);
+        for _ in 0..count {
+            let e = Engine::new(&cfg, now, &mut r, &mut store);
+            let mut e = if cold { e } else { e.with_verified(&verified) };
+            black_box(e.on_request(black_box(req)));
+        }
+        return;
+    }
 
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -369,6 +406,9 @@ fn main() {
                     .expect("allowed")
             })
         });
+        // As the wasm shell runs it: with the VM's memo of verified session cookies, which
+        // holds the cookie after the first request (a browser repeats it on every request).
+        let verified = VerifiedCookies::default();
         let mut r = TestRandom(2);
         for (name, req) in [
             ("engine_fast_path", &orders_req),
@@ -377,11 +417,18 @@ fn main() {
         ] {
             g.bench_function(name, |b| {
                 b.iter(|| {
-                    let mut e = Engine::new(&cfg, now, &mut r, &mut store);
+                    let mut e = Engine::new(&cfg, now, &mut r, &mut store).with_verified(&verified);
                     black_box(e.on_request(black_box(req)))
                 })
             });
         }
+        // A cookie this VM has not verified yet (its first request): HMAC and verifier hash.
+        g.bench_function("engine_fast_path_first_seen", |b| {
+            b.iter(|| {
+                let mut e = Engine::new(&cfg, now, &mut r, &mut store);
+                black_box(e.on_request(black_box(&orders_req)))
+            })
+        });
         g.finish();
     }
     c.final_summary();
@@ -397,6 +444,7 @@ fn main() {
         "engine_fast_path",
         "engine_second_audience",
         "engine_forged_cookie",
+        "engine_fast_path_first_seen",
     ];
     let est: Vec<(&str, Option<f64>)> = names.iter().map(|n| (*n, estimate_ns(&dir, n))).collect();
     let hmac_ns = est[0].1;

@@ -4,49 +4,174 @@
 //! in what it returns: names are compared exactly (cookie names are case-sensitive), and the
 //! caller decides what a duplicate means.
 
+/// The first position of `needle` in `hay`, eight bytes at a time (the session cookie's value is
+/// most of a `Cookie` header and is scanned on every request).
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO.wrapping_mul(u64::from(needle));
+    let mut chunks = hay.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        // A zero byte of `w` is a match; the lowest flagged byte is exactly the first zero.
+        let w = u64::from_le_bytes(bytes) ^ pattern;
+        let zero = w.wrapping_sub(LO) & !w & HI;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    hay.get(at..)?
+        .iter()
+        .position(|b| *b == needle)
+        .map(|i| at + i)
+}
+
+/// `header` split at every `;` (as `str::split(';')`, by a byte search: `;` is ASCII, so every
+/// piece is a `str`).
+fn split_semicolons(header: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(header);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match find_byte(r.as_bytes(), b';') {
+            Some(i) => {
+                rest = r.get(i + 1..);
+                r.get(..i)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+/// `s` without leading and trailing spaces and tabs.
+fn trim_sp_tab(s: &str) -> &str {
+    let b = s.as_bytes();
+    let keep = |c: &u8| *c != b' ' && *c != b'\t';
+    let Some(start) = b.iter().position(keep) else {
+        return "";
+    };
+    let end = b.iter().rposition(keep).map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or("")
+}
+
+/// `str::trim`, by bytes for the ASCII whitespace at either end; the character-by-character
+/// search only runs when an end is not ASCII.
+fn trim(s: &str) -> &str {
+    // The ASCII characters `char::is_whitespace` accepts: U+0009 to U+000D and U+0020.
+    let ws = |b: &u8| matches!(b, b'\t'..=b'\r' | b' ');
+    let b = s.as_bytes();
+    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+    let t = s.get(start..end).unwrap_or("");
+    let ascii = |b: Option<&u8>| b.is_none_or(u8::is_ascii);
+    if ascii(t.as_bytes().first()) && ascii(t.as_bytes().last()) {
+        t
+    } else {
+        t.trim()
+    }
+}
+
+/// `s` split at its first `=`.
+fn split_eq(s: &str) -> Option<(&str, &str)> {
+    let i = find_byte(s.as_bytes(), b'=')?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+/// `part` as a `name=value` pair (as [`pairs`] reads it), if it is one.
+fn pair(part: &str) -> Option<(&str, &str)> {
+    let part = trim_sp_tab(part);
+    let (name, value) = split_eq(part)?;
+    let name = trim(name);
+    if name.is_empty() {
+        return None;
+    }
+    let value = trim(value);
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    Some((name, value))
+}
+
+/// `part`, trimmed, with the name it is dropped by (as [`parts`] reads it); `None` if empty.
+fn part_named(part: &str) -> Option<(&str, &str)> {
+    let trimmed = trim(part);
+    if trimmed.is_empty() {
+        return None;
+    }
+    Some((trimmed, trim(split_eq(trimmed).map_or(trimmed, |(n, _)| n))))
+}
+
 /// Iterates over the `name=value` pairs of a `Cookie` header, skipping malformed pairs.
 pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
-    header.split(';').filter_map(|part| {
-        let part = part.trim_matches(|c| c == ' ' || c == '\t');
-        let (name, value) = part.split_once('=')?;
-        let name = name.trim();
-        if name.is_empty() {
-            return None;
-        }
-        let value = value.trim();
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
-        Some((name, value))
-    })
+    split_semicolons(header).filter_map(pair)
 }
 
 /// How many cookies named exactly `name` the header carries, and the first one's value.
 pub fn find<'a>(header: &'a str, name: &str) -> (usize, Option<&'a str>) {
-    let mut count = 0;
-    let mut first = None;
-    for (n, v) in pairs(header) {
-        if n == name {
-            count += 1;
-            if first.is_none() {
-                first = Some(v);
+    let s = scan(header, name, |_| false);
+    (s.count, s.first)
+}
+
+/// What one pass over a `Cookie` header found: [`find`]'s answer for a name, and whether
+/// [`without`] would drop something (`ours`) and keep something (`others`) for a predicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan<'a> {
+    /// Cookies named exactly `name`.
+    pub count: usize,
+    /// The first one's value.
+    pub first: Option<&'a str>,
+    /// Some part would be dropped.
+    pub ours: bool,
+    /// Some part would be kept.
+    pub others: bool,
+}
+
+/// [`find`] for `name`, and what [`without`] would do with `drop`, in one pass.
+pub fn scan<'a>(header: &'a str, name: &str, drop: impl Fn(&str) -> bool) -> Scan<'a> {
+    let mut s = Scan {
+        count: 0,
+        first: None,
+        ours: false,
+        others: false,
+    };
+    for part in split_semicolons(header) {
+        if let Some((n, v)) = pair(part) {
+            if n == name {
+                s.count += 1;
+                if s.first.is_none() {
+                    s.first = Some(v);
+                }
+            }
+        }
+        if let Some((_, n)) = part_named(part) {
+            if drop(n) {
+                s.ours = true;
+            } else {
+                s.others = true;
             }
         }
     }
-    (count, first)
+    s
+}
+
+/// Every part of a `Cookie` header, well-formed or not, trimmed, with the name it is dropped by
+/// (the text before its first `=`, or the whole part, trimmed). Empty parts are skipped.
+pub fn parts(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    split_semicolons(header).filter_map(part_named)
 }
 
 /// Rebuilds a `Cookie` header without the cookies for which `drop` is true.
 /// Returns `None` when nothing is left (the header should then be removed).
 pub fn without(header: &str, drop: impl Fn(&str) -> bool) -> Option<String> {
     let mut out = String::with_capacity(header.len());
-    for part in header.split(';') {
-        let trimmed = part.trim();
-        if trimmed.is_empty() {
-            continue;
-        }
-        let name = trimmed.split_once('=').map_or(trimmed, |(n, _)| n).trim();
+    for (trimmed, name) in parts(header) {
         if drop(name) {
             continue;
         }
@@ -171,6 +296,96 @@ mod tests {
             without("__Host-bff-session=abc", |n| n.starts_with("__Host-bff-")),
             None
         );
+    }
+
+    #[test]
+    fn find_byte_finds_the_first_match_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut hay = vec![b'a'; len];
+                hay[at] = b';';
+                if at + 3 < len {
+                    hay[at + 3] = b';';
+                }
+                // Bytes that differ from `;` only in a high bit, or by one, never match.
+                if at > 0 {
+                    hay[at - 1] = b';' | 0x80;
+                }
+                assert_eq!(find_byte(&hay, b';'), Some(at), "len {len} at {at}");
+            }
+            assert_eq!(find_byte(&vec![b':'; len], b';'), None);
+            assert_eq!(find_byte(&vec![0xbb; len], b';'), None);
+        }
+    }
+
+    #[test]
+    fn byte_scanning_matches_the_str_library() {
+        // The reference: what `pairs` and `without` did with `str::split`, `trim` and
+        // `split_once` before they scanned bytes.
+        fn ref_pairs(header: &str) -> Vec<(&str, &str)> {
+            header
+                .split(';')
+                .filter_map(|part| {
+                    let part = part.trim_matches(|c| c == ' ' || c == '\t');
+                    let (name, value) = part.split_once('=')?;
+                    let name = name.trim();
+                    if name.is_empty() {
+                        return None;
+                    }
+                    let value = value.trim();
+                    let value = value
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(value);
+                    Some((name, value))
+                })
+                .collect()
+        }
+        fn ref_parts(header: &str) -> Vec<(&str, &str)> {
+            header
+                .split(';')
+                .filter_map(|part| {
+                    let t = part.trim();
+                    if t.is_empty() {
+                        return None;
+                    }
+                    Some((t, t.split_once('=').map_or(t, |(n, _)| n).trim()))
+                })
+                .collect()
+        }
+        for h in [
+            "",
+            ";",
+            ";;",
+            " ; \t;",
+            "a=1",
+            "a=1;",
+            ";a=1",
+            "a=1; b=2",
+            "a = 1 ;\tb=\"2\" ; c",
+            "=x; y=; z==; w=a=b",
+            "\u{a0}a=1\u{a0}; b\u{3000}=\u{2003}2",
+            "n\u{e9}=v\u{e9}; \u{e9}=\u{e9}",
+            "\r\na=1\n; \x0bb=2\x0c",
+            "\x1ca=1\x1f; \x1cb = 2 \x1d",
+            "__Host-bff-session=k1.AAAA.BBBB; theme=dark",
+            "x=\"; y=\"\"",
+        ] {
+            assert_eq!(pairs(h).collect::<Vec<_>>(), ref_pairs(h), "pairs {h:?}");
+            assert_eq!(parts(h).collect::<Vec<_>>(), ref_parts(h), "parts {h:?}");
+            for name in ["a", "b", "__Host-bff-session", "x"] {
+                let drop = |n: &str| n.eq_ignore_ascii_case(name);
+                let s = scan(h, name, drop);
+                let found: Vec<&str> = ref_pairs(h)
+                    .into_iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, v)| v)
+                    .collect();
+                assert_eq!((s.count, s.first), (found.len(), found.first().copied()));
+                assert_eq!(s.ours, ref_parts(h).iter().any(|(_, n)| drop(n)), "{h:?}");
+                assert_eq!(s.others, without(h, drop).is_some(), "{h:?}");
+            }
+        }
     }
 
     #[test]

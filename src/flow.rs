@@ -16,6 +16,7 @@ use crate::secret::Secret;
 use crate::session::{AudienceToken, Liveness, Session, SessionId};
 use crate::store::{PendingLogin, Store, StoreError};
 use crate::util::{ct_eq, hex, random_token, sha256, Random};
+use crate::verified::VerifiedCookies;
 use serde_json::{json, Value};
 
 /// What the engine needs to know about a request. Header values are as received; `cookie` is
@@ -375,6 +376,17 @@ fn query_param(query: &str, name: &str) -> Result<Option<String>, ()> {
     Ok(found)
 }
 
+/// A cookie bffgate owns (never forwarded): the session cookie or a login flow cookie, in any
+/// letter case (a differently-cased copy of ours is not forwarded either).
+fn is_bff_cookie(cfg: &Config, name: &str) -> bool {
+    let prefix = cfg.cookie.flow_prefix.as_bytes();
+    name.eq_ignore_ascii_case(&cfg.cookie.name)
+        || name
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(prefix))
+}
+
 /// Lowest-effort whitespace tolerance for header values.
 fn header_is(v: Option<&str>, want: &str) -> bool {
     v.map(str::trim) == Some(want)
@@ -423,6 +435,15 @@ pub struct Engine<'a> {
     /// The request's session cookie, verified once per engine (the fast path and the full path
     /// ask for it in turn).
     cookie_id: Option<Option<Result<SessionId, ()>>>,
+    /// [`SessionId::verifier_bytes`] of that cookie's id, when already known.
+    cookie_verifier: Option<[u8; 64]>,
+    /// What the same pass over the cookie header found for [`Engine::strip_cookies`]: the
+    /// header's address and length (the memo is used only for that very string, so a clone or
+    /// another request's header is scanned afresh), whether it has bffgate cookies, and whether
+    /// it has others. Like `cookie_id`, it holds for the one request an engine is for.
+    cookie_strip: Option<(usize, usize, bool, bool)>,
+    /// Session cookie values verified by earlier requests of this VM (see [`Engine::with_verified`]).
+    verified: Option<&'a VerifiedCookies>,
 }
 
 /// How the session cookie of a request resolved.
@@ -456,7 +477,18 @@ impl<'a> Engine<'a> {
             events: Vec::new(),
             subject: None,
             cookie_id: None,
+            cookie_verifier: None,
+            cookie_strip: None,
+            verified: None,
         }
+    }
+
+    /// Uses (and fills) a memo of session cookie values whose MAC verified before, so a repeated
+    /// cookie costs no HMAC and no verifier hash (see `verified`; the memo is bound to `cfg`'s key
+    /// ring and forgets everything when asked with another).
+    pub fn with_verified(mut self, verified: &'a VerifiedCookies) -> Self {
+        self.verified = Some(verified);
+        self
     }
 
     /// Records an audit event (and its JSON line in `notes`, which the shell logs).
@@ -478,13 +510,7 @@ impl<'a> Engine<'a> {
     }
 
     fn is_bff_cookie(&self, name: &str) -> bool {
-        // Case-insensitive: a differently-cased copy of our cookie is not forwarded either.
-        let prefix = self.cfg.cookie.flow_prefix.as_bytes();
-        name.eq_ignore_ascii_case(&self.cfg.cookie.name)
-            || name
-                .as_bytes()
-                .get(..prefix.len())
-                .is_some_and(|b| b.eq_ignore_ascii_case(prefix))
+        is_bff_cookie(self.cfg, name)
     }
 
     /// The `cookie` edit that strips every bffgate cookie.
@@ -493,16 +519,32 @@ impl<'a> Engine<'a> {
             None => CookieEdit::Keep,
             Some(h) => {
                 // Every part, well-formed or not, by the name `cookie::without` would see.
-                let has_ours = h.split(';').any(|part| {
-                    let t = part.trim();
-                    self.is_bff_cookie(t.split_once('=').map_or(t, |(n, _)| n).trim())
-                });
-                if !has_ours {
-                    return CookieEdit::Keep;
-                }
-                match cookie::without(h, |n| self.is_bff_cookie(n)) {
-                    Some(rest) => CookieEdit::Set(rest),
-                    None => CookieEdit::Remove,
+                let (ours, others) = match self.cookie_strip {
+                    Some((at, len, ours, others))
+                        if (at, len) == (h.as_ptr() as usize, h.len()) =>
+                    {
+                        (ours, others)
+                    }
+                    _ => {
+                        let (mut ours, mut others) = (false, false);
+                        for (_, name) in cookie::parts(h) {
+                            if self.is_bff_cookie(name) {
+                                ours = true;
+                            } else {
+                                others = true;
+                            }
+                        }
+                        (ours, others)
+                    }
+                };
+                match (ours, others) {
+                    (false, _) => CookieEdit::Keep,
+                    // Nothing would be left: no need to build the rest.
+                    (true, false) => CookieEdit::Remove,
+                    (true, true) => match cookie::without(h, |n| self.is_bff_cookie(n)) {
+                        Some(rest) => CookieEdit::Set(rest),
+                        None => CookieEdit::Remove,
+                    },
                 }
             }
         }
@@ -535,16 +577,40 @@ impl<'a> Engine<'a> {
         id
     }
 
-    fn verify_session_cookie(&self, req: &Request) -> Option<Result<SessionId, ()>> {
+    fn verify_session_cookie(&mut self, req: &Request) -> Option<Result<SessionId, ()>> {
         let h = req.cookie.as_deref()?;
-        let (count, value) = cookie::find(h, &self.cfg.cookie.name);
+        let cfg = self.cfg;
+        let scan = cookie::scan(h, &cfg.cookie.name, |n| is_bff_cookie(cfg, n));
+        self.cookie_strip = Some((h.as_ptr() as usize, h.len(), scan.ours, scan.others));
+        let (count, value) = (scan.count, scan.first);
         let value = value?;
         if count > 1 {
             // Two session cookies: one may be planted. Trust neither.
             return Some(Err(()));
         }
-        let payload = self.cfg.cookie.keys.open(&self.cfg.cookie.name, value).ok();
-        Some(payload.and_then(|p| SessionId::from_bytes(&p)).ok_or(()))
+        let ring = &self.cfg.cookie.keys;
+        if let Some((id, verifier)) = self.verified.and_then(|v| v.get(ring, value)) {
+            self.cookie_verifier = Some(verifier);
+            return Some(Ok(id));
+        }
+        let id = self
+            .cfg
+            .cookie
+            .keys
+            .open_with(&self.cfg.cookie.name, value, SessionId::from_bytes)
+            .ok()
+            .flatten();
+        if let (Some(id), Some(verified)) = (&id, self.verified) {
+            let verifier = id.verifier_bytes();
+            verified.insert(ring, value, id, verifier);
+            self.cookie_verifier = Some(verifier);
+        }
+        Some(id.ok_or(()))
+    }
+
+    /// The verifier of the request's (verified) session id.
+    fn cookie_verifier(&self, id: &SessionId) -> [u8; 64] {
+        self.cookie_verifier.unwrap_or_else(|| id.verifier_bytes())
     }
 
     fn lookup_session(&mut self, req: &Request) -> SessionLookup {
@@ -709,9 +775,9 @@ impl<'a> Engine<'a> {
         }
         let audience = policy.audience.as_deref()?;
         let id = self.session_id_from(req)?.ok()?;
-        let (raw, _) = self.store.get_session_raw(&id)?;
+        let (mut raw, _) = self.store.get_session_raw(&id)?;
         let view = crate::record::Head::parse(&raw)?;
-        if !ct_eq(view.owner, &id.verifier_bytes())
+        if !ct_eq(view.owner, &self.cookie_verifier(&id))
             || self.now >= view.expires
             || self.now
                 >= view
@@ -721,11 +787,16 @@ impl<'a> Engine<'a> {
             return None;
         }
         let fresh = self.now.saturating_add(self.cfg.session.refresh_skew_s);
-        let (token, scope) = view.token(audience, fresh)?;
+        let (span, scope) = view.token_span(audience, fresh)?;
         if !policy.scopes_ok(scope) {
             return None;
         }
-        self.subject = Some(view.sub.to_string());
+        let subject = view.sub.to_string();
+        // The token is taken out of the record's own buffer: no second allocation or copy.
+        raw.truncate(span.end);
+        raw.drain(..span.start);
+        let token = String::from_utf8(raw).ok()?;
+        self.subject = Some(subject);
         Some(Step::Forward {
             authorization: Some(Secret::new(token)),
             cookie: self.strip_cookies(req),

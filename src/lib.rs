@@ -40,6 +40,7 @@ pub mod session;
 pub mod store;
 pub mod util;
 pub mod vault;
+pub mod verified;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -33,9 +33,12 @@ impl<'a> Cur<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(<[u8; 8]>::try_from(self.take(8)?).ok()?))
     }
-    fn str16(&mut self) -> Option<&'a str> {
+    fn bytes16(&mut self) -> Option<&'a [u8]> {
         let n = self.u16()?;
-        std::str::from_utf8(self.take(n)?).ok()
+        self.take(n)
+    }
+    fn str16(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes16()?).ok()
     }
 }
 
@@ -113,17 +116,27 @@ impl<'a> Head<'a> {
 
     /// The first token for `aud` expiring after `after`: `(token, scope)`.
     pub fn token(&self, aud: &str, after: u64) -> Option<(&'a str, &'a str)> {
+        let (span, scope) = self.token_span(aud, after)?;
+        Some((std::str::from_utf8(self.tokens.b.get(span)?).ok()?, scope))
+    }
+
+    /// [`Head::token`] with the token as a byte range of the record, so that the caller can
+    /// take it out of the buffer in place; the token's bytes are not checked for UTF-8 here.
+    /// Only the matching entry is read; the others are skipped over.
+    pub fn token_span(&self, aud: &str, after: u64) -> Option<(std::ops::Range<usize>, &'a str)> {
         let mut c = Cur {
             b: self.tokens.b,
             at: self.tokens.at,
         };
         for _ in 0..self.count {
-            let a = c.str16()?;
-            let scope = c.str16()?;
-            let token = c.str16()?;
+            let a = c.bytes16()?;
+            let scope = c.bytes16()?;
+            let n = c.u16()?;
+            let start = c.at;
+            c.take(n)?;
             let exp = c.u64()?;
-            if a == aud && exp > after {
-                return Some((token, scope));
+            if a == aud.as_bytes() && exp > after {
+                return Some((start..start + n, std::str::from_utf8(scope).ok()?));
             }
         }
         None
@@ -200,6 +213,8 @@ mod tests {
         assert_eq!(h.token("https://b", 60), Some(("t-b", "")));
         assert_eq!(h.token("https://b", 70), None, "expired at `after`");
         assert_eq!(h.token("https://c", 0), None);
+        let (span, scope) = h.token_span("https://a", 0).unwrap();
+        assert_eq!((&b[span], scope), (&b"t-a"[..], "x y"));
     }
 
     #[test]

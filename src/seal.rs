@@ -7,7 +7,7 @@
 //! signed for one cookie from being accepted as another. Verification is constant-time
 //! (`Mac::verify_slice`).
 
-use crate::util::{b64url, b64url_decode};
+use crate::util::{b64url, b64url_decode_into};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -36,6 +36,9 @@ pub enum SealError {
 #[derive(Clone)]
 pub struct KeyRing {
     keys: Vec<(String, HmacSha256)>,
+    /// SHA-256 of every key id and key, in order: tells key rings apart (for memos of what a
+    /// ring verified) without keeping or showing the keys.
+    fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -59,12 +62,25 @@ impl KeyRing {
     /// Keys must be at least 32 bytes. Errors never contain key material.
     pub fn parse(spec: &str) -> Result<KeyRing, String> {
         let mut keys: Vec<(String, HmacSha256)> = Vec::new();
+        let mut material: Vec<u8> = Vec::new();
         for (kid, key) in crate::vault::parse_key_spec(spec, 32)? {
             let mac =
                 HmacSha256::new_from_slice(&key).map_err(|_| format!("`{kid}`: unusable key"))?;
+            for field in [kid.as_bytes(), &key] {
+                material.extend_from_slice(&(field.len() as u32).to_be_bytes());
+                material.extend_from_slice(field);
+            }
             keys.push((kid, mac));
         }
-        Ok(KeyRing { keys })
+        let fingerprint = crate::util::sha256(&material);
+        material.fill(0);
+        Ok(KeyRing { keys, fingerprint })
+    }
+
+    /// Identifies this ring's keys (equal rings, equal fingerprints): what a memo of verified
+    /// values is bound to. A hash of the keys: never log it.
+    pub(crate) fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
     }
 
     /// The key id new values are signed with.
@@ -100,6 +116,17 @@ impl KeyRing {
 
     /// Verifies a value produced by [`KeyRing::seal`] for the cookie `name`; returns the payload.
     pub fn open(&self, name: &str, value: &str) -> Result<Vec<u8>, SealError> {
+        self.open_with(name, value, <[u8]>::to_vec)
+    }
+
+    /// [`KeyRing::open`] without allocating: the payload and the MAC are decoded on the stack,
+    /// and `f` sees the verified payload (the session cookie is checked on every request).
+    pub fn open_with<T>(
+        &self,
+        name: &str,
+        value: &str,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, SealError> {
         if value.len() > MAX_VALUE_LEN {
             return Err(SealError::Malformed);
         }
@@ -112,17 +139,22 @@ impl KeyRing {
         if !valid_kid(kid) {
             return Err(SealError::Malformed);
         }
-        let payload = b64url_decode(p64).ok_or(SealError::Malformed)?;
-        let tag = b64url_decode(t64).ok_or(SealError::Malformed)?;
+        // MAX_VALUE_LEN base64url characters decode to fewer bytes than this.
+        let mut payload = [0u8; MAX_VALUE_LEN];
+        let n = b64url_decode_into(p64, &mut payload).ok_or(SealError::Malformed)?;
+        let payload = payload.get(..n).ok_or(SealError::Malformed)?;
+        let mut tag = [0u8; MAX_VALUE_LEN];
+        let n = b64url_decode_into(t64, &mut tag).ok_or(SealError::Malformed)?;
+        let tag = tag.get(..n).ok_or(SealError::Malformed)?;
         let (_, base) = self
             .keys
             .iter()
             .find(|(k, _)| k == kid)
             .ok_or(SealError::UnknownKey)?;
-        Self::mac_for(base, name, kid, &payload)
-            .verify_slice(&tag)
+        Self::mac_for(base, name, kid, payload)
+            .verify_slice(tag)
             .map_err(|_| SealError::BadMac)?;
-        Ok(payload)
+        Ok(f(payload))
     }
 }
 
@@ -195,6 +227,28 @@ mod tests {
         assert!(rotated.seal("c", b"id").starts_with("k1."));
         let removed = ring(K1);
         assert_eq!(removed.open("c", &v_old), Err(SealError::UnknownKey));
+        // Rings differ by fingerprint exactly when their keys or key ids do.
+        assert_eq!(ring(K1).fingerprint(), removed.fingerprint());
+        assert_ne!(rotated.fingerprint(), removed.fingerprint());
+        assert_ne!(old.fingerprint(), removed.fingerprint());
+        let renamed = ring("k9:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8");
+        assert_ne!(renamed.fingerprint(), removed.fingerprint());
+    }
+
+    #[test]
+    fn open_with_sees_exactly_what_open_returns() {
+        let r = ring(K1);
+        let v = r.seal("c", b"0123456789abcdef0123");
+        assert_eq!(r.open_with("c", &v, <[u8]>::to_vec), r.open("c", &v));
+        assert_eq!(r.open_with("c", &v, |p| p.len()), Ok(20));
+        let mut forged = v.clone();
+        forged.pop();
+        forged.push(if v.ends_with('A') { 'B' } else { 'A' });
+        assert!(r.open_with("c", &forged, |_| ()).is_err());
+        // The longest value fits the stack buffers and is refused by its MAC, not by a panic.
+        let longest = format!("k1.{}.AA", "A".repeat(MAX_VALUE_LEN - 6));
+        assert_eq!(longest.len(), MAX_VALUE_LEN);
+        assert_eq!(r.open_with("c", &longest, |_| ()), Err(SealError::BadMac));
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s.as_bytes()).ok()
 }
 
+/// Decodes base64url without padding into `out`; the decoded length, or `None` on malformed
+/// input or if `out` is too small. Accepts exactly what [`b64url_decode`] accepts.
+pub fn b64url_decode_into(s: &str, out: &mut [u8]) -> Option<usize> {
+    URL_SAFE_NO_PAD.decode_slice(s.as_bytes(), out).ok()
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     fn digit(n: u8) -> char {
@@ -37,12 +43,39 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b.iter()) {
+    // Eight bytes at a time, then the rest; every byte is looked at, whatever differs.
+    let mut diff = 0u64;
+    let (mut wa, mut wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut wa).zip(&mut wb) {
+        let x = <[u8; 8]>::try_from(x).map_or(0, u64::from_ne_bytes);
+        let y = <[u8; 8]>::try_from(y).map_or(0, u64::from_ne_bytes);
         diff |= x ^ y;
+    }
+    for (x, y) in wa.remainder().iter().zip(wb.remainder()) {
+        diff |= u64::from(x ^ y);
     }
     // `black_box` keeps the optimiser from turning the loop into an early exit.
     std::hint::black_box(diff) == 0
+}
+
+/// A hasher for maps keyed by ids the host hands out (context ids, callout tokens: small
+/// counters, not attacker input): one multiplication per key instead of SipHash, on the map
+/// operations every request makes in the wasm shell.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// Randomness, injected. The wasm shell draws from the host CSPRNG; tests use a fixed sequence.
@@ -84,6 +117,15 @@ mod tests {
         assert!(!b.contains('='));
         assert_eq!(b64url_decode(&b).as_deref(), Some(&b"\xff\xfe hello"[..]));
         assert_eq!(b64url_decode("***"), None);
+        let mut buf = [0u8; 16];
+        let n = b64url_decode_into(&b, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"\xff\xfe hello");
+        assert_eq!(b64url_decode_into("***", &mut buf), None);
+        assert_eq!(
+            b64url_decode_into(&b64url(&[7u8; 17]), &mut buf),
+            None,
+            "too small"
+        );
     }
 
     #[test]
@@ -91,6 +133,43 @@ mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
+        // Every length across the word boundary, a difference at every position.
+        for len in 0..40 {
+            let a: Vec<u8> = (0..len as u8).collect();
+            assert!(ct_eq(&a, &a.clone()));
+            for i in 0..len {
+                let mut b = a.clone();
+                b[i] ^= 0x80;
+                assert!(!ct_eq(&a, &b), "len {len}, byte {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn id_hasher_keeps_maps_right_and_spreads_counters() {
+        use std::collections::{HashMap, HashSet};
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let b = BuildHasherDefault::<IdHasher>::default();
+        let mut m: HashMap<u32, u32, _> =
+            HashMap::with_hasher(BuildHasherDefault::<IdHasher>::default());
+        for i in 0..10_000u32 {
+            m.insert(i * 3, i);
+        }
+        for i in 0..10_000u32 {
+            assert_eq!(m.remove(&(i * 3)), Some(i));
+            assert_eq!(m.get(&(i * 3 + 1)), None);
+        }
+        assert!(m.is_empty());
+        // Consecutive ids land in distinct buckets (top bits differ too, for hashbrown's tags).
+        let low: HashSet<u64> = (0..256u32).map(|i| b.hash_one(i) & 0xff).collect();
+        let top: HashSet<u64> = (0..256u32).map(|i| b.hash_one(i) >> 57).collect();
+        assert!(
+            low.len() > 128 && top.len() > 64,
+            "{} {}",
+            low.len(),
+            top.len()
+        );
+        assert_ne!(b.hash_one("ab"), b.hash_one("ba"));
     }
 
     #[test]

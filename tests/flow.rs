@@ -1543,6 +1543,37 @@ fn a_cookie_signed_with_a_retired_key_is_rejected() {
     assert_rejected_and_cleared(g.request(&orders(&b)));
 }
 
+#[test]
+fn a_cookie_already_verified_under_a_retired_key_is_rejected_too() {
+    // The VM remembers cookies it verified (`verified`); retiring the key must still refuse
+    // a cookie that was in use a moment before.
+    let mut g = Gate::with_config(config(K0));
+    let mut b = Browser::default();
+    let issued = g.sign_in(&mut b, ALICE);
+    g.cfg = config(&format!("{K1},{K0}"));
+    for _ in 0..2 {
+        let (auth, _) = forward(g.request(&orders(&b)));
+        assert_eq!(auth, Some(issued.access.clone()));
+    }
+    g.cfg = config(K1);
+    assert_rejected_and_cleared(g.request(&orders(&b)));
+}
+
+#[test]
+fn a_repeated_cookie_is_decided_exactly_as_the_first_time() {
+    let (mut g, b, issued) = signed_in(ALICE);
+    let mut req = orders(&b);
+    req.cookie = Some(format!("theme=dark; {SESSION}={}; lang=en", b.session()));
+    for _ in 0..3 {
+        let (auth, cookie) = forward(g.request(&req));
+        assert_eq!(auth, Some(issued.access.clone()));
+        assert_eq!(cookie, CookieEdit::Set("theme=dark; lang=en".into()));
+    }
+    // A remembered cookie next to a second session cookie is still refused.
+    req.cookie = Some(format!("{SESSION}={}; {SESSION}=x", b.session()));
+    assert_rejected_and_cleared(g.request(&req));
+}
+
 // =====================================================================================
 // /auth endpoints
 // =====================================================================================

@@ -20,12 +20,14 @@ use crate::config::Config;
 use crate::fleet::FleetStore;
 use crate::flow::{CallResult, CookieEdit, Engine, Pending, Request, Step};
 use crate::store::{Cas, SharedData, SharedStore, StoreError};
-use crate::util::Random;
+use crate::util::{IdHasher, Random};
+use crate::verified::VerifiedCookies;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,25 +82,33 @@ impl SharedData for HostData {
     }
 }
 
+/// Maps keyed by the ids the host hands out (see [`IdHasher`]).
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<u32, BuildHasherDefault<IdHasher>>;
+
 /// State shared by the root context and every request context of one VM (one worker thread).
 #[derive(Default)]
 struct Shared {
     config: RefCell<Option<Rc<Config>>>,
     /// Callouts in flight: token -> (request context id, continuation, start in ms).
-    calls: RefCell<HashMap<u32, (u32, Pending, u64)>>,
+    calls: RefCell<IdMap<(u32, Pending, u64)>>,
     /// Metric ids by name.
     metrics: RefCell<HashMap<String, u32>>,
+    /// The id of `bffgate_requests_allowed` (counted on every fast-path request).
+    allowed_metric: Cell<Option<u32>>,
     /// Requests waiting for another request's renewal: context id -> continuation.
-    waiters: RefCell<HashMap<u32, Pending>>,
+    waiters: RefCell<IdMap<Pending>>,
     /// Requests whose body the engine asked for: context id -> continuation.
-    body_waiters: RefCell<HashMap<u32, Pending>>,
+    body_waiters: RefCell<IdMap<Pending>>,
     /// Requests that are paused or answered locally: their body must not continue them.
-    stopped: RefCell<std::collections::HashSet<u32>>,
+    stopped: RefCell<IdSet>,
     /// Request contexts still alive.
-    alive: RefCell<std::collections::HashSet<u32>>,
+    alive: RefCell<IdSet>,
     /// How many `authorization` and `cookie` headers each request arrived with (to edit them
     /// with the fewest host calls; they do not change while a request is paused).
-    header_counts: RefCell<HashMap<u32, (usize, usize)>>,
+    header_counts: RefCell<IdMap<(usize, usize)>>,
+    /// Session cookie values this VM has verified (bound to the key ring that verified them).
+    verified: VerifiedCookies,
 }
 
 impl Shared {
@@ -215,7 +225,7 @@ fn run_on<F>(
 where
     F: FnOnce(&mut Engine<'_>) -> Step,
 {
-    let mut engine = Engine::new(cfg, now, rng, store);
+    let mut engine = Engine::new(cfg, now, rng, store).with_verified(&shared.verified);
     let step = f(&mut engine);
     for n in &engine.notes {
         log(LogLevel::Info, n);
@@ -240,7 +250,22 @@ fn record_decision(shared: &Shared, cfg: &Config, step: &Step, subject: Option<&
     if d == Decision::Pending {
         return;
     }
-    if let Some(m) = d.metric() {
+    if d == Decision::Allowed {
+        // The fast path's counter, without looking its name up.
+        let id = match shared.allowed_metric.get() {
+            Some(id) => Some(id),
+            None => {
+                let id = d
+                    .metric()
+                    .and_then(|m| shared.metric(MetricType::Counter, &m));
+                shared.allowed_metric.set(id);
+                id
+            }
+        };
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    } else if let Some(m) = d.metric() {
         shared.count(&m);
     }
     let _ = hostcalls::set_property(vec!["bffgate_decision"], Some(d.as_str().as_bytes()));
@@ -295,12 +320,13 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
             // present, a replace (or an add) is one host call and leaves exactly ours.
             match (authorization, auths) {
                 (Some(t), n) => {
-                    let v = format!("Bearer {}", t.expose());
+                    let v = t.prefixed("Bearer ");
+                    let v = v.expose();
                     if n <= 1 {
-                        let _ = hostcalls::set_map_value(H, "authorization", Some(&v));
+                        let _ = hostcalls::set_map_value(H, "authorization", Some(v));
                     } else {
                         let _ = hostcalls::set_map_value(H, "authorization", None);
-                        let _ = hostcalls::add_map_value(H, "authorization", &v);
+                        let _ = hostcalls::add_map_value(H, "authorization", v);
                     }
                 }
                 (None, 0) => {}
@@ -628,40 +654,51 @@ fn body_done(shared: &Shared, ctx: u32, body: Option<&[u8]>) -> Action {
     apply(shared, &cfg, ctx, ran.step, false)
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// A header value as text: moved, not copied, when it is UTF-8 (nearly always).
+fn text(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 impl Http {
     fn request(&self, cfg: &Config) -> Request {
         let mut req = Request::default();
-        let mut cookies: Vec<String> = Vec::new();
-        let mut auths = 0;
+        let mut cookie: Option<String> = None;
+        let (mut auths, mut cookies) = (0, 0);
         for (name, value) in self.get_http_request_headers_bytes() {
             match name.as_str() {
                 "authorization" => auths += 1,
-                ":method" => req.method = text(&value),
-                ":path" => req.path = text(&value),
-                "cookie" => cookies.push(text(&value)),
-                "origin" => req.origin = Some(text(&value)),
-                "sec-fetch-site" => req.sec_fetch_site = Some(text(&value)),
-                "sec-fetch-mode" => req.sec_fetch_mode = Some(text(&value)),
-                "sec-fetch-dest" => req.sec_fetch_dest = Some(text(&value)),
-                "accept" => req.accept = Some(text(&value)),
-                n if n == cfg.csrf_header => req.csrf = Some(text(&value)),
+                ":method" => req.method = text(value),
+                ":path" => req.path = text(value),
+                "cookie" => {
+                    // Every `cookie` header, joined with `; ` (HTTP/2 sends one per cookie).
+                    cookies += 1;
+                    let v = text(value);
+                    cookie = Some(match cookie {
+                        None => v,
+                        Some(mut all) => {
+                            all.push_str("; ");
+                            all.push_str(&v);
+                            all
+                        }
+                    });
+                }
+                "origin" => req.origin = Some(text(value)),
+                "sec-fetch-site" => req.sec_fetch_site = Some(text(value)),
+                "sec-fetch-mode" => req.sec_fetch_mode = Some(text(value)),
+                "sec-fetch-dest" => req.sec_fetch_dest = Some(text(value)),
+                "accept" => req.accept = Some(text(value)),
+                n if n == cfg.csrf_header => req.csrf = Some(text(value)),
                 _ => {}
             }
         }
         self.shared
             .header_counts
             .borrow_mut()
-            .insert(self.id, (auths, cookies.len()));
-        if !cookies.is_empty() {
-            req.cookie = Some(cookies.join("; "));
-        }
+            .insert(self.id, (auths, cookies));
+        req.cookie = cookie;
         req.route = self
             .get_property(vec!["xds", "route_name"])
-            .map(|b| text(&b))
+            .map(text)
             .filter(|s| !s.is_empty());
         req
     }

@@ -29,6 +29,7 @@ pub use bffgate::flow::{CallResult, CookieEdit, Engine, Pending, Reply, Request,
 pub use bffgate::oauth::BackchannelRequest;
 pub use bffgate::store::{MemoryData, SharedStore};
 pub use bffgate::util::TestRandom;
+pub use bffgate::verified::VerifiedCookies;
 pub use serde_json::{json, Value};
 pub use sha2::{Digest, Sha256};
 
@@ -447,6 +448,9 @@ pub struct Gate {
     pub secrets: Vec<String>,
     /// Everything visible so far (replies, notes, `Debug` of steps), to check late secrets.
     pub transcript: Vec<String>,
+    /// The VM's memo of verified session cookies, kept across requests as the wasm shell keeps
+    /// it (so every spec also runs the repeated-cookie path; `cfg` may change under it).
+    pub verified: VerifiedCookies,
 }
 
 impl Gate {
@@ -466,6 +470,7 @@ impl Gate {
             serial: 0,
             secrets: Vec::new(),
             transcript: Vec::new(),
+            verified: VerifiedCookies::default(),
         };
         g.register(CLIENT_SECRET);
         g
@@ -500,7 +505,8 @@ impl Gate {
     }
 
     pub fn request(&mut self, req: &Request) -> Step {
-        let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store);
+        let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store)
+            .with_verified(&self.verified);
         let step = e.on_request(req);
         let notes = std::mem::take(&mut e.notes);
         self.observe(&step, &notes);
@@ -509,7 +515,8 @@ impl Gate {
 
     /// Resumes a paused request with a callout result, at the current time.
     pub fn resume(&mut self, then: Pending, result: CallResult) -> Step {
-        let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store);
+        let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store)
+            .with_verified(&self.verified);
         let step = e.on_callout(then, result);
         let notes = std::mem::take(&mut e.notes);
         self.observe(&step, &notes);
@@ -518,7 +525,8 @@ impl Gate {
 
     /// The shell's timer polls a request paused in [`Step::Wait`], at the current time.
     pub fn wake(&mut self, then: &Pending) -> Option<Step> {
-        let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store);
+        let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store)
+            .with_verified(&self.verified);
         let step = e.on_wake(then);
         let notes = std::mem::take(&mut e.notes);
         if let Some(step) = &step {
