@@ -17,7 +17,7 @@ def main(src, out):
     r = json.load(open(src))
     cases = r["cases"]
     labels = [f'{c["id"]}. {c["name"]}' for c in cases]
-    colors = {"a": "#9e9e9e", "b": "#e07b39", "c": "#2e7d32", "d": "#66bb6a", "e": "#c62828", "f": "#7e57c2"}
+    colors = {"a": "#9e9e9e", "b": "#e07b39", "c": "#2e7d32", "d": "#66bb6a", "e": "#c62828", "f": "#7e57c2", "g": "#1565c0", "h": "#64b5f6"}
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.75 * len(cases) + 2.2))
     for ax, key, title, unit in (
         (axes[0], "rps", "requests/s (higher is better)", "{:,.0f}"),

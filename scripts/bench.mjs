@@ -2,7 +2,7 @@
 // `make bench`: bffgate side by side with bare Envoy and Envoy's own oauth2 filter (issue 7).
 //
 //   node scripts/bench.mjs [--duration S] [--connections N] [--threads N] [--rounds N]
-//                          [--sessions N] [--cases a,b,c,d,e,f] [--no-core] [--quick]
+//                          [--sessions N] [--cases a,b,c,d,e,f,g,h] [--no-core] [--quick]
 //   node scripts/bench.mjs --probe [--duration S] [--rounds N]    (host-call prices, see below)
 //   (the same knobs as environment variables: BENCH_DURATION, BENCH_CONNECTIONS, BENCH_THREADS,
 //   BENCH_ROUNDS, BENCH_WARMUP, BENCH_SESSIONS, BENCH_CASES, BENCH_CORE=0)
@@ -20,6 +20,11 @@
 //                                                      e (forged cookie -> 401)
 //       noop    https://localhost:18444  admin :19944  bench/envoy.noop.yaml     case f (a proxy-wasm
 //                                                      filter doing nothing: the floor of any)
+//       fleet   https://localhost:18445  admin :19945  the bffgate config with `store.backend:
+//                                                      etcd` (cache_ttl_ms 1000): case g
+//       fleetnc https://localhost:18446  admin :19946  the same with cache_ttl_ms 0 (every
+//                                                      request reads etcd): case h
+//     and for g and h a 3-member etcd on 127.0.0.1:24790/24792/24794 (scripts/etcd.mjs);
 //     every route a direct_response 200, so the filter is what is measured;
 //   - signs in once through each filter with a headless client (IdP login form), warms the
 //     second audience, builds a forged session cookie;
@@ -45,6 +50,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { startEtcdCluster } from './etcd.mjs';
+import { fleetTemplate } from './fleet.mjs';
+
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 process.chdir(ROOT);
 
@@ -60,7 +68,14 @@ const ENVOYS = {
   oauth2: { tls: 18442, admin: 19942, baseId: 18442, config: 'bench/envoy.oauth2.yaml' },
   bffgate: { tls: 18443, admin: 19943, baseId: 18443, config: `${WORK}/envoy.bffgate.yaml` },
   noop: { tls: 18444, admin: 19944, baseId: 18444, config: 'bench/envoy.noop.yaml' },
+  // Fleet mode (issue 8): sessions in etcd; the same origin as bffgate's (sign-in goes through
+  // 18445 with 18443's URLs, see PORT_MAP), so one IdP serves both.
+  fleet: { tls: 18445, admin: 19945, baseId: 18445, config: `${WORK}/envoy.fleet.yaml`, cacheTtlMs: 1000 },
+  fleetnc: { tls: 18446, admin: 19946, baseId: 18446, config: `${WORK}/envoy.fleetnc.yaml`, cacheTtlMs: 0 },
 };
+const ETCD_BASE = 24790;
+/** Connect to another local port than the URL's (the fleet Envoys answer for 18443's origin). */
+const PORT_MAP = new Map();
 const NOOP_WASM = 'bench/noop/target/wasm32-wasip1/release/bench_noop.wasm';
 const IDPS = {
   bffgate: { port: 19000, origin: 'https://localhost:18443' },
@@ -81,7 +96,7 @@ function parseOptions() {
     warmup: Number(env.BENCH_WARMUP || 3),
     sessions: Number(env.BENCH_SESSIONS || 100),
     vmStarts: Number(env.BENCH_VM_STARTS || 3),
-    cases: (env.BENCH_CASES || 'a,b,c,d,e,f').split(',').map((s) => s.trim()).filter(Boolean),
+    cases: (env.BENCH_CASES || 'a,b,c,d,e,f,g,h').split(',').map((s) => s.trim()).filter(Boolean),
     core: env.BENCH_CORE !== '0',
   };
   const argv = process.argv.slice(2);
@@ -112,7 +127,7 @@ function parseOptions() {
     if (!Number.isInteger(o[k]) || o[k] < 1) throw new Error(`--${k} must be a positive integer`);
   }
   if (o.duration > 60 || o.rounds > 5) throw new Error('bounded: --duration <= 60 and --rounds <= 5');
-  for (const c of o.cases) if (!'abcdef'.includes(c) || c.length !== 1) throw new Error(`unknown case ${c}`);
+  for (const c of o.cases) if (!'abcdefgh'.includes(c) || c.length !== 1) throw new Error(`unknown case ${c}`);
   return o;
 }
 
@@ -154,6 +169,7 @@ async function stopChild(child, graceMs = 5000) {
 
 async function stopAll() {
   await Promise.all([...children].map((c) => stopChild(c)));
+  if (STACK.etcd) await STACK.etcd.stop().catch(() => {});
 }
 
 let stopping = false;
@@ -196,7 +212,7 @@ function request(method, url, { headers = {}, body, timeoutMs = 15_000 } = {}) {
     const h = { ...headers };
     if (body !== undefined) h['content-length'] = String(Buffer.byteLength(body));
     const opts = {
-      method, hostname: '127.0.0.1', port: u.port, path: `${u.pathname}${u.search}`,
+      method, hostname: '127.0.0.1', port: PORT_MAP.get(u.port) ?? u.port, path: `${u.pathname}${u.search}`,
       headers: { host: u.host, ...h }, timeout: timeoutMs, agent: false,
     };
     if (isHttps) Object.assign(opts, { ca: caPem, servername: u.hostname });
@@ -424,9 +440,13 @@ function wrk(args) {
 async function measure(c) {
   const envoy = STACK[c.envoy];
   const before = await stats(envoy);
+  const etcdCpu = () => (c.envoy.startsWith('fleet') && STACK.etcd
+    ? STACK.etcd.pids().filter(Boolean).reduce((a, pid) => a + cpuNs(pid), 0) : NaN);
   const cpu0 = cpuNs(envoy.pid);
+  const etcd0 = etcdCpu();
   const out = await wrk(wrkArgs(c, OPT.duration));
   const cpu1 = cpuNs(envoy.pid);
+  const etcd1 = etcdCpu();
   const after = await stats(envoy);
   const w = parseWrk(out);
   const d = (k) => (after[k] || 0) - (before[k] || 0);
@@ -438,6 +458,7 @@ async function measure(c) {
     p50_ms: w.p50,
     p99_ms: w.p99,
     cpu_us_per_req: requests ? (cpu1 - cpu0) / 1000 / requests : NaN,
+    etcd_cpu_us_per_req: requests ? (etcd1 - etcd0) / 1000 / requests : NaN,
     requests,
     wrk_requests: w.total,
     status,
@@ -553,6 +574,16 @@ function markdown(R) {
     if (byId.e) L.push(`- bffgate rejecting a forged cookie (case e): +${fmt(cpuOver('e'), 1)} µs`);
     L.push('');
   }
+  if (byId.g || byId.h) {
+    L.push('## Fleet mode (issue 8): sessions in etcd, next to the shared-data store (case c)', '');
+    for (const x of [byId.g, byId.h].filter(Boolean)) {
+      L.push(`- ${x.id}. ${x.name}: ${fmt(x.rps)} req/s = ${fmt(ratio(x.rps, byId.c?.rps), 2)}x case c; `
+        + `Envoy CPU ${fmt(x.cpu_us_per_req, 1)} µs/req (${fmt(ratio(x.cpu_us_per_req, byId.c?.cpu_us_per_req), 2)}x case c), `
+        + `plus etcd ${fmt(x.etcd_cpu_us_per_req, 1)} µs/req (three members); p50 ${fmt(x.p50_ms, 2)} ms, p99 ${fmt(x.p99_ms, 2)} ms.`);
+    }
+    L.push('- g reads etcd once per `cache_ttl_ms` (1 s) per session and Envoy, so it is the fleet\'s common case; h '
+      + '(`cache_ttl_ms: 0`) pays one etcd range read per request: the cost of every cache miss.', '');
+  }
   L.push('## Also measured', '');
   L.push(`- .wasm size: ${R.wasm_bytes} bytes (${fmt(R.wasm_bytes / 1024, 0)} KiB).`);
   if (R.vm) {
@@ -639,7 +670,9 @@ async function preflight() {
 
 function secrets() {
   const r = () => crypto.randomBytes(32).toString('base64url');
-  return { BFFGATE_CLIENT_SECRET: r(), BFFGATE_COOKIE_KEYS: `k1:${r()}`, BENCH_OAUTH2_HMAC: r() };
+  return {
+    BFFGATE_CLIENT_SECRET: r(), BFFGATE_COOKIE_KEYS: `k1:${r()}`, BFFGATE_STORE_KEYS: `s1:${r()}`, BENCH_OAUTH2_HMAC: r(),
+  };
 }
 
 async function startIdp(which, env) {
@@ -876,6 +909,28 @@ async function main() {
     '--settings', 'bench/bffgate.yaml', '--policies', 'bench/policies', '--template', 'bench/envoy.bffgate.template.yaml',
     '--out', ENVOYS.bffgate.config], { env });
 
+  const fleetCases = ['g', 'h'].filter((c) => OPT.cases.includes(c));
+  if (fleetCases.length) {
+    // The bench template with the fleet's etcd cluster (scripts/fleet.mjs, the same insertion as
+    // `make config` does for envoy/envoy.fleet.yaml) on the bench's ports, and a store overlay.
+    const base = fleetTemplate(fs.readFileSync('bench/envoy.bffgate.template.yaml', 'utf8'),
+      fs.readFileSync('envoy/fleet-etcd-cluster.yaml', 'utf8'), { filters: 1 })
+      .replace(/port_value: 2379([024])\b/g, (_, d) => `port_value: ${ETCD_BASE + Number(d)}`);
+    for (const name of ['fleet', 'fleetnc']) {
+      const e = ENVOYS[name];
+      fs.writeFileSync(`${WORK}/envoy.${name}.template.yaml`, base
+        .replaceAll(`port_value: ${ENVOYS.bffgate.tls}`, `port_value: ${e.tls}`)
+        .replaceAll(`port_value: ${ENVOYS.bffgate.admin}`, `port_value: ${e.admin}`));
+      fs.writeFileSync(`${WORK}/fleet-${name}.yaml`, JSON.stringify({
+        store: { backend: 'etcd', max_sessions: 1000, etcd: { cluster: 'bffgate_etcd', cache_ttl_ms: e.cacheTtlMs } },
+      }));
+      run(tool[0], [...tool[1], 'render', '--settings', 'bench/bffgate.yaml', '--overlay', `${WORK}/fleet-${name}.yaml`,
+        '--policies', 'bench/policies', '--template', `${WORK}/envoy.${name}.template.yaml`, '--out', e.config], { env });
+    }
+    say(`starting a 3-member etcd on 127.0.0.1:${ETCD_BASE}/${ETCD_BASE + 2}/${ETCD_BASE + 4}`);
+    STACK.etcd = await startEtcdCluster({ basePort: ETCD_BASE, dataDir: `${WORK}/etcd`, logDir: LOGS });
+  }
+
   say(`VM start time: ${OPT.vmStarts} start(s) of the bffgate Envoy with wasm debug logs`);
   R.vm = await vmStart(env);
 
@@ -883,6 +938,8 @@ async function main() {
   if (OPT.cases.includes('a')) need.add('bare');
   if (OPT.cases.includes('b')) need.add('oauth2');
   if (OPT.cases.includes('f')) need.add('noop');
+  if (OPT.cases.includes('g')) need.add('fleet');
+  if (OPT.cases.includes('h')) need.add('fleetnc');
   say(`starting the demo IdP(s) and Envoys: ${[...need].join(', ')}`);
   await startIdp('bffgate', env);
   if (need.has('oauth2')) await startIdp('oauth2', env);
@@ -891,6 +948,27 @@ async function main() {
   say('signing in through bffgate and through Envoy\'s oauth2 filter');
   const S = await signInBoth();
   R.cookie_bytes = { bffgate: S.bffgate.length, oauth2: S.oauth2?.length };
+  if (STACK.fleet || STACK.fleetnc) {
+    // A session in etcd, made through a fleet Envoy (its origin is 18443's: same IdP).
+    const via = STACK.fleet ?? STACK.fleetnc;
+    PORT_MAP.set(String(ENVOYS.bffgate.tls), via.tls);
+    try {
+      const app = `https://localhost:${ENVOYS.bffgate.tls}`;
+      const jar = new Jar();
+      const cb = await signIn(jar, app, `http://localhost:${IDPS.bffgate.port}`, `${app}/auth/login`);
+      const cookie = jar.get(app, SESSION_COOKIE);
+      if (cb.status !== 302 || !cookie) throw new Error(`fleet sign-in: callback ${cb.status} ${cb.text.slice(0, 200)}`);
+      S.fleet = `${SESSION_COOKIE}=${cookie}`;
+    } finally {
+      PORT_MAP.clear();
+    }
+    for (const n of ['fleet', 'fleetnc'].filter((x) => STACK[x])) {
+      for (const p of ['/api/orders', '/api/profile']) {
+        const r = await request('GET', `https://localhost:${ENVOYS[n].tls}${p}`, { headers: { ...FETCH, cookie: S.fleet } });
+        if (r.status !== 200) throw new Error(`fleet warm-up ${n} ${p}: ${r.status} ${r.text.slice(0, 200)}`);
+      }
+    }
+  }
   say(`Cookie header bytes: bffgate ${S.bffgate.length}, oauth2 filter ${S.oauth2?.length ?? 'n/a'}`);
 
   const CASES = [
@@ -900,6 +978,8 @@ async function main() {
     { id: 'd', name: 'bffgate second audience', envoy: 'bffgate', path: '/api/profile', expect: '2xx', status: 200, cookie: () => S.bffgate },
     { id: 'e', name: 'bffgate forged cookie (401)', envoy: 'bffgate', path: '/api/orders', expect: '4xx', status: 401, cookie: () => S.forged },
     { id: 'f', name: 'no-op proxy-wasm filter', envoy: 'noop', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.bffgate },
+    { id: 'g', name: 'bffgate fleet (etcd), cached', envoy: 'fleet', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.fleet },
+    { id: 'h', name: 'bffgate fleet (etcd), uncached', envoy: 'fleetnc', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.fleet },
   ].filter((c) => OPT.cases.includes(c.id));
 
   for (const c of CASES) await probe(c);
@@ -927,6 +1007,7 @@ async function main() {
       p50_ms: median(rs.map((r) => r.p50_ms)),
       p99_ms: median(rs.map((r) => r.p99_ms)),
       cpu_us_per_req: mean(rs.map((r) => r.cpu_us_per_req)),
+      etcd_cpu_us_per_req: mean(rs.map((r) => r.etcd_cpu_us_per_req)),
       ok: rs.every((r) => r.ok),
       status: st,
       status_summary: `${((st[c.expect] / Math.max(total, 1)) * 100).toFixed(2)}% ${c.expect === '4xx' ? '401' : c.expect} of ${total}`,
@@ -945,7 +1026,7 @@ async function main() {
   R.logins = await loginsAndMemory();
   if (R.logins.failed) R.problems.push(`${R.logins.failed} of ${R.logins.count} logins failed (first: ${R.logins.first_error})`);
 
-  say('stopping Envoys and IdPs');
+  say('stopping Envoys, IdPs and etcd');
   await stopAll();
 
   if (OPT.core) {
@@ -985,6 +1066,9 @@ async function main() {
   const cpuRatio = (x, y) => ratio(y?.cpu_us_per_req, x?.cpu_us_per_req);
   if (c && a) R.verdict_info.push(`by CPU per request, fast path = ${fmt(cpuRatio(c, a), 2)}x bare Envoy (target 0.75x)`);
   if (c && b) R.verdict_info.push(`by CPU per request, fast path = ${fmt(cpuRatio(c, b), 2)}x Envoy oauth2 filter (target 1.0x)`);
+  for (const x of [byId.g, byId.h].filter(Boolean)) {
+    if (c) R.verdict_info.push(`fleet mode, case ${x.id} (${x.name}): ${fmt(ratio(x.rps, c.rps), 2)}x the shared-data store's req/s (issue 8)`);
+  }
   for (const x of R.cases) {
     if (!x.ok) R.verdict.push({ target: `case ${x.id} status mix (${x.expect})`, met: false, value: x.status_summary });
   }
