@@ -522,6 +522,10 @@ pub struct Audience {
     pub scope: Option<String>,
 }
 
+/// Policies by route name. Looked up on every request; route names come from Envoy's route
+/// table (never from the client), so a plain multiplicative hasher does (see `IdHasher`).
+pub type Routes = HashMap<String, Policy, std::hash::BuildHasherDefault<crate::util::IdHasher>>;
+
 /// The validated configuration the filter runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -550,7 +554,7 @@ pub struct Config {
     /// The audience obtained by the code exchange.
     pub login_audience: String,
     /// Policies by route name.
-    pub routes: HashMap<String, Policy>,
+    pub routes: Routes,
     /// ID-token claims kept in the session (those policies use, plus display claims).
     pub keep_claims: Vec<String>,
     /// This instance serves the operator API only.
@@ -980,7 +984,7 @@ impl Config {
                 "no route policies: every request would be refused",
             ));
         }
-        let mut routes = HashMap::new();
+        let mut routes = Routes::default();
         let mut keep_claims: Vec<String> = DISPLAY_CLAIMS.iter().map(|s| s.to_string()).collect();
         for (name, rp) in &raw.routes {
             let f = |sub: &str| format!("routes.{name}.{sub}");

@@ -220,6 +220,28 @@ fn session_key(slot: u32) -> String {
     format!("bffgate:s:{slot}")
 }
 
+/// [`session_key`] written into `buf` (no allocation: the per-request read).
+fn session_key_in(slot: u32, buf: &mut [u8; 24]) -> &str {
+    const PREFIX: &[u8] = b"bffgate:s:";
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    let mut n = slot;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let digits = digits.get(start..).unwrap_or(&[]);
+    let len = PREFIX.len() + digits.len();
+    for (dst, src) in buf.iter_mut().zip(PREFIX.iter().chain(digits)) {
+        *dst = *src;
+    }
+    std::str::from_utf8(buf.get(..len).unwrap_or(&[])).unwrap_or("")
+}
+
 fn pending_key(slot: u32) -> String {
     format!("bffgate:p:{slot}")
 }
@@ -415,7 +437,8 @@ impl<D: SharedData> Store for SharedStore<D> {
         if id.slot() >= self.limits.max_sessions {
             return None;
         }
-        let (v, cas) = self.data.get(&session_key(id.slot()));
+        let mut buf = [0u8; 24];
+        let (v, cas) = self.data.get(session_key_in(id.slot(), &mut buf));
         Some((v.filter(|v| !v.is_empty())?, cas?))
     }
 
@@ -684,7 +707,11 @@ impl<T: SharedData + ?Sized> SharedData for &mut T {
 /// In-memory shared data with CAS semantics like Envoy's, for tests and the native tools.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryData {
-    map: std::collections::HashMap<String, (Vec<u8>, Cas)>,
+    map: std::collections::HashMap<
+        String,
+        (Vec<u8>, Cas),
+        std::hash::BuildHasherDefault<crate::util::IdHasher>,
+    >,
     next_cas: Cas,
 }
 
@@ -722,6 +749,20 @@ impl SharedData for MemoryData {
         self.map
             .insert(key.to_string(), (value.to_vec(), self.next_cas));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    #[test]
+    fn the_stack_key_is_the_formatted_key() {
+        for slot in [0, 1, 9, 10, 99, 12345, u32::MAX] {
+            let mut buf = [0u8; 24];
+            assert_eq!(
+                super::session_key_in(slot, &mut buf),
+                super::session_key(slot)
+            );
+        }
     }
 }
 
