@@ -2,10 +2,10 @@
 // `make bench`: bffgate side by side with bare Envoy and Envoy's own oauth2 filter (issue 7).
 //
 //   node scripts/bench.mjs [--duration S] [--connections N] [--threads N] [--rounds N]
-//                          [--sessions N] [--cases a,b,c,d,e,f,g,h] [--no-core] [--quick]
+//                          [--sessions N] [--cases a,b,c,d,e,f,g,h] [--no-core] [--no-renewal] [--quick]
 //   node scripts/bench.mjs --probe [--duration S] [--rounds N]    (host-call prices, see below)
 //   (the same knobs as environment variables: BENCH_DURATION, BENCH_CONNECTIONS, BENCH_THREADS,
-//   BENCH_ROUNDS, BENCH_WARMUP, BENCH_SESSIONS, BENCH_CASES, BENCH_CORE=0)
+//   BENCH_ROUNDS, BENCH_WARMUP, BENCH_SESSIONS, BENCH_CASES, BENCH_CORE=0, BENCH_RENEWAL=0)
 //
 // What it does, on its own ports so it can run next to the demo stack (8443/9901/9000):
 //   - a TLS cert and fresh random secrets under bench/.work/ (git-ignored);
@@ -72,6 +72,8 @@ const ENVOYS = {
   // 18445 with 18443's URLs, see PORT_MAP), so one IdP serves both.
   fleet: { tls: 18445, admin: 19945, baseId: 18445, config: `${WORK}/envoy.fleet.yaml`, cacheTtlMs: 1000 },
   fleetnc: { tls: 18446, admin: 19946, baseId: 18446, config: `${WORK}/envoy.fleetnc.yaml`, cacheTtlMs: 0 },
+  // Refresh coalescing under load: its own origin and IdP, whose access tokens live 2 s.
+  renew: { tls: 18447, admin: 19947, baseId: 18447, config: `${WORK}/envoy.renew.yaml` },
 };
 const ETCD_BASE = 24790;
 /** Connect to another local port than the URL's (the fleet Envoys answer for 18443's origin). */
@@ -80,6 +82,7 @@ const NOOP_WASM = 'bench/noop/target/wasm32-wasip1/release/bench_noop.wasm';
 const IDPS = {
   bffgate: { port: 19000, origin: 'https://localhost:18443' },
   oauth2: { port: 19001, origin: 'https://localhost:18442' },
+  renew: { port: 19002, origin: 'https://localhost:18447', ttl: 2 },
 };
 const SESSION_COOKIE = '__Host-bff-session';
 
@@ -96,6 +99,7 @@ function parseOptions() {
     warmup: Number(env.BENCH_WARMUP || 3),
     sessions: Number(env.BENCH_SESSIONS || 100),
     vmStarts: Number(env.BENCH_VM_STARTS || 3),
+    renewal: env.BENCH_RENEWAL !== '0',
     cases: (env.BENCH_CASES || 'a,b,c,d,e,f,g,h').split(',').map((s) => s.trim()).filter(Boolean),
     core: env.BENCH_CORE !== '0',
   };
@@ -115,6 +119,7 @@ function parseOptions() {
     else if (a === '--sessions') o.sessions = Number(val());
     else if (a === '--cases') o.cases = val().split(',').map((s) => s.trim()).filter(Boolean);
     else if (a === '--no-core') o.core = false;
+    else if (a === '--no-renewal') o.renewal = false;
     else if (a === '--probe') o.probe = true;
     else if (a === '--quick') Object.assign(o, { duration: 3, rounds: 1, warmup: 1, sessions: 20, vmStarts: 1 });
     else if (a === '-h' || a === '--help') {
@@ -590,6 +595,12 @@ function markdown(R) {
     L.push(`- VM start: base VM (load + compile, once per Envoy) ${fmt(R.vm.base_vm_ms)} ms; per worker (clone + on_configure) `
       + `${fmt(R.vm.worker_vm_ms)} ms (median of ${R.vm.samples.length} starts, base/worker ms: ${R.vm.samples.map((x) => `${x.base_vm_ms}/${x.worker_vm_ms}`).join(', ')}).`);
   }
+  if (R.renewal) {
+    const x = R.renewal;
+    L.push(`- Refresh coalescing under load (access tokens living ${x.token_ttl_s} s, renewed at expiry, wrk -c${OPT.connections} `
+      + `for ${x.seconds} s on one session): ${x.summary}; ${fmt(x.rps)} req/s, p50 ${fmt(x.p50_ms, 2)} ms, p99 ${fmt(x.p99_ms, 2)} ms `
+      + `(a waiting request is woken by a 20 ms timer).`);
+  }
   if (R.logins) {
     L.push(`- Login throughput (full code flow + PKCE through the demo IdP, ${R.logins.concurrency} at a time): `
       + `${fmt(R.logins.per_second, 1)} logins/s (${R.logins.count} in ${fmt(R.logins.seconds, 1)} s, ${R.logins.failed} failed).`);
@@ -684,7 +695,7 @@ async function startIdp(which, env) {
       BFFGATE_IDP_PORT: String(port),
       BFFGATE_PUBLIC_ORIGIN: origin,
       BFFGATE_BACKCHANNEL_LOGOUT_URI: 'off',
-      BFFGATE_ACCESS_TOKEN_TTL: '3600',
+      BFFGATE_ACCESS_TOKEN_TTL: String(IDPS[which].ttl ?? 3600),
       BFFGATE_IDP_KEYS: `${WORK}/idp-keys.json`,
     },
   });
@@ -736,6 +747,56 @@ async function probe(c) {
   if (c.cookie()) h.cookie = c.cookie();
   const r = await request('GET', `https://localhost:${e.tls}${c.path}`, { headers: h });
   if (r.status !== c.status) throw new Error(`case ${c.id}: probe got ${r.status}, expected ${c.status}: ${r.text.slice(0, 200)}`);
+}
+
+/** bffgate's counters by name (Envoy's /stats shows them as `wasmcustom.<name>`). */
+async function counters(envoy, names) {
+  const r = await request('GET', `http://127.0.0.1:${envoy.admin}/stats`);
+  const out = Object.fromEntries(names.map((n) => [n, 0]));
+  for (const line of r.text.split('\n')) {
+    const m = /^(?:\S+\.)?(bffgate_\w+): (\d+)$/.exec(line.trim());
+    if (m && m[1] in out) out[m[1]] += Number(m[2]);
+  }
+  return out;
+}
+
+/**
+ * Refresh coalescing under load: one session whose access token lives 2 s (IdP on :19002,
+ * renewal at expiry), wrk with the usual connections for the usual duration. Every ~2 s the
+ * token runs out under 32 busy connections: one request renews, the others wait for it.
+ */
+async function renewalUnderLoad(env) {
+  await startIdp('renew', env);
+  const envoy = await startEnvoy('renew', env);
+  STACK.renew = envoy;
+  const app = IDPS.renew.origin;
+  const idp = `http://localhost:${IDPS.renew.port}`;
+  const jar = new Jar();
+  const cb = await signIn(jar, app, idp, `${app}/auth/login`);
+  const cookie = `${SESSION_COOKIE}=${jar.get(app, SESSION_COOKIE)}`;
+  if (cb.status !== 302) throw new Error(`renewal sign-in: callback ${cb.status}`);
+  const grants = async () => JSON.parse((await request('GET', `${idp}/__stats`)).text).grants?.refresh_token ?? 0;
+  const names = ['bffgate_refreshes_ok', 'bffgate_refreshes_coalesced', 'bffgate_refreshes_failed'];
+  await sleep((IDPS.renew.ttl + 0.5) * 1000); // the login's token has run out
+  const g0 = await grants();
+  const c0 = await counters(envoy, names);
+  const c = { id: 'renew', envoy: 'renew', path: '/api/orders', expect: '2xx', cookie: () => cookie };
+  const m = await measure(c);
+  const g1 = await grants();
+  const c1 = await counters(envoy, names);
+  const d = Object.fromEntries(names.map((n) => [n, c1[n] - c0[n]]));
+  const seconds = OPT.duration;
+  // At most one renewal per token lifetime (plus one for the edges of the run).
+  const maxGrants = Math.ceil(seconds / IDPS.renew.ttl) + 2;
+  const out = {
+    seconds, requests: m.requests, rps: m.rps, p50_ms: m.p50_ms, p99_ms: m.p99_ms, status: m.status,
+    refresh_grants: g1 - g0, refreshes_ok: d.bffgate_refreshes_ok, coalesced: d.bffgate_refreshes_coalesced,
+    refreshes_failed: d.bffgate_refreshes_failed, token_ttl_s: IDPS.renew.ttl, max_grants: maxGrants,
+  };
+  out.ok = m.ok && out.refresh_grants >= 1 && out.refresh_grants <= maxGrants && out.refreshes_failed === 0;
+  out.summary = `${out.requests} requests (${(m.expected_share * 100).toFixed(2)}% 2xx), ${out.refresh_grants} refresh grants at the IdP `
+    + `(at most ${maxGrants} expected), ${out.coalesced} requests waited for another's renewal, ${out.refreshes_failed} failed`;
+  return out;
 }
 
 async function loginsAndMemory() {
@@ -931,6 +992,28 @@ async function main() {
     STACK.etcd = await startEtcdCluster({ basePort: ETCD_BASE, dataDir: `${WORK}/etcd`, logDir: LOGS });
   }
 
+  if (OPT.renewal) {
+    // The bench config on its own ports and IdP, with renewal at expiry (refresh_skew_s 0), so
+    // that requests arriving while the token is renewed wait for it (coalesced) instead of
+    // using the old one.
+    const e = ENVOYS.renew; const idp = `http://localhost:${IDPS.renew.port}`;
+    fs.writeFileSync(`${WORK}/envoy.renew.template.yaml`, fs.readFileSync('bench/envoy.bffgate.template.yaml', 'utf8')
+      .replaceAll(`port_value: ${ENVOYS.bffgate.tls}`, `port_value: ${e.tls}`)
+      .replaceAll(`port_value: ${ENVOYS.bffgate.admin}`, `port_value: ${e.admin}`)
+      .replaceAll(`port_value: ${IDPS.bffgate.port}`, `port_value: ${IDPS.renew.port}`));
+    fs.writeFileSync(`${WORK}/renew.yaml`, JSON.stringify({
+      public_origin: IDPS.renew.origin,
+      provider: {
+        issuer: idp, authorization_endpoint: `${idp}/auth`, token_endpoint: `${idp}/token`,
+        revocation_endpoint: `${idp}/token/revocation`, end_session_endpoint: `${idp}/session/end`, jwks_uri: `${idp}/jwks`,
+      },
+      client: { redirect_uri: `${IDPS.renew.origin}/auth/callback`, post_logout_redirect_uri: `${IDPS.renew.origin}/` },
+      session: { refresh_skew_s: 0 },
+    }));
+    run(tool[0], [...tool[1], 'render', '--settings', 'bench/bffgate.yaml', '--overlay', `${WORK}/renew.yaml`,
+      '--policies', 'bench/policies', '--template', `${WORK}/envoy.renew.template.yaml`, '--out', e.config], { env });
+  }
+
   say(`VM start time: ${OPT.vmStarts} start(s) of the bffgate Envoy with wasm debug logs`);
   R.vm = await vmStart(env);
 
@@ -1020,6 +1103,12 @@ async function main() {
     c.rps_vs_b = ratio(c.rps, byId.b?.rps);
     c.cpu_vs_a = ratio(c.cpu_us_per_req, byId.a?.cpu_us_per_req);
     c.cpu_vs_b = ratio(c.cpu_us_per_req, byId.b?.cpu_us_per_req);
+  }
+
+  if (OPT.renewal) {
+    say(`refresh coalescing under load: ${OPT.duration}s of wrk on a session whose token lives ${IDPS.renew.ttl} s`);
+    R.renewal = await renewalUnderLoad(env);
+    if (!R.renewal.ok) R.problems.push(`renewal under load: ${R.renewal.summary}`);
   }
 
   say(`login throughput and memory per session: ${OPT.sessions} logins`);
