@@ -354,6 +354,8 @@ function envoyBinary() {
 async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
   const e = ENVOYS[name];
   const logFile = `${LOGS}/envoy-${logName}.log`;
+  // Envoy appends to --log-path: start each run's log afresh (vmTimes reads the first lines).
+  fs.rmSync(logFile, { force: true });
   const args = ['-c', e.config, '--concurrency', '1', '--base-id', String(e.baseId), '--disable-hot-restart',
     '-l', 'info', '--log-path', logFile, ...extraArgs];
   const started = Date.now();
@@ -706,17 +708,23 @@ async function startIdp(which, env) {
   return child;
 }
 
+/** Signs in through bffgate at `app` (IdP at `idp`); returns the `Cookie` header of the session. */
+async function bffgateSession(app, idp, what) {
+  const jar = new Jar();
+  const cb = await signIn(jar, app, idp, `${app}/auth/login`);
+  const cookie = jar.get(app, SESSION_COOKIE);
+  if (cb.status !== 302 || !cookie) throw new Error(`${what} sign-in: callback ${cb.status} ${cb.text.slice(0, 200)}`);
+  return `${SESSION_COOKIE}=${cookie}`;
+}
+
 /** Sessions: bffgate's (after login, both audiences warmed), the native filter's cookies. */
 async function signInBoth() {
   const out = {};
   // bffgate
   {
     const app = `https://localhost:${ENVOYS.bffgate.tls}`;
-    const jar = new Jar();
-    const cb = await signIn(jar, app, `http://localhost:${IDPS.bffgate.port}`, `${app}/auth/login`);
-    const cookie = jar.get(app, SESSION_COOKIE);
-    if (cb.status !== 302 || !cookie) throw new Error(`bffgate sign-in: callback ${cb.status} ${cb.text.slice(0, 200)}`);
-    out.bffgate = `${SESSION_COOKIE}=${cookie}`;
+    out.bffgate = await bffgateSession(app, `http://localhost:${IDPS.bffgate.port}`, 'bffgate');
+    const cookie = out.bffgate.slice(SESSION_COOKIE.length + 1);
     for (const p of ['/api/orders', '/api/profile']) {
       const r = await request('GET', `${app}${p}`, { headers: { ...FETCH, cookie: out.bffgate } });
       if (r.status !== 200) throw new Error(`bffgate warm-up ${p}: ${r.status} ${r.text.slice(0, 200)}`);
@@ -771,10 +779,7 @@ async function renewalUnderLoad(env) {
   STACK.renew = envoy;
   const app = IDPS.renew.origin;
   const idp = `http://localhost:${IDPS.renew.port}`;
-  const jar = new Jar();
-  const cb = await signIn(jar, app, idp, `${app}/auth/login`);
-  const cookie = `${SESSION_COOKIE}=${jar.get(app, SESSION_COOKIE)}`;
-  if (cb.status !== 302) throw new Error(`renewal sign-in: callback ${cb.status}`);
+  const cookie = await bffgateSession(app, idp, 'renewal');
   const grants = async () => JSON.parse((await request('GET', `${idp}/__stats`)).text).grants?.refresh_token ?? 0;
   const names = ['bffgate_refreshes_ok', 'bffgate_refreshes_coalesced', 'bffgate_refreshes_failed'];
   await sleep((IDPS.renew.ttl + 0.5) * 1000); // the login's token has run out
@@ -1036,12 +1041,7 @@ async function main() {
     const via = STACK.fleet ?? STACK.fleetnc;
     PORT_MAP.set(String(ENVOYS.bffgate.tls), via.tls);
     try {
-      const app = `https://localhost:${ENVOYS.bffgate.tls}`;
-      const jar = new Jar();
-      const cb = await signIn(jar, app, `http://localhost:${IDPS.bffgate.port}`, `${app}/auth/login`);
-      const cookie = jar.get(app, SESSION_COOKIE);
-      if (cb.status !== 302 || !cookie) throw new Error(`fleet sign-in: callback ${cb.status} ${cb.text.slice(0, 200)}`);
-      S.fleet = `${SESSION_COOKIE}=${cookie}`;
+      S.fleet = await bffgateSession(`https://localhost:${ENVOYS.bffgate.tls}`, `http://localhost:${IDPS.bffgate.port}`, 'fleet');
     } finally {
       PORT_MAP.clear();
     }
