@@ -28,6 +28,8 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 
+import { hasSetpriv } from './stack.mjs';
+
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const HOST = '127.0.0.1';
 
@@ -130,15 +132,6 @@ export function gateway(endpoint, { timeoutMs = 2000 } = {}) {
 
 // ---------------------------------------------------------------- cluster
 
-let setprivOk;
-function haveSetpriv() {
-  if (setprivOk === undefined) {
-    const r = spawnSync('setpriv', ['--pdeathsig', 'TERM', '--', 'true'], { stdio: 'ignore' });
-    setprivOk = r.status === 0;
-  }
-  return setprivOk;
-}
-
 function findEtcd(bin) {
   if (bin) return bin;
   for (const p of ['/usr/bin/etcd', '/usr/local/bin/etcd']) if (fs.existsSync(p)) return p;
@@ -223,7 +216,7 @@ export async function startEtcdCluster({
     fs.writeSync(fd, `\n=== ${new Date().toISOString()} start ${x.name} ${args.join(' ')}\n`);
     let cmd = bin;
     let argv = args;
-    if (haveSetpriv()) { argv = ['--pdeathsig', 'TERM', '--', bin, ...args]; cmd = 'setpriv'; }
+    if (hasSetpriv()) { argv = ['--pdeathsig', 'TERM', '--', bin, ...args]; cmd = 'setpriv'; }
     const child = spawn(cmd, argv, { stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
     hookExit();

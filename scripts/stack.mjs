@@ -154,7 +154,8 @@ async function assertPortsFree(names) {
 }
 
 let setprivOk;
-function hasSetpriv() {
+/** Whether `setpriv --pdeathsig` works here (children then die with their parent). */
+export function hasSetpriv() {
   if (setprivOk === undefined) {
     const r = spawnSync('setpriv', ['--pdeathsig', 'TERM', '--', 'true'], { stdio: 'ignore' });
     setprivOk = r.status === 0;
