@@ -58,36 +58,17 @@ const ORDERS: &str = "https://orders.api.local";
 const PROFILE: &str = "https://profile.api.local";
 const GROUP: &str = "core";
 
-/// The benchmark's filter configuration (bench/bffgate.yaml + bench/policies/bench.yaml).
+/// The benchmark's filter configuration: the shared demo configuration with bench/bffgate.yaml's
+/// audiences and bench/policies/bench.yaml's routes (its ports do not matter natively).
 fn config() -> Config {
-    let raw = json!({
-        "public_origin": "https://localhost:18443",
-        "provider": {
-            "issuer": "http://localhost:19000",
-            "authorization_endpoint": "http://localhost:19000/auth",
-            "token_endpoint": "http://localhost:19000/token",
-            "revocation_endpoint": "http://localhost:19000/token/revocation",
-            "end_session_endpoint": "http://localhost:19000/session/end",
-            "jwks_uri": "http://localhost:19000/jwks",
-            "cluster": "bffgate_idp"
-        },
-        "client": {
-            "client_id": "bffgate",
-            "redirect_uri": "https://localhost:18443/auth/callback",
-            "scopes": ["openid", "profile", "offline_access", "orders:read", "orders:write"],
-            "extra_authorize_params": {"prompt": "consent"},
-            "post_logout_redirect_uri": "https://localhost:18443/"
-        },
-        "audiences": {
-            ORDERS: {"acquire": "login"},
-            PROFILE: {"acquire": "exchange", "scopes": ["profile"]}
-        },
-        "routes": {
-            "bffgate-auth": {"access": "public"},
-            "orders-read": {"access": "session", "audience": ORDERS, "scopes": ["orders:read"]},
-            "profile": {"access": "session", "audience": PROFILE, "scopes": ["profile"]},
-            "other": {"access": "public"}
-        }
+    let mut raw = bffgate::config::demo_json();
+    raw["provider"]["jwks_uri"] = json!("http://localhost:9000/jwks");
+    raw["audiences"][PROFILE] = json!({"acquire": "exchange", "scopes": ["profile"]});
+    raw["routes"] = json!({
+        "bffgate-auth": {"access": "public"},
+        "orders-read": {"access": "session", "audience": ORDERS, "scopes": ["orders:read"]},
+        "profile": {"access": "session", "audience": PROFILE, "scopes": ["profile"]},
+        "other": {"access": "public"}
     });
     let secrets = |name: &str| match name {
         "BFFGATE_CLIENT_SECRET" => Some("bench-client-secret-0123456789abcdef".to_string()),
