@@ -36,7 +36,7 @@ use crate::oauth::BackchannelRequest;
 use crate::secret::Secret;
 use crate::session::{Session, SessionId};
 use crate::store::{
-    Cas, Evicted, Limits, PendingLogin, SharedData, SharedStore, Store, StoreError,
+    Cas, Evicted, Limits, PendingLogin, RemoteState, SharedData, SharedStore, Store, StoreError,
 };
 use crate::util::{ct_eq, hex, random_token, sha256, Random};
 use base64::engine::general_purpose::STANDARD;
@@ -232,6 +232,14 @@ impl Entry {
     }
 
     fn decode(b: &[u8]) -> Option<Entry> {
+        let (mut e, at) = Entry::head(b)?;
+        e.record = b.get(at..)?.to_vec();
+        Some(e)
+    }
+
+    /// Everything but the record, and where the record starts (so the per-request read can
+    /// take it out of the buffer in place).
+    fn head(b: &[u8]) -> Option<(Entry, usize)> {
         let rest = b.strip_prefix(ENTRY_MAGIC)?;
         let (&state, rest) = rest.split_first()?;
         let mut nums = [0u64; 4];
@@ -242,17 +250,18 @@ impl Entry {
         let rest = rest.get(32..)?;
         let (&olen, rest) = rest.split_first()?;
         let owner = rest.get(..usize::from(olen))?.to_vec();
-        let record = rest.get(usize::from(olen)..)?.to_vec();
         let [rev, lease, fetched_ms, failed_ms] = nums;
-        Some(Entry {
+        let at = ENTRY_MAGIC.len() + 1 + 32 + 1 + usize::from(olen);
+        let e = Entry {
             state,
             rev,
             lease,
             fetched_ms,
             failed_ms,
             owner,
-            record,
-        })
+            record: Vec::new(),
+        };
+        Some((e, at))
     }
 }
 
@@ -736,8 +745,14 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
 
     fn get_session_raw(&self, id: &SessionId) -> Option<(Vec<u8>, Cas)> {
         // Only fresh entries: a stale one takes the full path, which fetches it again.
-        let (e, cas) = self.entry(id)?;
-        (e.state == 1 && self.fresh(&e)).then_some((e.record, cas))
+        let (v, cas) = self.local.data.get(&cache_key(self.slot(id)));
+        let mut v = v?;
+        let (e, at) = Entry::head(&v)?;
+        if e.state != 1 || !self.fresh(&e) || !ct_eq(&e.owner, &id.verifier_bytes()) {
+            return None;
+        }
+        v.drain(..at);
+        Some((v, cas?))
     }
 
     fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError> {
@@ -968,12 +983,26 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         }
     }
 
-    fn is_stale(&self, id: &SessionId) -> bool {
-        match self.entry(id) {
-            None => true,
-            Some((e, _)) => {
-                !self.fresh(&e) && self.now_ms.saturating_sub(e.failed_ms) > RETRY_AFTER_FAILURE_MS
-            }
+    fn remote_state(&self, id: &SessionId) -> RemoteState {
+        let Some((e, _)) = self.entry(id) else {
+            return RemoteState::Stale;
+        };
+        if self.fresh(&e) {
+            return RemoteState::Current;
+        }
+        let last_failed = e.failed_ms != 0 && e.failed_ms >= e.fetched_ms;
+        if !last_failed || self.now_ms.saturating_sub(e.failed_ms) > RETRY_AFTER_FAILURE_MS {
+            // Read it again (also after a failure long enough ago: etcd may be back).
+            return RemoteState::Stale;
+        }
+        // etcd just failed. Serve what is cached only if so configured and young enough.
+        let serve = self.cfg.when_unavailable == WhenUnavailable::ServeCached
+            && e.state == 1
+            && self.now_ms.saturating_sub(e.fetched_ms) <= self.cfg.serve_cached_max_ms;
+        if serve {
+            RemoteState::Current
+        } else {
+            RemoteState::Unavailable
         }
     }
 
@@ -985,19 +1014,6 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
                     && self.now_ms.saturating_sub(e.failed_ms) > RETRY_AFTER_FAILURE_MS
             }
         }
-    }
-
-    fn unavailable(&self, id: &SessionId) -> bool {
-        let Some((e, _)) = self.entry(id) else {
-            return false;
-        };
-        if self.fresh(&e) || e.failed_ms == 0 || e.failed_ms < e.fetched_ms {
-            return false;
-        }
-        // The last fetch failed. Serve what is cached only if so configured and young enough.
-        !(self.cfg.when_unavailable == WhenUnavailable::ServeCached
-            && e.state == 1
-            && self.now_ms.saturating_sub(e.fetched_ms) <= self.cfg.serve_cached_max_ms)
     }
 
     fn fetch_session(&mut self, id: &SessionId) -> Option<BackchannelRequest> {

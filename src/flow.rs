@@ -14,7 +14,7 @@ use crate::policy::{is_safe_method, Access, CsrfMode, Denial, Policy, UnauthMode
 use crate::redirect::sanitize_return_to;
 use crate::secret::Secret;
 use crate::session::{AudienceToken, Liveness, Session, SessionId};
-use crate::store::{PendingLogin, Store, StoreError};
+use crate::store::{PendingLogin, RemoteState, Store, StoreError};
 use crate::util::{ct_eq, hex, random_token, sha256, Random};
 use crate::verified::VerifiedCookies;
 use serde_json::{json, Value};
@@ -619,13 +619,14 @@ impl<'a> Engine<'a> {
             Some(Err(())) => return SessionLookup::Invalid,
             Some(Ok(id)) => id,
         };
-        if !req.store_fetched && self.store.is_stale(&id) {
-            if let Some(call) = self.store.fetch_session(&id) {
-                return SessionLookup::Fetch(id, call);
+        match self.store.remote_state(&id) {
+            RemoteState::Stale if !req.store_fetched => {
+                if let Some(call) = self.store.fetch_session(&id) {
+                    return SessionLookup::Fetch(id, call);
+                }
             }
-        }
-        if self.store.unavailable(&id) {
-            return SessionLookup::Unavailable;
+            RemoteState::Unavailable => return SessionLookup::Unavailable,
+            _ => {}
         }
         let Some((s, cas)) = self.store.get_session(&id) else {
             if !req.store_fetched {

@@ -98,6 +98,17 @@ pub struct Evicted {
     pub sub: String,
 }
 
+/// How far a store's local view of a session can be trusted ([`Store::remote_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteState {
+    /// Decide on it (present or known absent).
+    Current,
+    /// Too old, or never read: fetch it first.
+    Stale,
+    /// The remote store did not answer and the configured failure mode allows nothing cached.
+    Unavailable,
+}
+
 /// Session and pending-login storage, as the flow engine sees it.
 pub trait Store {
     /// Loads a session with its CAS token (`None` if absent or the slot holds another session).
@@ -137,20 +148,16 @@ pub trait Store {
     }
     /// Takes the answer of a [`Store::fetch_session`] callout into the local view.
     fn absorb(&mut self, _id: &SessionId, _result: &crate::flow::CallResult) {}
-    /// Whether the local view of a session is too old to decide on (a fleet store's cache past
-    /// its staleness bound): the engine fetches it first.
-    fn is_stale(&self, _id: &SessionId) -> bool {
-        false
+    /// How far the local view of a session can be trusted (a fleet store's cache, in one read
+    /// of it): the engine fetches a stale one first and fails closed on an unavailable one.
+    /// The embedded store is always current.
+    fn remote_state(&self, _id: &SessionId) -> RemoteState {
+        RemoteState::Current
     }
     /// Whether a request waiting for another's renewal should read the session again from the
-    /// remote store (a renewal on another Envoy shows only there): much sooner than
-    /// [`Store::is_stale`], whatever the cache's staleness bound.
-    fn is_stale_for_wait(&self, id: &SessionId) -> bool {
-        self.is_stale(id)
-    }
-    /// Whether the session cannot be decided on at all: the remote store did not answer and
-    /// the configured failure mode does not allow what is cached. The request fails closed.
-    fn unavailable(&self, _id: &SessionId) -> bool {
+    /// remote store (a renewal on another Envoy shows only there): much sooner than the cache's
+    /// staleness bound.
+    fn is_stale_for_wait(&self, _id: &SessionId) -> bool {
         false
     }
     /// For a remote store: the callout that takes a pending login missing from the local view

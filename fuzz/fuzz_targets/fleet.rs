@@ -52,8 +52,8 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             // A session read: nothing the fuzzer writes opens under our key.
             store.absorb(&id, &answer);
-            let _ = store.is_stale(&id);
-            let _ = store.unavailable(&id);
+            let _ = store.remote_state(&id);
+            let _ = store.is_stale_for_wait(&id);
             assert!(
                 store.get_session(&id).is_none(),
                 "a forged record was accepted"
