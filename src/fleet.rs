@@ -415,14 +415,10 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
         e.state != 0 && self.now_ms.saturating_sub(e.fetched_ms) <= self.cfg.cache_ttl_ms
     }
 
-    fn seal_session(&mut self, id: &SessionId, s: &Session) -> Option<Vec<u8>> {
-        let plain = crate::record::encode(s)?;
+    /// Seals an encoded record for `id`'s key.
+    fn seal_record(&mut self, id: &SessionId, plain: &[u8]) -> Vec<u8> {
         let key = self.s_key(&id.verifier());
-        Some(
-            self.cfg
-                .keys
-                .seal(&key, &id.handle(), &plain, &mut self.rng),
-        )
+        self.cfg.keys.seal(&key, &id.handle(), plain, &mut self.rng)
     }
 
     /// Takes the `kvs` of a range over `s/<verifier>` (record and last use) into the cache.
@@ -756,28 +752,28 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
     }
 
     fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError> {
-        let (e, _) = self.entry(id).ok_or(StoreError::NotFound)?;
+        let (mut e, _) = self.entry(id).ok_or(StoreError::NotFound)?;
         let old = crate::record::decode(&e.record).ok_or(StoreError::NotFound)?;
         let mut rec = s.clone();
         rec.owner = id.verifier();
         let bytes = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
-        let mut next = e.clone();
-        next.record = bytes;
-        self.local
-            .data
-            .set(&cache_key(self.slot(id)), &next.encode(), Some(cas))?;
         let mut same_but_touch = rec.clone();
         same_but_touch.last_seen = old.last_seen;
+        // Only a last-use change: no record write to etcd, so nothing to seal.
+        let env = (same_but_touch != old).then(|| self.seal_record(id, &bytes));
+        e.record = bytes;
+        self.local
+            .data
+            .set(&cache_key(self.slot(id)), &e.encode(), Some(cas))?;
         let now = self.now_s();
-        if same_but_touch == old {
+        let Some(env) = env else {
             self.queue(Op::Touch {
                 sid: id.clone(),
                 last_seen: rec.last_seen,
                 lease: e.lease,
             });
             return Ok(());
-        }
-        let env = self.seal_session(id, &rec).ok_or(StoreError::Unavailable)?;
+        };
         let held = old.refreshing_until > now;
         let op = if rec.refreshing_until > now && rec.refreshing_until != old.refreshing_until {
             if held {
@@ -828,9 +824,7 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         rec.owner = id.verifier();
         rec.handle = id.handle();
         let bytes = crate::record::encode(&rec).ok_or(StoreError::Unavailable)?;
-        let env = self
-            .seal_session(&id, &rec)
-            .ok_or(StoreError::Unavailable)?;
+        let env = self.seal_record(&id, &bytes);
         let index = self.index_keys(&rec, &rec.owner);
         let now_ms = self.now_ms;
         // The cache slot is taken over: whoever held it is only a cache miss away.
