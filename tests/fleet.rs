@@ -790,3 +790,36 @@ fn sessions_from_both_envoys_live_side_by_side() {
     assert!(forward(f.request(B, &orders(&b))).0.is_some());
     assert!(forward(f.request(A, &orders(&c))).0.is_some());
 }
+
+#[test]
+fn a_last_use_write_touches_only_the_last_use_key_never_the_record() {
+    let mut f = Fleet::new("fail_closed");
+    let mut b = Browser::default();
+    f.sign_in(&mut b, A, A);
+    let record = |f: &Fleet| {
+        f.etcd
+            .kv
+            .iter()
+            .find(|(k, _)| k.starts_with(b"bffgate/s/") && !k.ends_with(b"/a"))
+            .map(|(_, kv)| (kv.modrev, kv.value.clone()))
+            .expect("the record")
+    };
+    let before = record(&f);
+    // Past the touch interval (60 s), tokens still fresh: the request writes its last use.
+    f.advance_ms(61_000);
+    let n = f.etcd.calls.len();
+    assert!(forward(f.request(A, &orders(&b))).0.is_some());
+    assert_eq!(f.etcd_calls_since(n), vec!["/v3/kv/range", "/v3/kv/put"]);
+    assert_eq!(record(&f), before, "the sealed record is not rewritten");
+    let last_use = f
+        .etcd
+        .kv
+        .iter()
+        .find(|(k, _)| k.ends_with(b"/a"))
+        .map(|(_, kv)| String::from_utf8(kv.value.clone()).unwrap())
+        .expect("a last-use key");
+    assert_eq!(last_use, (f.now_ms / 1000).to_string());
+    // And B, reading the session, sees that last use.
+    f.advance_ms(CACHE_TTL_MS + 1);
+    assert!(forward(f.request(B, &orders(&b))).0.is_some());
+}
