@@ -6,11 +6,20 @@
 //!
 //! Every host operation on a request goes through free functions on the *current effective
 //! context*, so the same code serves a request from its own callbacks and from the root
-//! context's timer (which wakes requests waiting for another request's token renewal, on this
-//! worker, by switching the effective context to them). Callouts belong to the root context on
-//! the host side (proxy-wasm `http_call` is made by the root), so their results are routed here
-//! by token through [`Shared::calls`]: a result is applied to the session even when the request
-//! that asked for it has gone away, so a rotated refresh token is never lost.
+//! context's callbacks (which wake requests waiting for another request's token renewal, and
+//! deliver callout answers, by switching the effective context to them).
+//!
+//! **Callouts belong to the root context.** Envoy ties a callout to the context that made it
+//! (and cancels it when that context ends), and the proxy-wasm SDK files its answer under the
+//! context that was active at dispatch and drops it when that context is gone. So a request
+//! never dispatches a callout itself: it queues it in [`Shared::outgoing`] and notifies its
+//! worker's root context through a shared queue of its own (`on_queue_ready` runs on the same
+//! worker at the next turn of its event loop); the root dispatches it, receives the answer, and
+//! the engine applies it (stores a rotated refresh token, releases a refresh lock, writes the
+//! fleet store, revokes at logout) whether or not the request is still there. Only the final
+//! step (forward or reply) needs the request; for a request that has gone it is dropped. A
+//! request's bookkeeping is cleaned in `on_done`; a callout's when its answer (or Envoy's
+//! timeout) arrives, so nothing leaks when a client resets its stream.
 //!
 //! Only the `_bytes` header accessors are used on downstream input: the SDK's `String` variants
 //! panic on non-UTF-8 header values, and nothing may panic on input.
@@ -19,6 +28,8 @@ use crate::audit::{decision_of, Decision, EndReason, Event};
 use crate::config::Config;
 use crate::fleet::FleetStore;
 use crate::flow::{CallResult, CookieEdit, Engine, Pending, Request, Step};
+use crate::oauth::BackchannelRequest;
+use crate::secret::Secret;
 use crate::store::{Cas, SharedData, SharedStore, StoreError};
 use crate::util::{IdHasher, Random};
 use crate::verified::VerifiedCookies;
@@ -26,15 +37,16 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { shared: Rc::new(Shared::default()), ticks: 0, sweep_at: 0 })
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        let shared = Shared { root_id: context_id, ..Shared::default() };
+        Box::new(Root { shared: Rc::new(shared), ticks: 0, sweep_at: 0 })
     });
 }}
 
@@ -86,9 +98,29 @@ impl SharedData for HostData {
 type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 type IdSet = HashSet<u32, BuildHasherDefault<IdHasher>>;
 
+/// A callout a request asked for, waiting for the root context to dispatch it.
+struct Outgoing {
+    /// The request it is for (it may be gone by the time the answer arrives).
+    ctx: u32,
+    request: BackchannelRequest,
+    then: Pending,
+}
+
+/// Most queued callouts dispatched in one turn (the rest go at the next notification or tick).
+const DISPATCH_BATCH: usize = 256;
+
 /// State shared by the root context and every request context of one VM (one worker thread).
 #[derive(Default)]
 struct Shared {
+    /// The root context's id: callouts are dispatched with it as the effective context.
+    root_id: u32,
+    /// This worker's shared queue: a request pushes a callout into `outgoing` and enqueues a
+    /// notification here; the root drains both in `on_queue_ready`.
+    queue: Cell<Option<u32>>,
+    /// Callouts waiting for the root to dispatch them.
+    outgoing: RefCell<VecDeque<Outgoing>>,
+    /// Requests whose answer an allowed cross-origin page may read: context id -> origin.
+    cors: RefCell<IdMap<String>>,
     config: RefCell<Option<Rc<Config>>>,
     /// Callouts in flight: token -> (request context id, continuation, start in ms).
     calls: RefCell<IdMap<(u32, Pending, u64)>>,
@@ -175,6 +207,7 @@ fn now_secs() -> u64 {
 struct Ran {
     step: Step,
     subject: Option<String>,
+    cors: Option<String>,
 }
 
 /// Runs the engine with host clock, randomness and store; logs its audit lines and counts its
@@ -232,7 +265,12 @@ where
     }
     shared.account(&engine.events);
     let subject = engine.subject.take();
-    Ran { step, subject }
+    let cors = engine.cors.take();
+    Ran {
+        step,
+        subject,
+        cors,
+    }
 }
 
 fn now_ms() -> u64 {
@@ -291,6 +329,16 @@ fn respond(
         Some(body.as_bytes())
     };
     shared.set_stopped(ctx, true);
+    // An allowed cross-origin caller may read the refusal too.
+    let cors = shared
+        .cors
+        .borrow_mut()
+        .remove(&ctx)
+        .map(crate::flow::cors_headers);
+    let mut h = h;
+    if let Some(cors) = &cors {
+        h.extend(cors.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
     let _ = hostcalls::send_http_response(u32::from(status), h, body);
     Action::Pause
 }
@@ -368,57 +416,117 @@ fn apply(shared: &Shared, cfg: &Config, ctx: u32, step: Step, resumed: bool) -> 
             Action::Continue
         }
         Step::Call { request, then } => {
-            let mut headers: Vec<(&str, &str)> = vec![
-                (":method", request.method),
-                (":path", request.path.as_str()),
-                (
-                    ":authority",
-                    request
-                        .authority
-                        .as_deref()
-                        .unwrap_or(cfg.provider.authority.as_str()),
-                ),
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("accept", "application/json"),
-            ];
-            for (k, v) in &request.headers {
-                headers.push((k.as_str(), v.expose()));
-            }
-            let body = request.body.expose().as_bytes();
-            let cluster = request
-                .cluster
-                .as_deref()
-                .unwrap_or(cfg.provider.cluster.as_str());
-            match hostcalls::dispatch_http_call(
-                cluster,
-                headers,
-                if body.is_empty() { None } else { Some(body) },
-                vec![],
-                Duration::from_millis(request.timeout_ms),
-            ) {
-                Ok(token) => {
-                    shared
-                        .calls
-                        .borrow_mut()
-                        .insert(token, (ctx, *then, now_ms()));
-                    shared.set_stopped(ctx, true);
-                    Action::Pause
-                }
-                Err(_) => {
-                    log(
-                        LogLevel::Warn,
-                        &format!("callout to cluster `{cluster}` could not be dispatched"),
-                    );
-                    // Feed the engine a failed call so locks are released and state stays right.
-                    shared.count("bffgate_callouts_failed");
-                    let ran = run(shared, cfg, |e| e.on_callout(*then, CallResult::Failed));
-                    record_decision(shared, cfg, &ran.step, ran.subject.as_deref());
-                    match ran.step {
-                        Step::Call { .. } | Step::Wait { .. } | Step::ReadBody { .. } => {
-                            fail_closed(shared, ctx, "the identity provider is unreachable")
-                        }
-                        other => apply(shared, cfg, ctx, other, resumed),
+            shared.set_stopped(ctx, true);
+            let was_empty = shared.outgoing.borrow().is_empty();
+            shared.outgoing.borrow_mut().push_back(Outgoing {
+                ctx,
+                request,
+                then: *then,
+            });
+            match shared.queue.get() {
+                // The root dispatches it at the next turn of this worker's event loop.
+                Some(q) if was_empty => {
+                    if hostcalls::enqueue_shared_queue(q, Some(b"")).is_err() {
+                        // The tick (every 20 ms) dispatches what is queued.
+                        log(LogLevel::Warn, "callout queue notification failed");
                     }
+                }
+                Some(_) => {}
+                // No queue (registration failed at start): dispatch from here, as the only way
+                // left; an answer may then be lost if the request ends first.
+                None => dispatch_outgoing(shared, cfg, false),
+            }
+            Action::Pause
+        }
+    }
+}
+
+/// Dispatches queued callouts. From a root callback (`as_root`), with the root as the effective
+/// context, so that the host and the SDK both file each callout, and its answer, under the root.
+fn dispatch_outgoing(shared: &Shared, cfg: &Config, as_root: bool) {
+    for _ in 0..DISPATCH_BATCH {
+        let Some(o) = shared.outgoing.borrow_mut().pop_front() else {
+            return;
+        };
+        if as_root {
+            let _ = hostcalls::set_effective_context(shared.root_id);
+        }
+        let request = &o.request;
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", request.method),
+            (":path", request.path.as_str()),
+            (
+                ":authority",
+                request
+                    .authority
+                    .as_deref()
+                    .unwrap_or(cfg.provider.authority.as_str()),
+            ),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("accept", "application/json"),
+        ];
+        for (k, v) in &request.headers {
+            headers.push((k.as_str(), v.expose()));
+        }
+        let body = request.body.expose().as_bytes();
+        let cluster = request
+            .cluster
+            .as_deref()
+            .unwrap_or(cfg.provider.cluster.as_str());
+        match hostcalls::dispatch_http_call(
+            cluster,
+            headers,
+            if body.is_empty() { None } else { Some(body) },
+            vec![],
+            Duration::from_millis(request.timeout_ms),
+        ) {
+            Ok(token) => {
+                shared
+                    .calls
+                    .borrow_mut()
+                    .insert(token, (o.ctx, o.then, now_ms()));
+            }
+            Err(_) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("callout to cluster `{cluster}` could not be dispatched"),
+                );
+                // Feed the engine a failed call so locks are released and state stays right.
+                shared.count("bffgate_callouts_failed");
+                let ran = run(shared, cfg, |e| e.on_callout(o.then, CallResult::Failed));
+                deliver(shared, cfg, o.ctx, ran, true);
+            }
+        }
+    }
+}
+
+/// Hands the engine's next step for request `ctx` (after a callout, a failed dispatch or a
+/// wake) to the request: a further callout is queued whether or not the request is still
+/// there (its work must finish); a forward or a reply needs the request, and is dropped if it
+/// has gone. `failed_dispatch`: the step follows a callout that could not even be dispatched,
+/// so a request still waiting is answered 503 rather than sent round again.
+fn deliver(shared: &Shared, cfg: &Config, ctx: u32, ran: Ran, failed_dispatch: bool) {
+    let alive = shared.alive.borrow().contains(&ctx);
+    match ran.step {
+        Step::Call { request, then } => {
+            shared.outgoing.borrow_mut().push_back(Outgoing {
+                ctx,
+                request,
+                then: *then,
+            });
+        }
+        _ if !alive => {}
+        step => {
+            if hostcalls::set_effective_context(ctx).is_err() {
+                return;
+            }
+            record_decision(shared, cfg, &step, ran.subject.as_deref());
+            match step {
+                Step::Wait { .. } | Step::ReadBody { .. } if failed_dispatch => {
+                    fail_closed(shared, ctx, "the identity provider is unreachable");
+                }
+                step => {
+                    apply(shared, cfg, ctx, step, true);
                 }
             }
         }
@@ -470,11 +578,9 @@ fn on_call_done(shared: &Shared, token: u32, body_size: usize) {
     };
     // The engine records the result in the session whether or not the request is still there.
     let ran = run(shared, &cfg, |e| e.on_callout(pending, result));
-    let alive = shared.alive.borrow().contains(&ctx);
-    if alive && hostcalls::set_effective_context(ctx).is_ok() {
-        record_decision(shared, &cfg, &ran.step, ran.subject.as_deref());
-        apply(shared, &cfg, ctx, ran.step, true);
-    }
+    deliver(shared, &cfg, ctx, ran, false);
+    // A next callout of the chain (or of another request) goes out from here, as the root.
+    dispatch_outgoing(shared, &cfg, true);
 }
 
 struct Root {
@@ -493,6 +599,24 @@ const SWEEP_BATCH: u32 = 64;
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
         on_call_done(&self.shared, token, body_size);
+    }
+}
+
+/// Registers this worker's callout queue under a name no other worker uses (a queue name is
+/// shared by every VM of the `vm_id`; the last to register a name would get all notifications).
+fn register_queue() -> Option<u32> {
+    let mut b = [0u8; 8];
+    HostRandom.fill(&mut b);
+    let name = format!("bffgate:callouts:{}", crate::util::hex(&b));
+    match hostcalls::register_shared_queue(&name) {
+        Ok(q) => Some(q),
+        Err(_) => {
+            log(
+                LogLevel::Warn,
+                "cannot register the callout queue; callouts are dispatched by the request (an answer may be lost if the client goes away first)",
+            );
+            None
+        }
     }
 }
 
@@ -540,6 +664,9 @@ impl RootContext for Root {
                     .metric(MetricType::Gauge, "bffgate_pending_logins");
                 self.shared
                     .metric(MetricType::Histogram, "bffgate_callout_duration_ms");
+                if self.shared.queue.get().is_none() {
+                    self.shared.queue.set(register_queue());
+                }
                 *self.shared.config.borrow_mut() = Some(Rc::new(c));
                 // Workers sweep from different places.
                 let mut b = [0u8; 4];
@@ -555,10 +682,22 @@ impl RootContext for Root {
         }
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        // The notifications carry nothing: empty the host's queue, then dispatch what waits.
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        if let Some(cfg) = self.shared.config() {
+            dispatch_outgoing(&self.shared, &cfg, true);
+        }
+    }
+
     fn on_tick(&mut self) {
         let shared = &self.shared;
         let Some(cfg) = shared.config() else { return };
         self.ticks = self.ticks.wrapping_add(1);
+        // A safety net: anything queued whose notification went missing.
+        if !shared.outgoing.borrow().is_empty() {
+            dispatch_outgoing(shared, &cfg, true);
+        }
         // In fleet mode etcd's leases end sessions; the cache needs no sweep.
         if self.ticks % SWEEP_EVERY == 0 && cfg.etcd.is_none() {
             // Reclaim dead sessions and expired logins a batch at a time.
@@ -593,33 +732,9 @@ impl RootContext for Root {
         if shared.waiters.borrow().is_empty() {
             return;
         }
-        let ids: Vec<u32> = shared.waiters.borrow().keys().copied().collect();
-        for ctx in ids {
-            let Some(pending) = shared.waiters.borrow_mut().remove(&ctx) else {
-                continue;
-            };
-            if !shared.alive.borrow().contains(&ctx) {
-                continue;
-            }
-            let mut woke = false;
-            let ran = run(shared, &cfg, |e| match e.on_wake(&pending) {
-                Some(s) => {
-                    woke = true;
-                    s
-                }
-                None => Step::Wait {
-                    then: Box::new(pending.clone()),
-                },
-            });
-            if !woke {
-                shared.waiters.borrow_mut().insert(ctx, pending);
-                continue;
-            }
-            if hostcalls::set_effective_context(ctx).is_ok() {
-                record_decision(shared, &cfg, &ran.step, ran.subject.as_deref());
-                apply(shared, &cfg, ctx, ran.step, true);
-            }
-        }
+        self.wake_waiters(&cfg);
+        // Wakes that need a callout (a fleet re-read, a renewal) go out as the root.
+        dispatch_outgoing(shared, &cfg, true);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -633,6 +748,37 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+impl Root {
+    /// Polls the requests waiting for another request's renewal.
+    fn wake_waiters(&self, cfg: &Config) {
+        let shared = &self.shared;
+        let ids: Vec<u32> = shared.waiters.borrow().keys().copied().collect();
+        for ctx in ids {
+            let Some(pending) = shared.waiters.borrow_mut().remove(&ctx) else {
+                continue;
+            };
+            if !shared.alive.borrow().contains(&ctx) {
+                continue;
+            }
+            let mut woke = false;
+            let ran = run(shared, cfg, |e| match e.on_wake(&pending) {
+                Some(s) => {
+                    woke = true;
+                    s
+                }
+                None => Step::Wait {
+                    then: Box::new(pending.clone()),
+                },
+            });
+            if !woke {
+                shared.waiters.borrow_mut().insert(ctx, pending);
+                continue;
+            }
+            deliver(shared, cfg, ctx, ran, false);
+        }
     }
 }
 
@@ -666,7 +812,14 @@ impl Http {
         let (mut auths, mut cookies) = (0, 0);
         for (name, value) in self.get_http_request_headers_bytes() {
             match name.as_str() {
-                "authorization" => auths += 1,
+                "authorization" => {
+                    auths += 1;
+                    // Only the operator API reads it (its credential); never kept otherwise.
+                    if cfg.admin && req.authorization.is_none() {
+                        req.authorization = Some(Secret::new(text(value)));
+                    }
+                }
+                ":authority" if cfg.admin => req.authority = Some(text(value)),
                 ":method" => req.method = text(value),
                 ":path" => req.path = text(value),
                 "cookie" => {
@@ -687,6 +840,8 @@ impl Http {
                 "sec-fetch-mode" => req.sec_fetch_mode = Some(text(value)),
                 "sec-fetch-dest" => req.sec_fetch_dest = Some(text(value)),
                 "accept" => req.accept = Some(text(value)),
+                "access-control-request-method" => req.cors_method = Some(text(value)),
+                "access-control-request-headers" => req.cors_headers = Some(text(value)),
                 n if n == cfg.csrf_header => req.csrf = Some(text(value)),
                 _ => {}
             }
@@ -714,12 +869,15 @@ impl Context for Http {
     }
 
     fn on_done(&mut self) -> bool {
+        // Everything kept for this request. Its callouts (queued or in flight) stay: their
+        // answers still update the session; their entries go when the answers arrive.
         let s = &self.shared;
         s.alive.borrow_mut().remove(&self.id);
         s.waiters.borrow_mut().remove(&self.id);
         s.body_waiters.borrow_mut().remove(&self.id);
         s.stopped.borrow_mut().remove(&self.id);
         s.header_counts.borrow_mut().remove(&self.id);
+        s.cors.borrow_mut().remove(&self.id);
         true
     }
 }
@@ -730,7 +888,10 @@ impl HttpContext for Http {
             return fail_closed(&self.shared, self.id, "bffgate is not configured");
         };
         let req = self.request(&cfg);
-        let ran = run(&self.shared, &cfg, |e| e.on_request(&req));
+        let mut ran = run(&self.shared, &cfg, |e| e.on_request(&req));
+        if let Some(origin) = ran.cors.take() {
+            self.shared.cors.borrow_mut().insert(self.id, origin);
+        }
         record_decision(&self.shared, &cfg, &ran.step, ran.subject.as_deref());
         let action = apply(&self.shared, &cfg, self.id, ran.step, false);
         if end_of_stream && self.shared.body_waiters.borrow().contains_key(&self.id) {
@@ -765,5 +926,48 @@ impl HttpContext for Http {
         } else {
             Action::Continue
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // A reply of our own (it carries our own `set-cookie` and CORS headers already).
+        if self.paused() {
+            return Action::Continue;
+        }
+        const H: MapType = MapType::HttpResponseHeaders;
+        if let Some(origin) = self.shared.cors.borrow_mut().remove(&self.id) {
+            for (k, v) in crate::flow::cors_headers(origin) {
+                let _ = hostcalls::set_map_value(H, &k, Some(&v));
+            }
+        }
+        // An upstream must not set bffgate's cookies (it would swap the browser into another
+        // session, or plant a flow cookie): one host call when it sets no cookie at all.
+        if !matches!(hostcalls::get_map_value_bytes(H, "set-cookie"), Ok(Some(_))) {
+            return Action::Continue;
+        }
+        let Some(cfg) = self.shared.config() else {
+            return Action::Continue;
+        };
+        let all: Vec<Vec<u8>> = hostcalls::get_map_bytes(H)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .map(|(_, v)| v)
+            .collect();
+        let ours = |v: &[u8]| {
+            let name = v.split(|b| *b == b'=').next().unwrap_or(v);
+            std::str::from_utf8(name).is_ok_and(|n| crate::flow::is_bff_cookie(&cfg, n.trim()))
+        };
+        if all.iter().any(|v| ours(v)) {
+            let _ = hostcalls::set_map_value(H, "set-cookie", None);
+            for v in all.iter().filter(|v| !ours(v)) {
+                let _ = hostcalls::add_map_value_bytes(H, "set-cookie", v);
+            }
+            log(
+                LogLevel::Warn,
+                "an upstream tried to set a bffgate cookie; removed",
+            );
+            self.shared.count("bffgate_upstream_cookies_removed");
+        }
+        Action::Continue
     }
 }
