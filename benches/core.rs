@@ -39,8 +39,9 @@ use bffgate::config::Config;
 use bffgate::flow::{Engine, Request, Step};
 use bffgate::secret::Secret;
 use bffgate::session::{AudienceToken, Session};
-use bffgate::store::{Cas, MemoryData, SharedData, SharedStore, Store, StoreError};
-use bffgate::util::TestRandom;
+use bffgate::store::{Cas, SharedData, SharedStore, Store, StoreError};
+use bffgate::testkit::MemoryData;
+use bffgate::testkit::TestRandom;
 use bffgate::verified::VerifiedCookies;
 use criterion::Criterion;
 use hmac::{Hmac, Mac};
@@ -61,7 +62,7 @@ const GROUP: &str = "core";
 /// The benchmark's filter configuration: the shared demo configuration with bench/bffgate.yaml's
 /// audiences and bench/policies/bench.yaml's routes (its ports do not matter natively).
 fn config() -> Config {
-    let mut raw = bffgate::config::demo_json();
+    let mut raw = bffgate::testkit::demo_json();
     raw["provider"]["jwks_uri"] = json!("http://localhost:9000/jwks");
     raw["audiences"][PROFILE] = json!({"acquire": "exchange", "scopes": ["profile"]});
     raw["routes"] = json!({
@@ -153,12 +154,14 @@ fn session() -> Session {
                 aud: ORDERS.into(),
                 token: Secret::new(access_token(ORDERS, "orders:read orders:write")),
                 exp: NOW + 3600,
+                obtained: NOW,
                 scope: "orders:read orders:write".into(),
             },
             AudienceToken {
                 aud: PROFILE.into(),
                 token: Secret::new(access_token(PROFILE, "profile")),
                 exp: NOW + 3600,
+                obtained: NOW,
                 scope: "profile".into(),
             },
         ],

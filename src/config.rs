@@ -68,7 +68,18 @@ pub struct RawConfig {
     /// on a separate, loopback-only listener (the shipped config's `admin` listener).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
+    /// Name of the environment variable holding the operator API's bearer token (at least 32
+    /// characters; required when `admin` is true).
+    #[serde(default = "d_admin_token_env")]
+    pub admin_token_env: String,
 }
+
+fn d_admin_token_env() -> String {
+    "BFFGATE_ADMIN_TOKEN".into()
+}
+
+/// The shortest operator token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 /// Identity provider settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -559,6 +570,8 @@ pub struct Config {
     pub keep_claims: Vec<String>,
     /// This instance serves the operator API only.
     pub admin: bool,
+    /// The operator API's bearer token (`Some` exactly when `admin`).
+    pub admin_token: Option<Secret>,
 }
 
 /// Splits `scheme://authority/path?query` into its parts; `None` unless http(s) with a host.
@@ -799,6 +812,24 @@ impl Config {
                     ),
                 )
             })?;
+        // The operator API's credential: only the admin instance needs (and reads) it.
+        let admin_token = if raw.admin {
+            let t = secrets
+                .get(&raw.admin_token_env)
+                .filter(|t| t.len() >= MIN_ADMIN_TOKEN_LEN)
+                .ok_or_else(|| {
+                    err(
+                        "admin_token_env",
+                        format!(
+                            "environment variable `{}` must hold the operator API's bearer token, at least {MIN_ADMIN_TOKEN_LEN} characters (vm_config.environment_variables)",
+                            raw.admin_token_env
+                        ),
+                    )
+                })?;
+            Some(Secret::new(t))
+        } else {
+            None
+        };
         let expected_redirect = format!("{origin}{p}/callback");
         if c.redirect_uri != expected_redirect {
             return Err(err(
@@ -1022,11 +1053,18 @@ impl Config {
             }
             for (i, o) in rp.allowed_origins.iter().enumerate() {
                 match split_url(o) {
-                    Some((_, _, "/")) if !o.ends_with('/') => {}
+                    // https only: a page served over http can be rewritten by anyone on the path.
+                    Some(("https", _, "/")) if !o.ends_with('/') => {}
+                    Some(("http", _, "/")) => {
+                        return Err(err(
+                            format!("routes.{name}.allowed_origins[{i}]"),
+                            "must be an https origin (an http page can be rewritten in transit)",
+                        ))
+                    }
                     _ => {
                         return Err(err(
                             format!("routes.{name}.allowed_origins[{i}]"),
-                            "must be an origin `scheme://host[:port]`",
+                            "must be an origin `https://host[:port]`",
                         ))
                     }
                 }
@@ -1123,66 +1161,15 @@ impl Config {
             routes,
             keep_claims,
             admin: raw.admin,
+            admin_token,
         })
-    }
-}
-
-/// The demo stack's filter configuration without secrets and JWKS, as JSON: the one example the
-/// unit tests, the engine suites and the fuzz targets share (each patches what it needs).
-#[doc(hidden)]
-pub fn demo_json() -> serde_json::Value {
-    serde_json::json!({
-        "public_origin": "https://localhost:8443",
-        "provider": {
-            "issuer": "http://localhost:9000",
-            "authorization_endpoint": "http://localhost:9000/auth",
-            "token_endpoint": "http://localhost:9000/token",
-            "revocation_endpoint": "http://localhost:9000/token/revocation",
-            "end_session_endpoint": "http://localhost:9000/session/end",
-            "cluster": "bffgate_idp"
-        },
-        "client": {
-            "client_id": "bffgate",
-            "redirect_uri": "https://localhost:8443/auth/callback",
-            "scopes": ["openid", "profile", "offline_access", "orders:read", "orders:write"],
-            "extra_authorize_params": {"prompt": "consent"},
-            "post_logout_redirect_uri": "https://localhost:8443/"
-        },
-        "audiences": {
-            "https://orders.api.local": {"acquire": "login"},
-            "https://profile.api.local": {"acquire": "refresh"}
-        },
-        "routes": {
-            "static": {"access": "public"},
-            "orders-read": {"access": "session", "audience": "https://orders.api.local", "scopes": ["orders:read"]},
-            "orders-write": {"access": "session", "audience": "https://orders.api.local", "scopes": ["orders:write"]},
-            "profile": {"access": "session", "audience": "https://profile.api.local", "scopes": ["profile"]},
-            "admin": {"access": "session", "audience": "https://orders.api.local", "claims": {"preferred_username": ["alice"]}}
-        }
-    })
-}
-
-/// A complete, valid configuration for tests (matches the demo stack).
-#[cfg(test)]
-pub fn test_raw() -> RawConfig {
-    let json = demo_json();
-    serde_json::from_value(json).unwrap()
-}
-
-/// Secrets for tests.
-#[cfg(test)]
-pub fn test_secrets(name: &str) -> Option<String> {
-    match name {
-        "BFFGATE_CLIENT_SECRET" => Some("test-client-secret".into()),
-        "BFFGATE_COOKIE_KEYS" => Some("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into()),
-        "BFFGATE_STORE_KEYS" => Some("s1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY".into()),
-        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::{test_raw, test_secrets};
     use serde_json::json;
 
     fn compile_with(patch: impl FnOnce(&mut serde_json::Value)) -> Result<Config, ConfigError> {

@@ -290,7 +290,12 @@ pub struct FleetStore<'c, D, R> {
     taken: Vec<(String, PendingLogin)>,
     lock_ttl: u64,
     login_ttl: u64,
+    /// `store.max_pending_logins`: how many logins this Envoy may have pending in etcd.
+    login_cap: u32,
 }
+
+/// Shared-data key of this Envoy's budget of pending logins (see [`FleetStore::take_login_slot`]).
+const LOGIN_BUDGET_KEY: &str = "bffgate:fleet:logins";
 
 impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
     /// A store over `data` (the cache) and etcd as configured. `limits.max_sessions` is the
@@ -325,7 +330,47 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
             taken: Vec::new(),
             lock_ttl,
             login_ttl,
+            login_cap: limits.max_pending,
         }
+    }
+
+    /// Takes one pending login from this Envoy's budget (every worker shares it): a bucket of
+    /// `max_pending_logins` that refills at `max_pending_logins` per login timeout, so the keys
+    /// and leases this Envoy can make etcd hold for unauthenticated `GET /auth/login`s stay
+    /// about `max_pending_logins` whatever the traffic. `false`: the budget is spent.
+    fn take_login_slot(&mut self) -> bool {
+        let cap = u64::from(self.login_cap) * 1000;
+        if cap == 0 {
+            return false;
+        }
+        let refill_ms = self.login_ttl.max(1).saturating_mul(1000);
+        for _ in 0..RETRIES {
+            let (v, cas) = self.local.data.get(LOGIN_BUDGET_KEY);
+            let (mut level, at) = v
+                .as_deref()
+                .and_then(|b| {
+                    let level = u64::from_be_bytes(<[u8; 8]>::try_from(b.get(..8)?).ok()?);
+                    let at = u64::from_be_bytes(<[u8; 8]>::try_from(b.get(8..16)?).ok()?);
+                    Some((level, at))
+                })
+                .unwrap_or((cap, self.now_ms));
+            let elapsed = self.now_ms.saturating_sub(at);
+            level = level
+                .saturating_add(elapsed.saturating_mul(cap) / refill_ms)
+                .min(cap);
+            if level < 1000 {
+                return false;
+            }
+            level -= 1000;
+            let mut next = level.to_be_bytes().to_vec();
+            next.extend_from_slice(&self.now_ms.max(at).to_be_bytes());
+            match self.local.data.set(LOGIN_BUDGET_KEY, &next, cas) {
+                Ok(()) => return true,
+                Err(StoreError::CasMismatch) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// Creates the cache slots (empty) that do not exist yet, and the local store's keys.
@@ -715,11 +760,17 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
         self.outbox.push(op);
     }
 
-    fn pending_key(&self, state: &str) -> String {
+    /// The etcd key of a pending login: a hash of its `state` and of its flow cookie's hash,
+    /// so that only the browser holding the flow cookie can name (and take) it.
+    fn pending_key(&self, state: &str, flow_hash: &str) -> String {
+        let mut both = String::with_capacity(state.len() + 1 + flow_hash.len());
+        both.push_str(state);
+        both.push('\n');
+        both.push_str(flow_hash);
         format!(
             "{}p/{}",
             self.cfg.prefix,
-            short_hash("bffgate-state:", state)
+            short_hash("bffgate-state:", &both)
         )
     }
 }
@@ -873,11 +924,14 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         rng: &mut dyn Random,
         _now: u64,
     ) -> Result<String, StoreError> {
+        if !self.take_login_slot() {
+            return Err(StoreError::Full);
+        }
         let state = format!("f.{}", random_token(rng, 32));
         let mut rec = p.clone();
         rec.state_hash = hex(&sha256(state.as_bytes()));
         let plain = serde_json::to_vec(&rec).map_err(|_| StoreError::Unavailable)?;
-        let key = self.pending_key(&state);
+        let key = self.pending_key(&state, &rec.flow_hash);
         let env = self
             .cfg
             .keys
@@ -890,22 +944,26 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         Ok(state)
     }
 
-    fn take_pending(&mut self, state: &str) -> Option<PendingLogin> {
-        let i = self.taken.iter().position(|(s, _)| s == state)?;
+    fn take_pending(&mut self, state: &str, flow_hash: &str) -> Option<PendingLogin> {
+        let i = self
+            .taken
+            .iter()
+            .position(|(s, p)| s == state && ct_eq(p.flow_hash.as_bytes(), flow_hash.as_bytes()))?;
         let (_, p) = self.taken.swap_remove(i);
         Some(p)
     }
 
-    fn fetch_pending(&mut self, state: &str) -> Option<BackchannelRequest> {
-        let key = self.pending_key(state);
+    fn fetch_pending(&mut self, state: &str, flow_hash: &str) -> Option<BackchannelRequest> {
+        // The key needs the flow cookie too: a take with only the `state` deletes nothing.
+        let key = self.pending_key(state, flow_hash);
         Some(self.call(
             "/v3/kv/deleterange",
             json!({"key": b64(key.as_bytes()), "prev_kv": true}),
         ))
     }
 
-    fn absorb_pending(&mut self, state: &str, result: &CallResult) {
-        let key = self.pending_key(state);
+    fn absorb_pending(&mut self, state: &str, flow_hash: &str, result: &CallResult) {
+        let key = self.pending_key(state, flow_hash);
         let hash = hex(&sha256(state.as_bytes()));
         let value = answer(result)
             .and_then(|v| v.pointer("/prev_kvs/0/value").cloned())
@@ -1073,6 +1131,17 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
             .filter_map(|e| crate::record::decode(&e.record))
             .filter(|s| pred(s))
             .count()
+    }
+
+    fn count_live_of(&self, sub: &str, now: u64) -> usize {
+        self.count_where(&|s: &Session| {
+            s.sub == sub
+                && s.liveness(now, self.local.limits.idle_s) == crate::session::Liveness::Live
+        })
+    }
+
+    fn take_scan_budget(&mut self, now: u64) -> bool {
+        self.local.take_scan_budget(now)
     }
 
     fn jwks(&self) -> Option<(Vec<u8>, u64)> {

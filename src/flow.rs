@@ -43,6 +43,15 @@ pub struct Request {
     pub sec_fetch_dest: Option<String>,
     /// `accept`.
     pub accept: Option<String>,
+    /// `access-control-request-method` (a CORS preflight).
+    pub cors_method: Option<String>,
+    /// `access-control-request-headers` (a CORS preflight).
+    pub cors_headers: Option<String>,
+    /// `:authority`: read by the operator API only (it answers loopback names only).
+    pub authority: Option<String>,
+    /// The `authorization` header's value: read by the operator API only (its credential);
+    /// never forwarded, never logged.
+    pub authorization: Option<Secret>,
     /// Set by the engine when it re-decides a request after a store fetch (never twice).
     pub store_fetched: bool,
 }
@@ -170,6 +179,8 @@ pub enum Pending {
         request: Box<Request>,
         /// Its `state`.
         state: String,
+        /// Hex SHA-256 of its flow cookie's value.
+        flow_hash: String,
     },
     /// `/auth/callback` waiting for the JWKS to verify the ID token's signature.
     LoginJwks(Box<LoginTokens>),
@@ -357,6 +368,15 @@ fn with_cookie(mut r: Reply, set_cookie: String) -> Reply {
     r
 }
 
+/// The response headers that let an allowed `origin` read an answer, with credentials.
+pub fn cors_headers(origin: String) -> [(String, String); 3] {
+    [
+        ("access-control-allow-origin".into(), origin),
+        ("access-control-allow-credentials".into(), "true".into()),
+        ("vary".into(), "origin".into()),
+    ]
+}
+
 /// Splits `:path` into path and query.
 fn split_path(p: &str) -> (&str, &str) {
     p.split_once('?').unwrap_or((p, ""))
@@ -376,15 +396,32 @@ fn query_param(query: &str, name: &str) -> Result<Option<String>, ()> {
     Ok(found)
 }
 
-/// A cookie bffgate owns (never forwarded): the session cookie or a login flow cookie, in any
-/// letter case (a differently-cased copy of ours is not forwarded either).
-fn is_bff_cookie(cfg: &Config, name: &str) -> bool {
+/// A cookie bffgate owns (never forwarded, never set by an upstream): the session cookie or a
+/// login flow cookie, in any letter case (a differently-cased copy of ours is not forwarded
+/// either).
+pub fn is_bff_cookie(cfg: &Config, name: &str) -> bool {
     let prefix = cfg.cookie.flow_prefix.as_bytes();
     name.eq_ignore_ascii_case(&cfg.cookie.name)
         || name
             .as_bytes()
             .get(..prefix.len())
             .is_some_and(|b| b.eq_ignore_ascii_case(prefix))
+}
+
+/// Whether a `Host` / `:authority` names this machine's loopback (`127.0.0.1`, `[::1]`,
+/// `localhost`, with or without a port).
+fn is_loopback_authority(a: &str) -> bool {
+    let a = a.trim().to_ascii_lowercase();
+    let rest = ["127.0.0.1", "[::1]", "localhost"]
+        .iter()
+        .find_map(|h| a.strip_prefix(h));
+    match rest {
+        Some("") => true,
+        Some(p) => p.strip_prefix(':').is_some_and(|d| {
+            !d.is_empty() && d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit())
+        }),
+        None => false,
+    }
 }
 
 /// Lowest-effort whitespace tolerance for header values.
@@ -432,6 +469,9 @@ pub struct Engine<'a> {
     pub events: Vec<Event>,
     /// Subject of the session the request was decided for (for the access log).
     pub subject: Option<String>,
+    /// An origin the route's policy allows cross-origin that sent this request: whatever the
+    /// request ends in (a forward's response, or a local reply) gets [`cors_headers`] for it.
+    pub cors: Option<String>,
     /// The request's session cookie, verified once per engine (the fast path and the full path
     /// ask for it in turn).
     cookie_id: Option<Option<Result<SessionId, ()>>>,
@@ -476,6 +516,7 @@ impl<'a> Engine<'a> {
             notes: Vec::new(),
             events: Vec::new(),
             subject: None,
+            cors: None,
             cookie_id: None,
             cookie_verifier: None,
             cookie_strip: None,
@@ -628,12 +669,9 @@ impl<'a> Engine<'a> {
             RemoteState::Unavailable => return SessionLookup::Unavailable,
             _ => {}
         }
+        // The local view is current here: a session it does not hold is known to be gone (a
+        // fleet store's fresh "absent" entry answers a logged-out cookie without an etcd read).
         let Some((s, cas)) = self.store.get_session(&id) else {
-            if !req.store_fetched {
-                if let Some(call) = self.store.fetch_session(&id) {
-                    return SessionLookup::Fetch(id, call);
-                }
-            }
             return SessionLookup::Invalid;
         };
         match s.liveness(self.now, self.cfg.session.idle_timeout_s) {
@@ -758,11 +796,73 @@ impl<'a> Engine<'a> {
                 authorization: None,
                 cookie: self.strip_cookies(req),
             },
-            Access::Session => match self.fast_path(req, policy) {
-                Some(step) => step,
-                None => self.protected(req, policy),
-            },
+            Access::Session => {
+                if req.method == "OPTIONS" && req.cors_method.is_some() {
+                    return Step::Respond(self.preflight(req, policy));
+                }
+                // An allowed cross-origin caller may read whatever this request ends in (the
+                // forwarded response, or a refusal now or after a callout): the shell adds the
+                // CORS headers to it.
+                if req.origin.is_some() {
+                    self.cors = self.cors_origin(req, policy);
+                }
+                match self.fast_path(req, policy) {
+                    Some(step) => step,
+                    None => self.protected(req, policy),
+                }
+            }
         }
+    }
+
+    /// The request's `Origin` when it is one the route allows cross-origin (not our own).
+    fn cors_origin(&self, req: &Request, policy: &Policy) -> Option<String> {
+        let o = req.origin.as_deref()?.trim();
+        policy
+            .allowed_origins
+            .iter()
+            .any(|a| a == o)
+            .then(|| o.to_string())
+    }
+
+    /// A CORS preflight on a session route: allowed origins get the methods and headers they
+    /// ask for (with credentials, so the session cookie goes along); any other origin is
+    /// refused with `403 csrf`, which the browser turns into a failed fetch.
+    fn preflight(&mut self, req: &Request, policy: &Policy) -> Reply {
+        let method = req.cors_method.as_deref().unwrap_or("").trim();
+        let origin = self.cors_origin(req, policy);
+        let (Some(origin), true) = (origin, crate::util::is_token(method)) else {
+            self.deny(ErrorCode::Csrf, &policy.route, None);
+            return error_reply(403, ErrorCode::Csrf, "cross-origin request not allowed");
+        };
+        // Only header names are echoed (RFC 9110 tokens), never anything else the client sent.
+        let headers: Vec<&str> = req
+            .cors_headers
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|h| crate::util::is_token(h))
+            .take(32)
+            .collect();
+        let mut r = Reply {
+            status: 204,
+            headers: base_headers(),
+            body: String::new(),
+        };
+        r.headers.extend([
+            ("access-control-allow-methods".into(), method.to_string()),
+            ("access-control-max-age".into(), "600".into()),
+            (
+                "vary".into(),
+                "origin, access-control-request-method, access-control-request-headers".into(),
+            ),
+        ]);
+        if !headers.is_empty() {
+            r.headers
+                .push(("access-control-allow-headers".into(), headers.join(", ")));
+        }
+        r.headers.extend(cors_headers(origin));
+        r
     }
 
     /// The common case, decided from the binary head of the stored record (no JSON, no
@@ -787,8 +887,7 @@ impl<'a> Engine<'a> {
         {
             return None;
         }
-        let fresh = self.now.saturating_add(self.cfg.session.refresh_skew_s);
-        let (span, scope) = view.token_span(audience, fresh)?;
+        let (span, scope) = view.token_span(audience, self.now, self.cfg.session.refresh_skew_s)?;
         if !policy.scopes_ok(scope) {
             return None;
         }
@@ -1222,10 +1321,11 @@ impl<'a> Engine<'a> {
         let state = match self.store.create_pending(&pending, self.rng, self.now) {
             Ok(s) => s,
             Err(_) => {
-                return error_reply(
+                return self.login_failed(
                     503,
                     ErrorCode::LoginFailed,
                     "cannot start a login now; try again",
+                    None,
                 )
             }
         };
@@ -1295,9 +1395,13 @@ impl Engine<'_> {
                 None,
             ));
         };
-        let Some(login) = self.store.take_pending(&state) else {
+        // The login is taken only by the browser that holds its flow cookie: the store compares
+        // the flow cookie's hash before it consumes anything, so a `state` learned elsewhere
+        // (history, provider logs) cannot burn the victim's login.
+        let flow_hash = hex(&sha256(flow_value.as_bytes()));
+        let Some(login) = self.store.take_pending(&state, &flow_hash) else {
             if !req.store_fetched {
-                if let Some(request) = self.store.fetch_pending(&state) {
+                if let Some(request) = self.store.fetch_pending(&state, &flow_hash) {
                     let mut again = req.clone();
                     again.store_fetched = true;
                     return Ok(Step::Call {
@@ -1305,6 +1409,7 @@ impl Engine<'_> {
                         then: Box::new(Pending::PendingFetch {
                             request: Box::new(again),
                             state,
+                            flow_hash,
                         }),
                     });
                 }
@@ -1312,12 +1417,12 @@ impl Engine<'_> {
             return Err(self.login_failed(
                 400,
                 ErrorCode::LoginFailed,
-                "unknown, expired or already used state",
+                "unknown, expired or already used state, or a login not started in this browser",
                 Some(&flow_name),
             ));
         };
-        let hash = hex(&sha256(flow_value.as_bytes()));
-        if !ct_eq(hash.as_bytes(), login.flow_hash.as_bytes()) {
+        // The store compared already; checked again here so no store can skip it.
+        if !ct_eq(flow_hash.as_bytes(), login.flow_hash.as_bytes()) {
             return Err(self.login_failed(
                 400,
                 ErrorCode::LoginFailed,
@@ -1534,8 +1639,12 @@ impl Engine<'_> {
                     None => wait,
                 }
             }
-            Pending::PendingFetch { request, state } => {
-                self.store.absorb_pending(&state, &result);
+            Pending::PendingFetch {
+                request,
+                state,
+                flow_hash,
+            } => {
+                self.store.absorb_pending(&state, &flow_hash, &result);
                 self.decide(&request)
             }
             Pending::CodeExchange {
@@ -1812,6 +1921,7 @@ impl Engine<'_> {
                 aud: self.cfg.login_audience.clone(),
                 token: tokens.access_token.clone(),
                 exp: self.now.saturating_add(tokens.expires_in),
+                obtained: self.now,
                 scope,
             }],
             refreshing_until: 0,
@@ -1937,6 +2047,7 @@ impl Engine<'_> {
             aud: got_aud,
             token: tokens.access_token.clone(),
             exp: self.now.saturating_add(tokens.expires_in),
+            obtained: self.now,
             scope: scope.clone(),
         };
         let keep_lock = call == TokenCall::RefreshForExchange;
@@ -2021,9 +2132,56 @@ impl Engine<'_> {
     }
 
     /// The operator API (admin listener only): `GET /sessions?sub=S` counts a subject's live
-    /// sessions; `POST /sessions/revoke?sub=S` (with the CSRF header, so a browser page cannot
-    /// fire it at a loopback port) ends them all, on every worker.
+    /// sessions; `POST /sessions/revoke?sub=S` (with the CSRF header) ends them all, on every
+    /// worker. Every call needs the operator's bearer token (`admin_token_env`, compared in
+    /// constant time), a loopback `Host` (a page that rebinds its name to 127.0.0.1 still sends
+    /// its own name) and no sign of a browser (no `Origin`, `Sec-Fetch-Site` absent or `none`).
+    /// A scan of the store runs at most once a second per Envoy (`429` otherwise).
     fn admin_endpoint(&mut self, req: &Request, path: &str, query: &str) -> Reply {
+        if !req.authority.as_deref().is_some_and(is_loopback_authority) {
+            self.deny(ErrorCode::Forbidden, "admin", None);
+            return error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "the operator API answers loopback host names only",
+            );
+        }
+        let from_browser = req.origin.is_some()
+            || req
+                .sec_fetch_site
+                .as_deref()
+                .is_some_and(|s| s.trim() != "none");
+        if from_browser {
+            self.deny(ErrorCode::Forbidden, "admin", None);
+            return error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "the operator API does not answer browsers",
+            );
+        }
+        let presented = req
+            .authorization
+            .as_ref()
+            .and_then(|a| a.expose().strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = match (&self.cfg.admin_token, presented) {
+            (Some(want), Some(got)) => ct_eq(want.expose().as_bytes(), got.as_bytes()),
+            _ => false,
+        };
+        if !ok {
+            self.deny(ErrorCode::Unauthenticated, "admin", None);
+            let mut r = error_reply(
+                401,
+                ErrorCode::Unauthenticated,
+                "the operator API needs its bearer token",
+            );
+            for (k, v) in &mut r.headers {
+                if k == "www-authenticate" {
+                    *v = "Bearer realm=\"bffgate-admin\"".into();
+                }
+            }
+            return r;
+        }
         let sub = match query_param(query, "sub") {
             Ok(Some(s)) if !s.is_empty() => s,
             _ => {
@@ -2034,18 +2192,33 @@ impl Engine<'_> {
                 )
             }
         };
+        let scan = |e: &mut Self| {
+            if e.store.take_scan_budget(e.now) {
+                None
+            } else {
+                let mut r = error_reply(
+                    429,
+                    ErrorCode::InvalidRequest,
+                    "one store scan per second; try again",
+                );
+                r.headers.push(("retry-after".into(), "1".into()));
+                Some(r)
+            }
+        };
         match (req.method.as_str(), path) {
             ("GET", "/sessions") => {
-                let now = self.now;
-                let idle = self.cfg.session.idle_timeout_s;
-                let n = self.store.count_where(&|s: &Session| {
-                    s.sub == sub && s.liveness(now, idle) == Liveness::Live
-                });
+                if let Some(r) = scan(self) {
+                    return r;
+                }
+                let n = self.store.count_live_of(&sub, self.now);
                 json_reply(200, json!({"sub": sub, "sessions": n}))
             }
             ("POST", "/sessions/revoke") => {
                 if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
                     return error_reply(403, ErrorCode::Csrf, "the CSRF header is required");
+                }
+                if let Some(r) = scan(self) {
+                    return r;
                 }
                 self.store.revoke_remote(Some(&sub), None);
                 let ended = self.store.delete_where(&|s: &Session| s.sub == sub);
@@ -2140,12 +2313,20 @@ impl Engine<'_> {
                     && self.now.saturating_sub(iat) <= 600 => {}
             _ => return bad("logout_token: iat missing or out of range"),
         }
-        if let Some(exp) = claims.get("exp") {
-            if exp
-                .as_u64()
-                .is_none_or(|e| e.saturating_add(CLOCK_LEEWAY) <= self.now)
-            {
-                return bad("logout_token: expired");
+        // Back-Channel Logout 1.0, 2.4: `exp` is required.
+        match claims.get("exp").and_then(Value::as_u64) {
+            None => return bad("logout_token: exp missing"),
+            Some(e) if e.saturating_add(CLOCK_LEEWAY) <= self.now => {
+                return bad("logout_token: expired")
+            }
+            Some(_) => {}
+        }
+        // Explicitly typed logout tokens (2.4): any other `typ` is another kind of JWT signed
+        // by the same keys (an ID token, an access token) and is refused.
+        if let Some(typ) = crate::jose::header_typ(token) {
+            let t = typ.to_ascii_lowercase();
+            if t != "logout+jwt" && t != "application/logout+jwt" {
+                return bad("logout_token: typ is not logout+jwt");
             }
         }
         let event_ok = claims

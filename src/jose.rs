@@ -115,6 +115,14 @@ pub fn header_kid(jwt: &str) -> Option<String> {
     v.get("kid").and_then(Value::as_str).map(str::to_string)
 }
 
+/// The `typ` of a compact JWS header, if any (a back-channel logout token must not be another
+/// kind of JWT signed by the same keys).
+pub fn header_typ(jwt: &str) -> Option<String> {
+    let h = jwt.split('.').next()?;
+    let v: Value = serde_json::from_slice(&b64url_decode(h)?).ok()?;
+    v.get("typ").and_then(Value::as_str).map(str::to_string)
+}
+
 /// Verifies a compact JWS and returns its JSON payload.
 pub fn verify(jwt: &str, set: &KeySet) -> Result<Map<String, Value>, JoseError> {
     if jwt.len() > crate::jwt::MAX_JWT_LEN {

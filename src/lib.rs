@@ -38,6 +38,8 @@ pub mod seal;
 pub mod secret;
 pub mod session;
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod util;
 pub mod vault;
 pub mod verified;

@@ -264,7 +264,8 @@ pub fn parse_token_response(status: u16, body: &[u8], now: u64) -> Result<TokenS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{test_raw, test_secrets, Config};
+    use crate::config::Config;
+    use crate::testkit::{test_raw, test_secrets};
 
     fn cfg() -> Config {
         Config::compile(&test_raw(), &test_secrets).unwrap()

@@ -3,13 +3,17 @@
 //! followed by JSON for everything else. The fast path walks the head in place, without JSON
 //! and without allocating; the full path decodes both.
 //!
-//! Layout: `b"B1"`, then `owner` (u8 length + bytes), `sub` (u16 + bytes), `expires` and
+//! Layout: `b"B2"`, then `owner` (u8 length + bytes), `sub` (u16 + bytes), `expires` and
 //! `last_seen` (u64 big-endian), a token count (u8) and per token `aud`, `scope`, `token`
-//! (u16 + bytes each) and `exp` (u64); then the JSON of the session without its tokens.
+//! (u16 + bytes each), `exp` and `obtained` (u64); then the JSON of the session without its
+//! tokens. `B1` records (written before tokens carried `obtained`) are still read, with
+//! `obtained` 0.
 
-use crate::session::{AudienceToken, Session};
+use crate::session::{renew_at, AudienceToken, Session};
 
-const MAGIC: &[u8; 2] = b"B1";
+const MAGIC: &[u8; 2] = b"B2";
+/// The previous layout: no `obtained` per token.
+const MAGIC_V1: &[u8; 2] = b"B1";
 
 /// A cursor over the head; every read is bounds-checked.
 struct Cur<'a> {
@@ -70,6 +74,7 @@ pub fn encode(s: &Session) -> Option<Vec<u8>> {
         put_u16_str(&mut out, &t.scope)?;
         put_u16_str(&mut out, t.token.expose())?;
         out.extend_from_slice(&t.exp.to_be_bytes());
+        out.extend_from_slice(&t.obtained.to_be_bytes());
     }
     let mut rest = s.clone();
     rest.tokens = Vec::new();
@@ -89,15 +94,19 @@ pub struct Head<'a> {
     pub last_seen: u64,
     tokens: Cur<'a>,
     count: u8,
+    /// Whether tokens carry `obtained` (layout `B2`).
+    v2: bool,
 }
 
 impl<'a> Head<'a> {
     /// Parses the head (not the tokens yet).
     pub fn parse(b: &'a [u8]) -> Option<Head<'a>> {
         let mut c = Cur { b, at: 0 };
-        if c.take(2)? != MAGIC {
-            return None;
-        }
+        let v2 = match c.take(2)? {
+            m if m == MAGIC => true,
+            m if m == MAGIC_V1 => false,
+            _ => return None,
+        };
         let n = usize::from(c.u8()?);
         let owner = c.take(n)?;
         let sub = c.str16()?;
@@ -111,19 +120,26 @@ impl<'a> Head<'a> {
             last_seen,
             tokens: c,
             count,
+            v2,
         })
     }
 
-    /// The first token for `aud` expiring after `after`: `(token, scope)`.
-    pub fn token(&self, aud: &str, after: u64) -> Option<(&'a str, &'a str)> {
-        let (span, scope) = self.token_span(aud, after)?;
+    /// The first token for `aud` that is not due for renewal at `now` under a refresh skew of
+    /// `skew` seconds ([`renew_at`]): `(token, scope)`.
+    pub fn token(&self, aud: &str, now: u64, skew: u64) -> Option<(&'a str, &'a str)> {
+        let (span, scope) = self.token_span(aud, now, skew)?;
         Some((std::str::from_utf8(self.tokens.b.get(span)?).ok()?, scope))
     }
 
     /// [`Head::token`] with the token as a byte range of the record, so that the caller can
     /// take it out of the buffer in place; the token's bytes are not checked for UTF-8 here.
     /// Only the matching entry is read; the others are skipped over.
-    pub fn token_span(&self, aud: &str, after: u64) -> Option<(std::ops::Range<usize>, &'a str)> {
+    pub fn token_span(
+        &self,
+        aud: &str,
+        now: u64,
+        skew: u64,
+    ) -> Option<(std::ops::Range<usize>, &'a str)> {
         let mut c = Cur {
             b: self.tokens.b,
             at: self.tokens.at,
@@ -135,7 +151,8 @@ impl<'a> Head<'a> {
             let start = c.at;
             c.take(n)?;
             let exp = c.u64()?;
-            if a == aud.as_bytes() && exp > after {
+            let obtained = if self.v2 { c.u64()? } else { 0 };
+            if a == aud.as_bytes() && now < renew_at(exp, obtained, skew) {
                 return Some((start..start + n, std::str::from_utf8(scope).ok()?));
             }
         }
@@ -156,10 +173,12 @@ pub fn decode(b: &[u8]) -> Option<Session> {
         let scope = c.str16()?.to_string();
         let token = crate::secret::Secret::new(c.str16()?);
         let exp = c.u64()?;
+        let obtained = if head.v2 { c.u64()? } else { 0 };
         tokens.push(AudienceToken {
             aud,
             token,
             exp,
+            obtained,
             scope,
         });
     }
@@ -190,12 +209,14 @@ mod tests {
                     aud: "https://a".into(),
                     token: Secret::new("t-a"),
                     exp: 50,
+                    obtained: 10,
                     scope: "x y".into(),
                 },
                 AudienceToken {
                     aud: "https://b".into(),
                     token: Secret::new("t-b"),
                     exp: 70,
+                    obtained: 0,
                     scope: "".into(),
                 },
             ],
@@ -210,11 +231,43 @@ mod tests {
         let h = Head::parse(&b).unwrap();
         assert_eq!((h.sub, h.expires, h.last_seen), ("alice ü", 99, 5));
         assert_eq!(h.owner, "ab".repeat(32).as_bytes());
-        assert_eq!(h.token("https://b", 60), Some(("t-b", "")));
-        assert_eq!(h.token("https://b", 70), None, "expired at `after`");
-        assert_eq!(h.token("https://c", 0), None);
-        let (span, scope) = h.token_span("https://a", 0).unwrap();
+        assert_eq!(h.token("https://b", 60, 0), Some(("t-b", "")));
+        assert_eq!(h.token("https://b", 70, 0), None, "expired at `now`");
+        assert_eq!(
+            h.token("https://b", 60, 10),
+            None,
+            "due for renewal 10 s before"
+        );
+        assert_eq!(h.token("https://c", 0, 0), None);
+        // A 40 s token (10..50) under a 30 s skew is renewed at half its life, not at once.
+        assert!(h.token("https://a", 29, 30).is_some());
+        assert!(h.token("https://a", 30, 30).is_none());
+        let (span, scope) = h.token_span("https://a", 0, 0).unwrap();
         assert_eq!((&b[span], scope), (&b"t-a"[..], "x y"));
+    }
+
+    #[test]
+    fn version_1_records_are_still_read() {
+        // B1: the same layout without `obtained`.
+        let mut b = b"B1".to_vec();
+        b.push(2);
+        b.extend_from_slice(b"ab");
+        b.extend_from_slice(&[0, 1, b'x']);
+        b.extend_from_slice(&99u64.to_be_bytes());
+        b.extend_from_slice(&5u64.to_be_bytes());
+        b.push(1);
+        for f in ["https://a", "s", "tok"] {
+            b.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            b.extend_from_slice(f.as_bytes());
+        }
+        b.extend_from_slice(&50u64.to_be_bytes());
+        b.extend_from_slice(br#"{"sub":"x","claims":{},"created":1,"last_seen":5,"expires":99}"#);
+        let s = decode(&b).unwrap();
+        assert_eq!((s.tokens[0].exp, s.tokens[0].obtained), (50, 0));
+        assert_eq!(
+            Head::parse(&b).unwrap().token("https://a", 10, 30),
+            Some(("tok", "s"))
+        );
     }
 
     #[test]
@@ -223,7 +276,7 @@ mod tests {
         for n in 0..b.len() {
             assert!(decode(&b[..n]).is_none(), "truncated at {n}");
             if let Some(h) = Head::parse(&b[..n]) {
-                let _ = h.token("https://b", 0);
+                let _ = h.token("https://b", 0, 0);
             }
         }
         for g in [&b""[..], b"B1", b"{\"sub\":\"x\"}", b"B1\xff\xff\xff"] {

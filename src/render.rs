@@ -307,7 +307,7 @@ mod tests {
             "route_config": {"virtual_hosts": [{"routes": [{"name": "a"}, {"name": "b"}, {}]}]}}}]}]}]}});
         let facts = envoy_facts(&envoy);
         assert_eq!(facts.routes, vec!["a", "b", ""]);
-        let mut raw = crate::config::test_raw();
+        let mut raw = crate::testkit::test_raw();
         raw.routes = [
             (
                 "a".to_string(),

@@ -88,8 +88,28 @@ pub struct AudienceToken {
     pub token: Secret,
     /// Expiry, unix seconds.
     pub exp: u64,
+    /// When bffgate obtained it, unix seconds (0 if unknown: a record from an older version).
+    #[serde(default)]
+    pub obtained: u64,
     /// Space-separated granted scopes.
     pub scope: String,
+}
+
+/// A token younger than this many seconds is never due for renewal: it has just arrived,
+/// possibly from another request's renewal that this request was waiting for.
+pub const MIN_RENEW_AGE: u64 = 1;
+
+/// When a token obtained at `obtained` and expiring at `exp` is due for renewal under a
+/// refresh skew of `skew` seconds: `skew` before it expires, but never earlier than half way
+/// through its life, and never within [`MIN_RENEW_AGE`] of obtaining it. So a token that lives
+/// shorter than the skew (a 5 s token under the default 30 s skew) is renewed once per
+/// lifetime, not on every request; `skew` 0 means "while it has not expired". Never after
+/// `exp`.
+pub fn renew_at(exp: u64, obtained: u64, skew: u64) -> u64 {
+    let life = exp.saturating_sub(obtained);
+    exp.saturating_sub(skew.min(life / 2))
+        .max(obtained.saturating_add(MIN_RENEW_AGE))
+        .min(exp)
 }
 
 /// The server-side session record.
@@ -168,11 +188,12 @@ impl Session {
         now >= self.last_seen.saturating_add(touch_s)
     }
 
-    /// The token for `aud` that is still valid `skew` seconds from `now`.
+    /// The token for `aud` that is not due for renewal at `now` under a refresh skew of `skew`
+    /// seconds ([`renew_at`]); with `skew` 0, any token that has not expired.
     pub fn token_for(&self, aud: &str, now: u64, skew: u64) -> Option<&AudienceToken> {
         self.tokens
             .iter()
-            .find(|t| t.aud == aud && t.exp > now.saturating_add(skew))
+            .find(|t| t.aud == aud && now < renew_at(t.exp, t.obtained, skew))
     }
 
     /// Whether another request holds the refresh lock at `now`.
@@ -190,7 +211,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::TestRandom;
+    use crate::testkit::TestRandom;
 
     fn s() -> Session {
         Session {
@@ -246,6 +267,7 @@ mod tests {
             aud: "a".into(),
             token: Secret::new("t1"),
             exp: 2000,
+            obtained: 1000,
             scope: "s".into(),
         });
         assert!(x.token_for("a", 1900, 30).is_some());
@@ -255,9 +277,36 @@ mod tests {
             aud: "a".into(),
             token: Secret::new("t2"),
             exp: 3000,
+            obtained: 1000,
             scope: "s".into(),
         });
         assert_eq!(x.tokens.len(), 1);
         assert_eq!(x.token_for("a", 1000, 0).unwrap().token.expose(), "t2");
+    }
+
+    #[test]
+    fn a_token_shorter_than_the_skew_is_renewed_once_per_lifetime() {
+        // Under a 30 s skew: a 1 h token 30 s before expiry; a 40 s token at 20 s (half its
+        // life); an 8 s token at 4 s; a 2 s token at 1 s; never before it is 1 s old.
+        for (life, skew, due) in [
+            (3600, 30, 3570),
+            (40, 30, 20),
+            (8, 30, 4),
+            (2, 30, 1),
+            (1, 30, 1),
+            (60, 0, 60),
+            (60, 10, 50),
+        ] {
+            assert_eq!(
+                renew_at(1000 + life, 1000, skew),
+                1000 + due,
+                "{life} s, skew {skew}"
+            );
+        }
+        // A token from an older record (obtained unknown) keeps the plain skew.
+        assert_eq!(renew_at(2000, 0, 30), 1970);
+        // Never after expiry, whatever the numbers.
+        assert_eq!(renew_at(1000, 1000, 30), 1000);
+        assert_eq!(renew_at(5, u64::MAX, 30), 5);
     }
 }

@@ -86,8 +86,12 @@ pub struct Limits {
     pub when_full: WhenFull,
 }
 
-/// How many slots a claim looks at before applying the full-table policy.
+/// How many slots a claim looks at before applying the full-table policy (the least recently
+/// used of these is evicted).
 pub const SAMPLE: u32 = 64;
+/// How many slots a login looks at for a free one before it evicts or refuses: a login into a
+/// full table costs this many reads of a binary record head, never a scan of the whole table.
+pub const FREE_SEARCH: u32 = 4 * SAMPLE;
 
 /// A session ended by the store to make room, for audit and metrics.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,9 +138,10 @@ pub trait Store {
         rng: &mut dyn Random,
         now: u64,
     ) -> Result<String, StoreError>;
-    /// Takes (reads and deletes, atomically) a pending login: a second take of the same state
-    /// gets `None`, so a callback cannot be replayed.
-    fn take_pending(&mut self, state: &str) -> Option<PendingLogin>;
+    /// Takes (reads and deletes, atomically) the pending login of `state` if its flow cookie's
+    /// hash is `flow_hash`: a second take of the same state gets `None`, so a callback cannot be
+    /// replayed, and a take with another flow cookie consumes nothing.
+    fn take_pending(&mut self, state: &str, flow_hash: &str) -> Option<PendingLogin>;
     /// Deletes every session for which `pred` is true; returns those deleted.
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session>;
     /// For a store whose source of truth is remote (a fleet store): the callout that fetches a
@@ -162,11 +167,21 @@ pub trait Store {
     }
     /// For a remote store: the callout that takes a pending login missing from the local view
     /// (a login started on another Envoy). Its answer goes to [`Store::absorb_pending`].
-    fn fetch_pending(&mut self, _state: &str) -> Option<crate::oauth::BackchannelRequest> {
+    fn fetch_pending(
+        &mut self,
+        _state: &str,
+        _flow_hash: &str,
+    ) -> Option<crate::oauth::BackchannelRequest> {
         None
     }
     /// Takes the answer of a [`Store::fetch_pending`] callout.
-    fn absorb_pending(&mut self, _state: &str, _result: &crate::flow::CallResult) {}
+    fn absorb_pending(
+        &mut self,
+        _state: &str,
+        _flow_hash: &str,
+        _result: &crate::flow::CallResult,
+    ) {
+    }
     /// Ends, in the remote store, every session of a subject (or of a provider session id):
     /// sessions that this Envoy has never seen too.
     fn revoke_remote(&mut self, _sub: Option<&str>, _sid: Option<&str>) {}
@@ -185,6 +200,11 @@ pub trait Store {
     }
     /// Counts the sessions for which `pred` is true.
     fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize;
+    /// Counts `sub`'s live sessions at `now` (the operator API).
+    fn count_live_of(&self, sub: &str, now: u64) -> usize;
+    /// Whether a whole-store scan may run now: at most one per second per Envoy (shared by its
+    /// workers), so the operator API cannot be made to burn CPU.
+    fn take_scan_budget(&mut self, now: u64) -> bool;
     /// The cached JWKS document and when it was fetched.
     fn jwks(&self) -> Option<(Vec<u8>, u64)>;
     /// Caches a JWKS document.
@@ -199,6 +219,8 @@ const SESSIONS_KEY: &str = "bffgate:n:sessions";
 /// Number of occupied pending-login slots.
 const PENDING_KEY: &str = "bffgate:n:pending";
 const JTI_KEY: &str = "bffgate:jti";
+/// When the operator API last scanned the store (unix seconds).
+const SCAN_KEY: &str = "bffgate:admin:scan";
 /// Most logout-token ids remembered at once (oldest expire first).
 pub const MAX_JTI: usize = 512;
 
@@ -483,18 +505,28 @@ impl<D: SharedData> Store for SharedStore<D> {
         }
         for _ in 0..RETRIES {
             let start = random_u32(rng) % n;
-            // Least recently used live session among the first SAMPLE looked at.
-            let mut lru: Option<(u32, Cas, Session)> = None;
-            // A free (empty or dead) slot wins; past the sample the look goes on through the
-            // rest of the table, a full scan paid only when it is nearly full.
-            for k in 0..n {
+            // Least recently used live session among the first SAMPLE looked at: (slot, CAS,
+            // last use).
+            let mut lru: Option<(u32, Cas, u64)> = None;
+            // A free (empty or dead) slot wins. The look is bounded (FREE_SEARCH slots) and
+            // reads only each record's binary head: a full table costs a login a few hundred
+            // short reads, never a scan and JSON decode of every slot.
+            for k in 0..n.min(FREE_SEARCH) {
                 let slot = (start + k) % n;
-                let (cur, cas) = self.read_session(slot);
+                let (v, cas) = self.data.get(&session_key(slot));
                 let Some(cas) = cas else { continue };
-                if cur.as_ref().is_none_or(|c| self.dead(c, now)) {
+                let head = v
+                    .as_deref()
+                    .filter(|v| !v.is_empty())
+                    .and_then(crate::record::Head::parse)
+                    .map(|h| (h.last_seen, h.expires));
+                let live = head.filter(|&(last_seen, expires)| {
+                    now < expires && now < last_seen.saturating_add(self.limits.idle_s)
+                });
+                let Some((last_seen, _)) = live else {
                     match self.claim(slot, cas, s, rng) {
                         Ok(id) => {
-                            if cur.is_none() {
+                            if v.as_deref().is_none_or(<[u8]>::is_empty) {
                                 self.adjust(SESSIONS_KEY, 1);
                             }
                             return Ok((id, None));
@@ -502,27 +534,24 @@ impl<D: SharedData> Store for SharedStore<D> {
                         Err(StoreError::CasMismatch) => continue,
                         Err(e) => return Err(e),
                     }
-                }
-                if let (true, Some(c)) = (k < SAMPLE, cur) {
-                    if lru
-                        .as_ref()
-                        .is_none_or(|(_, _, l)| c.last_seen < l.last_seen)
-                    {
-                        lru = Some((slot, cas, c));
-                    }
+                };
+                if k < SAMPLE && lru.is_none_or(|(_, _, l)| last_seen < l) {
+                    lru = Some((slot, cas, last_seen));
                 }
             }
             if self.limits.when_full == WhenFull::Refuse {
                 return Err(StoreError::Full);
             }
-            if let Some((slot, cas, victim)) = lru {
+            if let Some((slot, cas, _)) = lru {
+                // Only the victim's record is decoded, for its audit line.
+                let victim = self.read_session(slot).0;
                 match self.claim(slot, cas, s, rng) {
                     Ok(id) => {
-                        let evicted = Evicted {
-                            handle: victim.handle,
-                            sub: victim.sub,
-                        };
-                        return Ok((id, Some(evicted)));
+                        let evicted = victim.map(|v| Evicted {
+                            handle: v.handle,
+                            sub: v.sub,
+                        });
+                        return Ok((id, evicted));
                     }
                     Err(StoreError::CasMismatch) => continue,
                     Err(e) => return Err(e),
@@ -607,7 +636,7 @@ impl<D: SharedData> Store for SharedStore<D> {
         Err(StoreError::CasMismatch)
     }
 
-    fn take_pending(&mut self, state: &str) -> Option<PendingLogin> {
+    fn take_pending(&mut self, state: &str, flow_hash: &str) -> Option<PendingLogin> {
         let slot: u32 = state.split_once('.')?.0.parse().ok()?;
         if slot >= self.limits.max_pending {
             return None;
@@ -621,6 +650,10 @@ impl<D: SharedData> Store for SharedStore<D> {
         ) {
             return None;
         }
+        // Another browser's flow cookie: leave the login where it is.
+        if !ct_eq(p.flow_hash.as_bytes(), flow_hash.as_bytes()) {
+            return None;
+        }
         // Consume first, with CAS: of two concurrent callbacks only one wins.
         self.cas_set(&key, b"", Some(cas?)).ok()?;
         self.adjust(PENDING_KEY, -1);
@@ -631,6 +664,33 @@ impl<D: SharedData> Store for SharedStore<D> {
         (0..self.limits.max_sessions)
             .filter(|i| self.read_session(*i).0.is_some_and(|s| pred(&s)))
             .count()
+    }
+
+    fn count_live_of(&self, sub: &str, now: u64) -> usize {
+        // From each record's binary head: no JSON decode per slot.
+        (0..self.limits.max_sessions)
+            .filter(|i| {
+                let v = self.data.get(&session_key(*i)).0;
+                v.as_deref()
+                    .and_then(crate::record::Head::parse)
+                    .is_some_and(|h| {
+                        h.sub == sub
+                            && now < h.expires
+                            && now < h.last_seen.saturating_add(self.limits.idle_s)
+                    })
+            })
+            .count()
+    }
+
+    fn take_scan_budget(&mut self, now: u64) -> bool {
+        let (v, cas) = self.data.get(SCAN_KEY);
+        let last = v
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        now > last
+            && self
+                .cas_set(SCAN_KEY, now.to_string().as_bytes(), cas)
+                .is_ok()
     }
 
     fn jwks(&self) -> Option<(Vec<u8>, u64)> {
@@ -711,54 +771,6 @@ impl<T: SharedData + ?Sized> SharedData for &mut T {
     }
 }
 
-/// In-memory shared data with CAS semantics like Envoy's, for tests and the native tools.
-#[derive(Debug, Default, Clone)]
-pub struct MemoryData {
-    map: std::collections::HashMap<
-        String,
-        (Vec<u8>, Cas),
-        std::hash::BuildHasherDefault<crate::util::IdHasher>,
-    >,
-    next_cas: Cas,
-}
-
-impl MemoryData {
-    /// Number of non-empty entries.
-    pub fn live_entries(&self) -> usize {
-        self.map.values().filter(|(v, _)| !v.is_empty()).count()
-    }
-    /// Number of keys (empty or not).
-    pub fn keys(&self) -> usize {
-        self.map.len()
-    }
-    /// All values (to search them for secrets in tests).
-    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
-        self.map.values().map(|(v, _)| v.as_slice())
-    }
-}
-
-impl SharedData for MemoryData {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>) {
-        match self.map.get(key) {
-            Some((v, c)) => (Some(v.clone()), Some(*c)),
-            None => (None, None),
-        }
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
-        // As Envoy does: a CAS of 0 means "no check", and a CAS is only compared against an
-        // existing entry (an absent key is always inserted: there is no insert-if-absent).
-        if let (Some(want), Some((_, current))) = (cas, self.map.get(key)) {
-            if want != 0 && want != *current {
-                return Err(StoreError::CasMismatch);
-            }
-        }
-        self.next_cas = self.next_cas.wrapping_add(1).max(1);
-        self.map
-            .insert(key.to_string(), (value.to_vec(), self.next_cas));
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod key_tests {
     #[test]
@@ -773,17 +785,10 @@ mod key_tests {
     }
 }
 
-/// A store over in-memory data with the slots created, for tests and tools.
-pub fn memory_store(limits: Limits) -> SharedStore<MemoryData> {
-    let mut s = SharedStore::new(MemoryData::default(), limits);
-    s.init_slots();
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::TestRandom;
+    use crate::testkit::{memory_store, TestRandom};
 
     fn limits(n: u32, when_full: WhenFull) -> Limits {
         Limits {
@@ -909,12 +914,14 @@ mod tests {
         };
         let state = st.create_pending(&p, &mut rng, 1).unwrap();
         let slot = state.split_once('.').unwrap().0;
-        assert_eq!(st.take_pending(&format!("{slot}.forged")), None);
-        assert_eq!(st.take_pending("nonsense"), None);
-        assert_eq!(st.take_pending("99.x"), None);
-        let got = st.take_pending(&state).unwrap();
+        assert_eq!(st.take_pending(&format!("{slot}.forged"), "h"), None);
+        assert_eq!(st.take_pending("nonsense", "h"), None);
+        assert_eq!(st.take_pending("99.x", "h"), None);
+        // The right state with another browser's flow cookie: refused, and nothing consumed.
+        assert_eq!(st.take_pending(&state, "another-browser"), None);
+        let got = st.take_pending(&state, "h").unwrap();
         assert_eq!(got.verifier, p.verifier);
-        assert_eq!(st.take_pending(&state), None);
+        assert_eq!(st.take_pending(&state, "h"), None);
     }
 
     #[test]
@@ -933,9 +940,9 @@ mod tests {
         let a = st.create_pending(&mk(100), &mut rng, 1).unwrap();
         let b = st.create_pending(&mk(200), &mut rng, 1).unwrap();
         let c = st.create_pending(&mk(300), &mut rng, 1).unwrap();
-        assert_eq!(st.take_pending(&a), None, "the oldest was replaced");
-        assert!(st.take_pending(&b).is_some());
-        assert!(st.take_pending(&c).is_some());
+        assert_eq!(st.take_pending(&a, "h"), None, "the oldest was replaced");
+        assert!(st.take_pending(&b, "h").is_some());
+        assert!(st.take_pending(&c, "h").is_some());
         assert_eq!(st.data.keys(), keys);
     }
 

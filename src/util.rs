@@ -100,6 +100,14 @@ pub trait Random {
     fn fill(&mut self, buf: &mut [u8]);
 }
 
+/// Whether `s` is an RFC 9110 token (a method or header name).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// `n` random bytes, base64url encoded.
 pub fn random_token(rng: &mut dyn Random, n: usize) -> String {
     let mut buf = vec![0u8; n];
@@ -107,24 +115,10 @@ pub fn random_token(rng: &mut dyn Random, n: usize) -> String {
     b64url(&buf)
 }
 
-/// A deterministic generator for tests (xorshift; NOT cryptographic).
-#[derive(Debug, Clone)]
-pub struct TestRandom(pub u64);
-
-impl Random for TestRandom {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf.iter_mut() {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            *b = (self.0 >> 24) as u8;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::TestRandom;
 
     #[test]
     fn hex_and_b64url_round_trip() {

@@ -186,7 +186,7 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::TestRandom;
+    use crate::testkit::TestRandom;
 
     const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
     const K2: &str = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8";

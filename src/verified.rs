@@ -108,7 +108,7 @@ impl VerifiedCookies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::TestRandom;
+    use crate::testkit::TestRandom;
 
     const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
     const K0: &str = "k0:ISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-P0A";

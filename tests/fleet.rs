@@ -755,10 +755,16 @@ fn backchannel_and_operator_revocation_reach_sessions_this_envoy_never_saw() {
     // The operator API of Envoy A (its own filter instance: `admin: true`).
     let mut admin_cfg = f.envoys[A].cfg.clone();
     admin_cfg.admin = true;
+    admin_cfg.admin_token = Some(bffgate::secret::Secret::new(bffgate::testkit::ADMIN_TOKEN));
     f.envoys[A].cfg = admin_cfg;
     let mut req = get("/sessions/revoke?sub=sub-alice");
     req.method = "POST".into();
     req.csrf = Some("1".into());
+    req.authority = Some("127.0.0.1:9912".into());
+    req.authorization = Some(bffgate::secret::Secret::new(format!(
+        "Bearer {}",
+        bffgate::testkit::ADMIN_TOKEN
+    )));
     let r = reply(f.request(A, &req));
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!f
@@ -822,4 +828,89 @@ fn a_last_use_write_touches_only_the_last_use_key_never_the_record() {
     // And B, reading the session, sees that last use.
     f.advance_ms(CACHE_TTL_MS + 1);
     assert!(forward(f.request(B, &orders(&b))).0.is_some());
+}
+
+#[test]
+fn a_logged_out_cookie_costs_one_etcd_read_per_cache_bound_not_one_per_request() {
+    let mut f = Fleet::new("fail_closed");
+    let mut b = Browser::default();
+    f.sign_in(&mut b, A, A);
+    // Logged out on B; A learns it at its next read of etcd.
+    let mut step = f.request(B, &logout(&b));
+    while let Step::Call { request, then } = step {
+        step = f.resume(B, *then, answer(200, &request.path));
+    }
+    f.advance_ms(CACHE_TTL_MS + 1);
+    let n = f.etcd.calls.len();
+    for _ in 0..50 {
+        assert_error(&reply(f.request(A, &orders(&b))), 401, "unauthenticated");
+    }
+    assert_eq!(
+        f.etcd_calls_since(n),
+        vec!["/v3/kv/range"],
+        "the known absence is cached within cache_ttl_ms"
+    );
+    // Past the bound it is read again, once.
+    f.advance_ms(CACHE_TTL_MS + 1);
+    let n = f.etcd.calls.len();
+    for _ in 0..10 {
+        assert_error(&reply(f.request(A, &orders(&b))), 401, "unauthenticated");
+    }
+    assert_eq!(f.etcd_calls_since(n), vec!["/v3/kv/range"]);
+}
+
+/// `GET /auth/login` on Envoy `i`: the reply after its etcd writes.
+fn start_login(f: &mut Fleet, i: usize) -> Reply {
+    let mut req = get("/auth/login?return_to=%2F");
+    req.sec_fetch_mode = Some("navigate".into());
+    reply(f.request(i, &req))
+}
+
+#[test]
+fn pending_logins_in_etcd_are_bounded_per_envoy() {
+    // max_pending_logins 5 with the default 600 s login timeout: a budget of 5, refilled at
+    // one login per 120 s.
+    let cfg = {
+        let mut raw = demo_config();
+        raw["store"] = json!({
+            "backend": "etcd",
+            "max_sessions": 64,
+            "max_pending_logins": 5,
+            "etcd": {"cluster": ETCD, "timeout_ms": 300, "cache_ttl_ms": CACHE_TTL_MS}
+        });
+        let secrets = |name: &str| match name {
+            "BFFGATE_CLIENT_SECRET" => Some(CLIENT_SECRET.to_string()),
+            "BFFGATE_COOKIE_KEYS" => Some(K1.to_string()),
+            "BFFGATE_STORE_KEYS" => Some(STORE_KEYS.to_string()),
+            _ => None,
+        };
+        Config::from_json(raw.to_string().as_bytes(), &secrets).unwrap()
+    };
+    let mut f = Fleet::new("fail_closed");
+    f.envoys[A].cfg = cfg.clone();
+    f.envoys[B].cfg = cfg;
+    let pending = |f: &Fleet| {
+        f.etcd
+            .dump()
+            .iter()
+            .filter(|(k, _)| k.starts_with("bffgate/p/"))
+            .count()
+    };
+    for _ in 0..5 {
+        assert_eq!(start_login(&mut f, A).status, 302);
+    }
+    assert_eq!(pending(&f), 5);
+    // Spent: refused before any etcd call, with the reason in the audit log.
+    let n = f.etcd.calls.len();
+    for _ in 0..100 {
+        assert_error(&start_login(&mut f, A), 503, "login_failed");
+    }
+    assert!(f.etcd_calls_since(n).is_empty());
+    assert_eq!(pending(&f), 5);
+    // The other Envoy has its own budget.
+    assert_eq!(start_login(&mut f, B).status, 302);
+    // It refills with time.
+    f.advance_ms(121_000);
+    assert_eq!(start_login(&mut f, A).status, 302);
+    assert_error(&start_login(&mut f, A), 503, "login_failed");
 }

@@ -48,8 +48,8 @@ impl Store for Remote {
     ) -> Result<String, StoreError> {
         self.local.create_pending(p, rng, now)
     }
-    fn take_pending(&mut self, state: &str) -> Option<PendingLogin> {
-        self.local.take_pending(state)
+    fn take_pending(&mut self, state: &str, flow_hash: &str) -> Option<PendingLogin> {
+        self.local.take_pending(state, flow_hash)
     }
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session> {
         self.local.delete_where(pred)
@@ -63,6 +63,20 @@ impl Store for Remote {
     }
     fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize {
         self.local.count_where(pred)
+    }
+    fn count_live_of(&self, sub: &str, now: u64) -> usize {
+        self.local.count_live_of(sub, now)
+    }
+    fn take_scan_budget(&mut self, now: u64) -> bool {
+        self.local.take_scan_budget(now)
+    }
+    fn remote_state(&self, id: &SessionId) -> bffgate::store::RemoteState {
+        // Not in the local view: fetch it (a fresh "known absent" would be Current).
+        if self.local.get_session(id).is_none() {
+            bffgate::store::RemoteState::Stale
+        } else {
+            bffgate::store::RemoteState::Current
+        }
     }
     fn fetch_session(&mut self, id: &SessionId) -> Option<BackchannelRequest> {
         self.remote
@@ -101,7 +115,7 @@ impl Store for Remote {
 fn a_session_missing_locally_is_fetched_from_the_remote_store_and_the_request_resumes() {
     let cfg = config(K1);
     let mut store = Remote {
-        local: bffgate::store::memory_store(cfg.store),
+        local: bffgate::testkit::memory_store(cfg.store),
         remote: Default::default(),
         fetches: 0,
     };
@@ -115,6 +129,7 @@ fn a_session_missing_locally_is_fetched_from_the_remote_store_and_the_request_re
             aud: ORDERS.into(),
             token: bffgate::secret::Secret::new("at-orders"),
             exp: T0 + 300,
+            obtained: T0,
             scope: "orders:read".into(),
         }],
         ..Default::default()
@@ -157,7 +172,7 @@ fn a_session_missing_locally_is_fetched_from_the_remote_store_and_the_request_re
 fn a_session_the_remote_store_does_not_have_is_refused_after_one_fetch() {
     let cfg = config(K1);
     let mut store = Remote {
-        local: bffgate::store::memory_store(cfg.store),
+        local: bffgate::testkit::memory_store(cfg.store),
         remote: Default::default(),
         fetches: 0,
     };

@@ -27,8 +27,9 @@ pub use base64::Engine as _;
 pub use bffgate::config::Config;
 pub use bffgate::flow::{CallResult, CookieEdit, Engine, Pending, Reply, Request, Step};
 pub use bffgate::oauth::BackchannelRequest;
-pub use bffgate::store::{MemoryData, SharedStore};
-pub use bffgate::util::TestRandom;
+pub use bffgate::store::SharedStore;
+pub use bffgate::testkit::MemoryData;
+pub use bffgate::testkit::TestRandom;
 pub use bffgate::verified::VerifiedCookies;
 pub use serde_json::{json, Value};
 pub use sha2::{Digest, Sha256};
@@ -61,9 +62,9 @@ pub const ERROR_CODES: &[&str] = &[
     "store_unavailable",
 ];
 
-/// The demo configuration (`config::demo_json`, shared with the unit tests and fuzz targets).
+/// The demo configuration (`testkit::demo_json`, shared with the unit tests and fuzz targets).
 pub fn demo_config() -> Value {
-    bffgate::config::demo_json()
+    bffgate::testkit::demo_json()
 }
 
 pub fn config_with(keys: &str, patch: impl FnOnce(&mut Value)) -> Config {
@@ -352,7 +353,7 @@ pub fn api(b: &Browser, method: &str, path: &str, route: &str) -> Request {
         sec_fetch_mode: Some("cors".into()),
         sec_fetch_dest: Some("empty".into()),
         accept: Some("application/json".into()),
-        store_fetched: false,
+        ..Request::default()
     }
 }
 

@@ -1,0 +1,181 @@
+//! Test kit: deterministic doubles and the demo configuration, shared by the unit tests, the
+//! engine suites (`tests/`), the property tests, the fuzz targets and the benches.
+//!
+//! Compiled only for `cargo test` of this crate or with the `testkit` feature, which the
+//! crate's own dev-dependency and the fuzz crate turn on: nothing here is in the shipped
+//! `.wasm` (`TestRandom` is not a CSPRNG and must never reach production code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+/// A deterministic generator for tests (xorshift; NOT cryptographic).
+#[derive(Debug, Clone)]
+pub struct TestRandom(pub u64);
+
+impl crate::util::Random for TestRandom {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf.iter_mut() {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = (self.0 >> 24) as u8;
+        }
+    }
+}
+
+/// In-memory shared data with CAS semantics like Envoy's, for tests and the native tools.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryData {
+    map: std::collections::HashMap<
+        String,
+        (Vec<u8>, crate::store::Cas),
+        std::hash::BuildHasherDefault<crate::util::IdHasher>,
+    >,
+    next_cas: crate::store::Cas,
+}
+
+impl MemoryData {
+    /// Number of non-empty entries.
+    pub fn live_entries(&self) -> usize {
+        self.map.values().filter(|(v, _)| !v.is_empty()).count()
+    }
+    /// Number of keys (empty or not).
+    pub fn keys(&self) -> usize {
+        self.map.len()
+    }
+    /// All values (to search them for secrets in tests).
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        self.map.values().map(|(v, _)| v.as_slice())
+    }
+}
+
+impl crate::store::SharedData for MemoryData {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<crate::store::Cas>) {
+        match self.map.get(key) {
+            Some((v, c)) => (Some(v.clone()), Some(*c)),
+            None => (None, None),
+        }
+    }
+    fn set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<crate::store::Cas>,
+    ) -> Result<(), crate::store::StoreError> {
+        // As Envoy does: a CAS of 0 means "no check", and a CAS is only compared against an
+        // existing entry (an absent key is always inserted: there is no insert-if-absent).
+        if let (Some(want), Some((_, current))) = (cas, self.map.get(key)) {
+            if want != 0 && want != *current {
+                return Err(crate::store::StoreError::CasMismatch);
+            }
+        }
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        self.map
+            .insert(key.to_string(), (value.to_vec(), self.next_cas));
+        Ok(())
+    }
+}
+
+/// A store over in-memory data with the slots created, for tests and tools.
+pub fn memory_store(limits: crate::store::Limits) -> crate::store::SharedStore<MemoryData> {
+    use crate::store::SharedStore;
+    let mut s = SharedStore::new(MemoryData::default(), limits);
+    s.init_slots();
+    s
+}
+
+/// The demo stack's filter configuration without secrets and JWKS, as JSON: the one example the
+/// unit tests, the engine suites and the fuzz targets share (each patches what it needs).
+pub fn demo_json() -> serde_json::Value {
+    serde_json::json!({
+        "public_origin": "https://localhost:8443",
+        "provider": {
+            "issuer": "http://localhost:9000",
+            "authorization_endpoint": "http://localhost:9000/auth",
+            "token_endpoint": "http://localhost:9000/token",
+            "revocation_endpoint": "http://localhost:9000/token/revocation",
+            "end_session_endpoint": "http://localhost:9000/session/end",
+            "cluster": "bffgate_idp"
+        },
+        "client": {
+            "client_id": "bffgate",
+            "redirect_uri": "https://localhost:8443/auth/callback",
+            "scopes": ["openid", "profile", "offline_access", "orders:read", "orders:write"],
+            "extra_authorize_params": {"prompt": "consent"},
+            "post_logout_redirect_uri": "https://localhost:8443/"
+        },
+        "audiences": {
+            "https://orders.api.local": {"acquire": "login"},
+            "https://profile.api.local": {"acquire": "refresh"}
+        },
+        "routes": {
+            "static": {"access": "public"},
+            "orders-read": {"access": "session", "audience": "https://orders.api.local", "scopes": ["orders:read"]},
+            "orders-write": {"access": "session", "audience": "https://orders.api.local", "scopes": ["orders:write"]},
+            "profile": {"access": "session", "audience": "https://profile.api.local", "scopes": ["profile"]},
+            "admin": {"access": "session", "audience": "https://orders.api.local", "claims": {"preferred_username": ["alice"]}}
+        }
+    })
+}
+
+/// A complete, valid configuration for tests (matches the demo stack).
+pub fn test_raw() -> crate::config::RawConfig {
+    let json = demo_json();
+    serde_json::from_value(json).unwrap()
+}
+
+/// The operator API's bearer token in the test secrets.
+pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789abcdef";
+
+/// Secrets for tests.
+pub fn test_secrets(name: &str) -> Option<String> {
+    match name {
+        "BFFGATE_CLIENT_SECRET" => Some("test-client-secret".into()),
+        "BFFGATE_COOKIE_KEYS" => Some("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into()),
+        "BFFGATE_STORE_KEYS" => Some("s1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY".into()),
+        "BFFGATE_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        _ => None,
+    }
+}
+
+/// The fake provider's signing key (ES256, fixed: tests are deterministic).
+fn signing_key() -> p256::ecdsa::SigningKey {
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(7).wrapping_add(1);
+    }
+    p256::ecdsa::SigningKey::from_slice(&d).expect("a fixed valid scalar")
+}
+
+/// The `kid` of the fake provider's key.
+pub const KID: &str = "testkit-es256";
+
+/// The fake provider's JWKS (one ES256 key, `kid` [`KID`]).
+pub fn jwks() -> String {
+    let p = signing_key().verifying_key().to_encoded_point(false);
+    let enc = |b: Option<&p256::FieldBytes>| b.map(|b| crate::util::b64url(b)).unwrap_or_default();
+    serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": enc(p.x()), "y": enc(p.y()),
+                                 "kid": KID, "use": "sig", "alg": "ES256"}]})
+    .to_string()
+}
+
+/// A compact JWS signed by the fake provider with this protected header (`alg` ES256 and `kid`
+/// [`KID`] are added when missing).
+pub fn sign_jwt_with_header(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    use p256::ecdsa::signature::Signer;
+    let mut h = header.clone();
+    if let Some(o) = h.as_object_mut() {
+        o.entry("alg").or_insert("ES256".into());
+        o.entry("kid").or_insert(KID.into());
+    }
+    let input = format!(
+        "{}.{}",
+        crate::util::b64url(h.to_string().as_bytes()),
+        crate::util::b64url(claims.to_string().as_bytes())
+    );
+    let sig: p256::ecdsa::Signature = signing_key().sign(input.as_bytes());
+    format!("{input}.{}", crate::util::b64url(&sig.to_bytes()))
+}
+
+/// [`sign_jwt_with_header`] with `typ: JWT`.
+pub fn sign_jwt(claims: &serde_json::Value) -> String {
+    sign_jwt_with_header(&serde_json::json!({"typ": "JWT"}), claims)
+}
