@@ -8,8 +8,9 @@ use bffgate::config::Config;
 use bffgate::fleet::{FleetStore, Flush};
 use bffgate::flow::CallResult;
 use bffgate::session::{Session, SessionId};
-use bffgate::store::{MemoryData, Store};
-use bffgate::util::TestRandom;
+use bffgate::store::Store;
+use bffgate::testkit::MemoryData;
+use bffgate::testkit::TestRandom;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use std::sync::OnceLock;
@@ -19,7 +20,7 @@ const T0_MS: u64 = 1_750_000_000_000;
 fn config() -> &'static Config {
     static C: OnceLock<Config> = OnceLock::new();
     C.get_or_init(|| {
-        let mut raw = bffgate::config::demo_json();
+        let mut raw = bffgate::testkit::demo_json();
         raw["store"] = json!({"backend": "etcd", "max_sessions": 8,
                               "etcd": {"cluster": "bffgate_etcd"}});
         let secrets = |n: &str| match n {
@@ -61,9 +62,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(store.get_session_raw(&id).is_none());
         }
         1 => {
-            store.absorb_pending("f.state", &answer);
+            store.absorb_pending("f.state", "flow", &answer);
             assert!(
-                store.take_pending("f.state").is_none(),
+                store.take_pending("f.state", "flow").is_none(),
                 "a forged login was accepted"
             );
         }

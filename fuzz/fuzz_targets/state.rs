@@ -1,11 +1,13 @@
 //! The login `state`: `Store::take_pending` on arbitrary strings, over the in-memory store with
-//! logins pending. Invariants: no panic; only an issued state finds its login, exactly once; a
-//! miss consumes nothing.
+//! logins pending. Invariants: no panic; only an issued state with its own flow cookie's hash
+//! finds its login, exactly once; a miss, or the right state with another flow cookie, consumes
+//! nothing.
 #![no_main]
 
 use bffgate::secret::Secret;
-use bffgate::store::{memory_store, Limits, PendingLogin, Store, WhenFull};
-use bffgate::util::TestRandom;
+use bffgate::store::{Limits, PendingLogin, Store, WhenFull};
+use bffgate::testkit::memory_store;
+use bffgate::testkit::TestRandom;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -23,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             verifier: Secret::new(format!("verifier-{i}")),
             nonce: format!("n{i}"),
             return_to: "/".into(),
-            flow_hash: "h".into(),
+            flow_hash: format!("h{i}"),
             expires: 1000,
             state_hash: String::new(),
         };
@@ -41,10 +43,16 @@ fuzz_target!(|data: &[u8]| {
     );
     for a in [attempt.as_ref(), glued.as_str()] {
         let issued = states.iter().position(|s| s == a);
-        match (st.take_pending(a), issued) {
+        // With another browser's flow cookie first: nothing is found and nothing consumed.
+        assert!(
+            st.take_pending(a, "not-the-flow-cookie").is_none(),
+            "a login was taken without its flow cookie: {a:?}"
+        );
+        let flow = format!("h{}", issued.unwrap_or(0));
+        match (st.take_pending(a, &flow), issued) {
             (Some(p), Some(i)) => {
                 assert_eq!(p.nonce, format!("n{i}"));
-                assert!(st.take_pending(a).is_none(), "a state was taken twice");
+                assert!(st.take_pending(a, &flow).is_none(), "a state was taken twice");
             }
             (Some(_), None) => panic!("a state that was never issued found a login: {a:?}"),
             (None, Some(_)) => panic!("an issued state did not find its login: {a:?}"),
@@ -52,10 +60,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // Misses consumed nothing: every state not presented still works, once.
-    for s in &states {
+    for (i, s) in states.iter().enumerate() {
         if s.as_str() != attempt.as_ref() && s.as_str() != glued.as_str() {
             assert!(
-                st.take_pending(s).is_some(),
+                st.take_pending(s, &format!("h{i}")).is_some(),
                 "a failed attempt consumed another login"
             );
         }

@@ -17,8 +17,9 @@ use base64::Engine as _;
 use bffgate::config::Config;
 use bffgate::flow::{CallResult, CookieEdit, Engine, Reply, Request, Step};
 use bffgate::seal::KeyRing;
-use bffgate::store::{memory_store, MemoryData, SharedStore};
-use bffgate::util::TestRandom;
+use bffgate::store::SharedStore;
+use bffgate::testkit::{memory_store, MemoryData};
+use bffgate::testkit::TestRandom;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 
@@ -58,7 +59,7 @@ pub fn secrets(name: &str) -> Option<String> {
 /// The demo configuration of the unit tests (no JWKS: ID tokens are checked by claims only),
 /// with a small store so that scripts reach its limits.
 pub fn demo_config_json() -> Value {
-    let mut v = bffgate::config::demo_json();
+    let mut v = bffgate::testkit::demo_json();
     v["store"] = json!({"max_sessions": 8, "max_pending_logins": 8});
     v
 }
@@ -654,6 +655,21 @@ pub fn assert_return_to_local(out: &str) {
         !once.chars().any(char::is_control),
         "return_to output decodes to control characters: {out:?}"
     );
+    // No dot segment left, and none of its decoded forms resolves to `//` or above the root.
+    assert!(
+        bffgate::redirect::is_safe_target(out),
+        "return_to output has dot segments that resolve off-site: {out:?}"
+    );
+}
+
+/// Whether the path part of `s` has a `.` or `..` segment (also percent-encoded): the only
+/// inputs `sanitize_return_to` may rewrite instead of keeping or replacing with `/`.
+pub fn has_dot_segment(s: &str) -> bool {
+    let path = &s[..s.find(['?', '#']).unwrap_or(s.len())];
+    path.split('/').any(|seg| {
+        let d = seg.replace("%2e", ".").replace("%2E", ".");
+        d == "." || d == ".."
+    })
 }
 
 /// Runs one engine call and checks it.
