@@ -3,7 +3,8 @@
 //   orders  :9101  GET /api/orders (orders:read), POST /api/orders (orders:write),
 //                  bearer JWT with aud https://orders.api.local
 //   profile :9102  GET /api/profile (profile), bearer JWT with aud https://profile.api.local
-//   public  :9103  GET /api/public/hello (no auth) and the static demo page (GET /, /app.js, /style.css)
+//   public  :9103  GET /api/public/hello (no auth; `?set_cookie=1` also sets bffgate's cookie names,
+//                  a test of the filter's stripping) and the static demo page (GET /, /app.js, /style.css)
 //
 // Every API answer is JSON with "api" and "seen": {"authorization", "cookie", "claims"} where
 // claims is the payload of the bearer JWT verified against the identity provider's JWKS (issuer,
@@ -225,7 +226,18 @@ async function publicHandler(req, res, path) {
     }
     // the public API needs no token; should one arrive anyway, show what it was (any audience)
     const { claims } = bearerOf(req) ? await verify(req, undefined) : { claims: null };
-    return send(res, 200, { api, message: 'hello', seen: seenOf(req, claims) });
+    // Test knob: `?set_cookie=1` plays a hostile or careless upstream that sets bffgate's own
+    // cookie names (in two letter cases) next to a cookie of its own; bffgate must strip its names.
+    const plant = new URL(req.url, 'http://x').searchParams.get('set_cookie') === '1';
+    const cookies = plant ? {
+      'set-cookie': [
+        '__Host-bff-session=planted-by-upstream; Path=/; Secure; HttpOnly; SameSite=Lax',
+        '__HOST-BFF-SESSION=planted-upper; Path=/; Secure; HttpOnly',
+        '__Host-bff-flow-0123456789ab=planted-flow; Path=/; Secure; HttpOnly',
+        'theme=dark; Path=/',
+      ],
+    } : {};
+    return send(res, 200, { api, message: 'hello', seen: seenOf(req, claims) }, cookies);
   }
   if (path.startsWith('/api/')) {
     return send(res, 404, { api, error: 'not_found', seen: seenOf(req, null) });

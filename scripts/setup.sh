@@ -184,5 +184,12 @@ if ! grep -q '^BFFGATE_STORE_KEYS=' .run/secrets.env; then
   [[ -z $(tail -c1 .run/secrets.env) ]] || echo >> .run/secrets.env
   echo "BFFGATE_STORE_KEYS=k1:$(b64url32)" >> .run/secrets.env
 fi
+# The operator API's bearer token (127.0.0.1:9902; `admin_token_env`). Added likewise to older
+# secrets files.
+if ! grep -q '^BFFGATE_ADMIN_TOKEN=' .run/secrets.env; then
+  say "adding BFFGATE_ADMIN_TOKEN to .run/secrets.env"
+  [[ -z $(tail -c1 .run/secrets.env) ]] || echo >> .run/secrets.env
+  echo "BFFGATE_ADMIN_TOKEN=$(b64url32)" >> .run/secrets.env
+fi
 
 say "done"

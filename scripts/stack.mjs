@@ -51,7 +51,7 @@ export const DEMO_USERS = Object.freeze([
 
 export const TLS_CERT = path.join(ROOT, '.run/tls/cert.pem');
 export const SECRETS_FILE = path.join(ROOT, '.run/secrets.env');
-const SECRET_KEYS = ['BFFGATE_CLIENT_SECRET', 'BFFGATE_COOKIE_KEYS'];
+const SECRET_KEYS = ['BFFGATE_CLIENT_SECRET', 'BFFGATE_COOKIE_KEYS', 'BFFGATE_ADMIN_TOKEN'];
 
 const STOP_GRACE_MS = 5000;
 const READY_TIMEOUT_MS = 60000;
@@ -720,7 +720,7 @@ function banner() {
     `  app (Envoy + bffgate)  ${URLS.app}/   (self-signed: .run/tls/cert.pem)`,
     `  identity provider      ${URLS.idp}`,
     `  Envoy admin            ${URLS.admin}`,
-    `  operator API           http://127.0.0.1:9902  (GET /sessions?sub=alice; POST /sessions/revoke?sub=alice with X-CSRF: 1)`,
+    `  operator API           http://127.0.0.1:9902  (GET /sessions?sub=alice; POST /sessions/revoke?sub=alice with X-CSRF: 1;\n                         each with Authorization: Bearer $BFFGATE_ADMIN_TOKEN from .run/secrets.env)`,
     `  demo users             ${DEMO_USERS.map((u) => `${u.login}/${u.password} (${u.scopes})`).join(', ')}`,
     '  logs                   .run/logs/{envoy,idp,api}.log',
     'Press Ctrl-C to stop.',

@@ -209,6 +209,7 @@ pub fn all_counters() -> Vec<String> {
         "bffgate_revocations_sent",
         "bffgate_csrf_rejections",
         "bffgate_upstream_cookies_removed",
+        "bffgate_callouts_dispatched",
         "bffgate_callouts_ok",
         "bffgate_callouts_http_error",
         "bffgate_callouts_failed",

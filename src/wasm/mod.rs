@@ -473,6 +473,8 @@ fn dispatch_outgoing(shared: &Shared, cfg: &Config, as_root: bool) {
             .cluster
             .as_deref()
             .unwrap_or(cfg.provider.cluster.as_str());
+        // Every attempt: once the answers are in, dispatched = ok + http_error + failed.
+        shared.count("bffgate_callouts_dispatched");
         match hostcalls::dispatch_http_call(
             cluster,
             headers,

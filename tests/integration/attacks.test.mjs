@@ -9,10 +9,11 @@
 //   routing.test.mjs  path tricks with sessions, forwarding headers, underscores
 //   lifecycle.test.mjs refresh faults, single-flight renewal, revocation
 //
-// Two stacks, one after the other (Envoy --concurrency 2, wasm at trace level so the leak row
+// Three stacks, one after the other (Envoy --concurrency 2, wasm at trace level so the leak row
 // scans every log level): A, the shipped configuration; B, the shipped configuration with short
-// session lifetimes (idle 5 s, absolute 12 s) and 31 s access tokens (fresh for 1 s with the
-// 30 s refresh skew), for the expiry and refresh rows. The login-fault row replaces the identity
+// session lifetimes (idle 5 s, absolute 12 s), for the expiry row; C, the shipped session
+// lifetimes with 20 s access tokens (due for renewal after 10 s: min(refresh_skew_s 30, half
+// their life) before expiry), for the refresh row. The login-fault row replaces the identity
 // provider with a scripted one on 127.0.0.1:9000 for a while. Tests run in file order.
 
 import assert from 'node:assert/strict';
@@ -40,7 +41,7 @@ import { renderVariant } from '../lib/variant.mjs';
 
 const sleep = (ms) => new Promise((r) => { setTimeout(r, Math.max(0, ms)); });
 const CALLOUT_TIMEOUT_MS = 3000; // envoy/bffgate.yaml provider.timeout_ms
-const LOGS = { a: '.run/logs/attacks-a', b: '.run/logs/attacks-b' };
+const LOGS = { a: '.run/logs/attacks-a', b: '.run/logs/attacks-b', c: '.run/logs/attacks-c' };
 const PROTECTED = ['orders', 'profile'];
 
 let stack; // the running stack (A, then B)
@@ -895,13 +896,25 @@ test('row: idle and absolute expiry, logout and revocation hold on every Envoy w
   await assertUntouched(c3, 'revoked session');
 });
 
-test('row: refresh: invalid_grant ends the session, a timeout or 5xx keeps it with idp_unavailable; concurrent requests on a stale token cause one refresh', { timeout: 120_000 }, async () => {
-  // lifecycle.test.mjs runs these on one 35 s timeline; stack B's 31 s tokens are stale after 1 s,
-  // so each variant gets a fresh session and needs no wait.
-  const stale = async (name, user = 'alice') => {
-    const s = await signedIn(name, user);
-    await sleep(1500);
-    return s;
+test('row: refresh: invalid_grant ends the session, a timeout or 5xx keeps it with idp_unavailable; concurrent requests on a stale token cause one refresh', { timeout: 150_000 }, async () => {
+  // lifecycle.test.mjs runs these on one timeline; here stack C's 20 s tokens are due for
+  // renewal 10 s after login and valid until 20 s. Every variant gets its own session; all are
+  // signed in at once and used in turn once they are stale, the slow variant last but one.
+  await stack.stop();
+  stack = undefined;
+  const cfg = renderVariant('attacks-refresh', { session: { touch_interval_s: 1, refresh_skew_s: 30 } });
+  await boot('c', { envoyConfig: cfg, env: { BFFGATE_ACCESS_TOKEN_TTL: '20' } });
+  const STALE_AFTER_MS = 10_000 + 1200;
+  const names = ['inv-false', 'inv-true', 'transient-error500', 'transient-garbage', 'transient-reset', 'transient-slow', 'concurrent'];
+  const t0 = Date.now();
+  const sessions = new Map(await Promise.all(names.map(async (n) => [n, await signedIn(n)])));
+  await sleep(t0 + STALE_AFTER_MS - Date.now());
+  const stale = async (name) => {
+    // The transient variants need the old token still valid (the concurrent one does not).
+    if (name.startsWith('transient')) {
+      assert.ok(Date.now() - t0 < 18_500, `${name}: still before the tokens' expiry (+${Date.now() - t0} ms); the run is too slow`);
+    }
+    return sessions.get(name);
   };
   // invalid_grant: that request 401 (302 for a navigation), session over, upstream untouched.
   for (const nav of [false, true]) {

@@ -9,8 +9,9 @@
 // session survives; records at rest are AEAD envelopes with a lease; serve_cached serves a
 // cached session only while young enough and never a miss.
 //
-// One fleet for the file. The provider's access tokens live TTL = 40 s; with refresh_skew_s = 30
-// a token is fresh for 10 s, then renewed on use, and expired 40 s after issue. Two sessions are
+// One fleet for the file. The provider's access tokens live TTL = 40 s; bffgate renews a token
+// min(refresh_skew_s = 30, half its life) before expiry, so a token is fresh for 20 s, then
+// renewed on use, and expired 40 s after issue. Two sessions are
 // logged in first (before()) and left untouched for the refresh tests, which run once their
 // tokens are stale (refresh on B) and expired (single-flight), so the file waits for an expiry
 // only once. Tests run in file order.
@@ -351,7 +352,8 @@ test('one etcd member down (the leader): login, use and logout keep working; it 
 
 test('refresh on B: B renews the stale orders token once; A then uses the new token without a grant', async () => {
   const s = sessions.refreshOnB;
-  await waitUntil(s.tokenAt + (TTL - SKEW) * 1000 + 1500); // stale (inside the skew window), still valid
+  // Due for renewal (min(skew, half its life) before expiry), still valid.
+  await waitUntil(s.tokenAt + (TTL - Math.min(SKEW, Math.floor(TTL / 2))) * 1000 + 1500);
   const g0 = await grants();
   const r = await orders(B, s);
   assertOrdersOk(r, 'B with a stale token');

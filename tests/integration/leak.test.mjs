@@ -52,7 +52,9 @@ import { readSecrets } from '../../scripts/stack.mjs';
 
 const LOG_DIR = '.run/logs/leak-test';
 const LOGS = Object.fromEntries(['envoy', 'idp', 'api'].map((n) => [n, path.join(ROOT, LOG_DIR, `${n}.log`)]));
-const TOKEN_TTL_S = 35; // the filter renews 30 s (refresh_skew_s) before expiry: due after 5 s
+// The filter renews a token min(refresh_skew_s = 30, half its life) before expiry: 13 s tokens
+// are due after 7 s (and valid until 13 s, past the last use of the original tokens).
+const TOKEN_TTL_S = 13;
 
 let boot;
 const run = { browsers: [] };
@@ -98,8 +100,8 @@ before(async () => {
     return r.status === 401 ? r : null;
   }, { ms: 3000 });
 
-  // renewal: the tokens are within refresh_skew_s of expiry 5 s after they were issued
-  await sleep(Math.max(0, loggedInAt + 6500 - Date.now()));
+  // renewal: the tokens are due 7 s after they were issued
+  await sleep(Math.max(0, loggedInAt + 7600 - Date.now()));
   run.steps.ordersRenewed = await alice.fetchApi('GET', '/api/orders');
   run.steps.profileRenewed = await alice.fetchApi('GET', '/api/profile');
   run.idpRenewed = await idpStats();

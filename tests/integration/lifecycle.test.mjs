@@ -4,19 +4,20 @@
 // logout, logout on every worker, /auth/user expiry, and no VM crash after all of it.
 //
 // One stack for the whole file (Envoy --concurrency 2). The provider issues access tokens that
-// live TTL = 35 s; with bffgate's refresh_skew_s = 30 a token is "fresh" for ~5 s after issue,
-// then inside the skew window (renewed on use, but still valid if the provider fails) until it
-// really expires 35 s after issue. To keep the file short, a batch of sessions is logged in
-// once in before() and the tests use them in order along one timeline:
+// live TTL = 60 s; bffgate renews a token min(refresh_skew_s = 30, half its life) before it
+// expires, so a token is "fresh" for 30 s after issue, then due for renewal (renewed on use, but
+// still valid if the provider fails) until it really expires 60 s after issue. To keep the file
+// short, a batch of sessions is logged in once in before() and the tests use them in order
+// along one timeline:
 //
-//   T0 ........ T0+5 ................................ T0+35 ...........................
+//   T0 ........ T0+30 ............................... T0+60 ...........................
 //   logins      stale: renewal, invalid_grant,        expired: 50 concurrent requests,
 //               faults with a still-valid token       faults with no valid token left
 //
 // so the file waits for an expiry only once. The tests must run in file order (node:test runs
 // the tests of one file one after the other). The last part restarts the provider (which loses
-// its in-memory grants) with refresh-token rotation and TTL 31 s (fresh for < 1 s, so each
-// second brings a renewal).
+// its in-memory grants) with refresh-token rotation and TTL 4 s (due for renewal 2 s after
+// issue, so every other second brings a renewal).
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -32,13 +33,14 @@ import {
   findSecretsInLog, forEachLogChunk, readLogSince, secretsSeen, tokenLeaksInResponses,
 } from '../lib/harness.mjs';
 
-const TTL = 35; // provider access-token lifetime (s)
+const TTL = 60; // provider access-token lifetime (s)
 const SKEW = 30; // envoy/bffgate.yaml session.refresh_skew_s
-const FRESH = TTL - SKEW; // seconds a new token is used without renewal
+/** Seconds after issue a token of `ttl` seconds is due for renewal: min(skew, half its life) before it expires. */
+const dueAfter = (ttl) => ttl - Math.min(SKEW, Math.floor(ttl / 2));
 const CALLOUT_TIMEOUT_MS = 3000; // envoy/bffgate.yaml provider.timeout_ms
 const REVOCATION_TIMEOUT_MS = 1000; // provider.revocation_timeout_ms (default)
 const SLOW_MS = CALLOUT_TIMEOUT_MS + 700; // a "slow" provider: past the callout timeout
-const ROTATION_TTL = 31; // last part: fresh for < 1 s
+const ROTATION_TTL = 4; // last part: due for renewal 2 s after issue
 
 const ORDERS = 'https://orders.api.local';
 const PROFILE = 'https://profile.api.local';
@@ -91,7 +93,7 @@ function delta(s0, s1) {
  */
 function times(start, end, ttl = TTL) {
   return {
-    staleAt: (Math.floor(end / 1000) + (ttl - SKEW)) * 1000 + 150,
+    staleAt: (Math.floor(end / 1000) + dueAfter(ttl)) * 1000 + 150,
     validUntil: (Math.floor(start / 1000) + ttl) * 1000 - 400,
     expiredAt: (Math.floor(end / 1000) + ttl) * 1000 + 150,
   };
@@ -319,7 +321,7 @@ test('faults on login (token endpoint 500, garbage, slow, reset, invalid_grant):
 });
 
 // ---------------------------------------------------------------------------------------------
-// stale tokens, still valid (T0+5 .. T0+35)
+// stale tokens, still valid (T0+30 .. T0+60)
 
 test('renewal before expiry: past the skew point one request causes exactly one refresh_token grant and a new orders token', async () => {
   const s = S.renew;
@@ -461,7 +463,7 @@ test('while one request renews (provider slow, 2 s), others with a still-valid t
 });
 
 // ---------------------------------------------------------------------------------------------
-// expired tokens (T0+35 ..)
+// expired tokens (T0+60 ..)
 
 test('50 concurrent requests (fresh connections, both workers) on an expired token: exactly one refresh, all 200 with aud orders', async () => {
   const s = S.conc;
@@ -652,14 +654,14 @@ test('IdP stopped: still-valid token -> 200 old token; expired -> 503, session k
 });
 
 // ---------------------------------------------------------------------------------------------
-// rotation (the IdP now rotates refresh tokens and issues tokens fresh for < 1 s)
+// rotation (the IdP now rotates refresh tokens and issues tokens due for renewal after 2 s)
 
 test('refresh-token rotation: renewals in a row (sequential, concurrent, via exchange) keep working; the old refresh token is never reused', async () => {
   const s = await new Sess('rotation').login();
   const st0 = await idpStats();
   const jtis = new Set();
   let last = Date.now();
-  const nextStale = () => waitUntil((Math.floor(last / 1000) + (ROTATION_TTL - SKEW)) * 1000 + 150);
+  const nextStale = () => waitUntil((Math.floor(last / 1000) + dueAfter(ROTATION_TTL)) * 1000 + 150);
   // four sequential renewals of the orders token
   for (let i = 0; i < 4; i += 1) {
     await nextStale();

@@ -28,7 +28,7 @@ import {
 } from '../lib/harness.mjs';
 import {
   OPERATOR, accessEntries, auditEvents, deltas, envoyMemory, logSize, loginMany, logoutAtIdp, mib,
-  onEveryWorker, operatorCount, operatorRevoke, ordersStatus, prometheus, sessionOf, sleep, userStatus,
+  onEveryWorker, operatorCount, operatorRequest, operatorRevoke, ordersStatus, prometheus, sessionOf, sleep, userStatus,
 } from '../lib/observe.mjs';
 import { renderVariant } from '../lib/variant.mjs';
 
@@ -415,7 +415,7 @@ describe('shipped config: back-channel logout, operator API, metrics, access log
     const m0 = await prometheus();
 
     // A subject is required.
-    assertJsonError(await rawRequest('GET', `${OPERATOR}/sessions`), 400, 'invalid_request', 'GET /sessions without sub');
+    assertJsonError(await operatorRequest('GET', '/sessions'), 400, 'invalid_request', 'GET /sessions without sub');
     // Without the CSRF header nothing ends.
     assertJsonError(await operatorRevoke('alice', { csrf: false }), 403, 'csrf', 'revoke without X-CSRF');
     assert.equal(await operatorCount('alice'), nAlice);

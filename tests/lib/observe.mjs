@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import {
   APP, Browser, IDP, SESSION_COOKIE, loginOk, rawRequest,
 } from './client.mjs';
+import { readSecrets } from '../../scripts/stack.mjs';
 
 export const ADMIN = 'http://127.0.0.1:9901';
 /** bffgate's operator API (the `bffgate_admin` listener of the shipped config). */
@@ -98,17 +99,38 @@ export async function onEveryWorker(probe, { min = 4, max = 40 } = {}) {
 // ---------------------------------------------------------------------------------------------
 // the operator API
 
+/** The operator API's bearer token (`BFFGATE_ADMIN_TOKEN` in .run/secrets.env). */
+export function operatorToken() {
+  return readSecrets().BFFGATE_ADMIN_TOKEN;
+}
+
+/**
+ * A request to the operator API with its bearer token (unless `token: null`; another string
+ * replaces it). A scan answered 429 (one per second per Envoy) is retried after its
+ * Retry-After, a few times. `base`: another Envoy's operator listener.
+ */
+export async function operatorRequest(method, pathAndQuery, { token, headers = {}, base = OPERATOR } = {}) {
+  const t = token === undefined ? operatorToken() : token;
+  const h = { ...headers, ...(t === null ? {} : { authorization: `Bearer ${t}` }) };
+  for (let attempt = 0; ; attempt++) {
+    const r = await rawRequest(method, `${base}${pathAndQuery}`, { headers: h });
+    if (r.status !== 429 || attempt >= 5) return r;
+    await sleep(1000 * Number(r.headers['retry-after'] || 1));
+  }
+}
+
 /** GET /sessions?sub=S on the operator listener -> number of live sessions. */
-export async function operatorCount(sub) {
-  const r = await rawRequest('GET', `${OPERATOR}/sessions?sub=${encodeURIComponent(sub)}`);
+export async function operatorCount(sub, { base } = {}) {
+  const r = await operatorRequest('GET', `/sessions?sub=${encodeURIComponent(sub)}`, { base });
   if (r.status !== 200 || typeof r.json?.sessions !== 'number') throw new Error(`GET /sessions?sub=${sub}: ${r.status} ${r.text}`);
   return r.json.sessions;
 }
 
 /** POST /sessions/revoke?sub=S (with the CSRF header unless csrf: false); the raw response. */
-export function operatorRevoke(sub, { csrf = true } = {}) {
-  return rawRequest('POST', `${OPERATOR}/sessions/revoke?sub=${encodeURIComponent(sub)}`, {
+export function operatorRevoke(sub, { csrf = true, base } = {}) {
+  return operatorRequest('POST', `/sessions/revoke?sub=${encodeURIComponent(sub)}`, {
     headers: csrf ? { 'x-csrf': '1' } : {},
+    base,
   });
 }
 

@@ -42,17 +42,23 @@ function configTool(args) {
   }
 }
 
+/** The filter settings of envoy/bffgate.yaml as JSON, with the policies' `routes`. */
+function shippedMerged() {
+  return JSON.parse(configTool(['json', '--settings', 'envoy/bffgate.yaml', '--policies', 'policies']));
+}
+
 /** The filter settings of envoy/bffgate.yaml as JSON (without the policies' `routes`). */
 export function shippedSettings() {
-  const merged = JSON.parse(configTool(['json', '--settings', 'envoy/bffgate.yaml', '--policies', 'policies']));
+  const merged = shippedMerged();
   delete merged.routes;
   return merged;
 }
 
 /**
  * Renders an Envoy config whose filter settings are envoy/bffgate.yaml deep-merged with
- * `overrides`. Returns the absolute path of the rendered file (.run/variants/<name>.yaml).
- * Throws with the tool's message if the settings are refused.
+ * `overrides`. A `routes` key in `overrides` is deep-merged into the shipped policies instead
+ * (written as one policy file of the variant). Returns the absolute path of the rendered file
+ * (.run/variants/<name>.yaml). Throws with the tool's message if the settings are refused.
  */
 export function renderVariant(name, overrides) {
   if (!/^[a-z0-9-]+$/.test(name)) throw new Error(`variant name ${name}: [a-z0-9-] only`);
@@ -60,9 +66,18 @@ export function renderVariant(name, overrides) {
   fs.mkdirSync(dir, { recursive: true });
   const settingsFile = path.join(dir, `${name}.settings.json`);
   const out = path.join(dir, `${name}.yaml`);
-  fs.writeFileSync(settingsFile, `${JSON.stringify(deepMerge(shippedSettings(), overrides), null, 2)}\n`);
+  const { routes: routeOverrides, ...settingOverrides } = overrides;
+  let policies = 'policies';
+  if (routeOverrides) {
+    policies = path.join(dir, `${name}.policies`);
+    fs.rmSync(policies, { recursive: true, force: true });
+    fs.mkdirSync(policies);
+    const routes = deepMerge(shippedMerged().routes, routeOverrides);
+    fs.writeFileSync(path.join(policies, 'all.yaml'), `${JSON.stringify({ routes }, null, 2)}\n`);
+  }
+  fs.writeFileSync(settingsFile, `${JSON.stringify(deepMerge(shippedSettings(), settingOverrides), null, 2)}\n`);
   try {
-    configTool(['render', '--settings', settingsFile, '--policies', 'policies',
+    configTool(['render', '--settings', settingsFile, '--policies', policies,
       '--template', 'envoy/envoy.template.yaml', '--out', out]);
   } catch (err) {
     throw new Error(`rendering variant ${name} failed: ${err.stderr || err.message}`);
