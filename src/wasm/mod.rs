@@ -46,7 +46,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         let shared = Shared { root_id: context_id, ..Shared::default() };
-        Box::new(Root { shared: Rc::new(shared), ticks: 0, sweep_at: 0 })
+        Box::new(Root { shared: Rc::new(shared), ticks: 0, sweep_at: 0, memory_kib: 0 })
     });
 }}
 
@@ -589,6 +589,8 @@ struct Root {
     shared: Rc<Shared>,
     ticks: u64,
     sweep_at: u32,
+    /// The VM's linear memory at the last look, KiB (it only grows).
+    memory_kib: usize,
 }
 
 /// Sweep a batch every this many ticks (about once a second).
@@ -665,6 +667,8 @@ impl RootContext for Root {
                 self.shared
                     .metric(MetricType::Gauge, "bffgate_pending_logins");
                 self.shared
+                    .metric(MetricType::Gauge, "bffgate_vm_memory_kib");
+                self.shared
                     .metric(MetricType::Histogram, "bffgate_callout_duration_ms");
                 if self.shared.queue.get().is_none() {
                     self.shared.queue.set(register_queue());
@@ -701,6 +705,16 @@ impl RootContext for Root {
             dispatch_outgoing(shared, &cfg, true);
         }
         // In fleet mode etcd's leases end sessions; the cache needs no sweep.
+        if self.ticks % SWEEP_EVERY == 0 {
+            // The VM's memory only grows; each growth is logged (and the gauge set), so a leak
+            // shows as growth under a steady load.
+            let kib = core::arch::wasm32::memory_size::<0>().saturating_mul(64);
+            if kib > self.memory_kib {
+                self.memory_kib = kib;
+                log(LogLevel::Info, &format!("vm memory {kib} KiB"));
+                shared.gauge("bffgate_vm_memory_kib", kib as u64);
+            }
+        }
         if self.ticks % SWEEP_EVERY == 0 && cfg.etcd.is_none() {
             // Reclaim dead sessions and expired logins a batch at a time.
             let mut store = SharedStore::new(HostData, cfg.store);
