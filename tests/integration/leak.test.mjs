@@ -30,7 +30,7 @@
 //
 // Two verdicts over the same run: the filter's own output (its log lines, the access log the
 // shipped config writes), the provider's and APIs' logs and the responses must be clean; and
-// the issue's stricter statement, "zero hits in every log", which includes what Envoy itself
+// the stricter requirement, "zero hits in every log", which includes what Envoy itself
 // logs at debug/trace level (its HTTP codec and connection manager print request and response
 // headers: see envoyproxy/envoy#9652). The second lists each hit by Envoy component and source.
 
