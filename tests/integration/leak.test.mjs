@@ -67,7 +67,7 @@ before(async () => {
     // maps by design at debug/trace (request/response headers in the connection manager and
     // codecs, upstream headers in the router): no filter can stop Envoy from printing the
     // cookies and Authorization headers it parses there (envoyproxy/envoy#9652, open). Those
-    // stay at info; production Envoys run at info anyway (README, "Logging").
+    // stay at info; production Envoys run at info anyway (docs/operations.md, "Logging").
     componentLogLevel: 'wasm:trace,http:info,http2:info,router:info,client:info',
     logDir: LOG_DIR,
     env: { BFFGATE_ACCESS_TOKEN_TTL: String(TOKEN_TTL_S) },
