@@ -18,10 +18,10 @@
 //! - `engine_second_audience`: the same for `/api/profile` (the second, cached audience).
 //! - `engine_forged_cookie`: a well-formed cookie with a wrong MAC (answered 401).
 //!
-//! Also counts the shared-data operations of one fast-path request (issue 7: at most one get of
+//! Also counts the shared-data operations of one fast-path request (performance target: at most one get of
 //! the session record) through a counting wrapper around the in-memory shared data.
 //!
-//! Prints the ratio engine fast path / HMAC (issue 7: at most 2x) and, when `BENCH_CORE_OUT`
+//! Prints the ratio engine fast path / HMAC (performance target: at most 2x) and, when `BENCH_CORE_OUT`
 //! names a file, writes the estimates and sizes there as JSON (scripts/bench.mjs reads it).
 //! Short measurement times keep the whole run well under a minute.
 

@@ -1,6 +1,6 @@
 // bffgate demo identity provider: oidc-provider 9 on 127.0.0.1:9000 (issuer http://localhost:9000).
 //
-// What it offers (see /work/shared/CONTRACT.md and common.md for the contract around it):
+// What it offers (docs/http.md describes the demo stack's HTTP surface around it):
 //   - one confidential client `bffgate` (client_secret_basic, secret from $BFFGATE_CLIENT_SECRET),
 //     code flow with mandatory S256 PKCE, refresh tokens, revocation, introspection,
 //     RP-initiated logout and back-channel logout;

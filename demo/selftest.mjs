@@ -226,7 +226,7 @@ function tokenRequest(params) {
 // the login flow as the filter + a browser would run it
 
 function authorizeUrl({ state, nonce, challenge }) {
-  // exactly the shape documented in common.md
+  // the parameters bffgate's own authorization request carries (src/oauth.rs, authorize_url)
   const q = [
     ['response_type', 'code'],
     ['client_id', 'bffgate'],

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// `make bench`: bffgate side by side with bare Envoy and Envoy's own oauth2 filter (issue 7).
+// `make bench`: bffgate side by side with bare Envoy and Envoy's own oauth2 filter,
+// judged against the performance targets in docs/performance.md.
 //
 //   node scripts/bench.mjs [--duration S] [--connections N] [--threads N] [--rounds N]
 //                          [--sessions N] [--cases a,b,c,d,e,f,g,h] [--no-core] [--no-renewal] [--quick]
@@ -68,7 +69,7 @@ const ENVOYS = {
   oauth2: { tls: 18442, admin: 19942, baseId: 18442, config: 'bench/envoy.oauth2.yaml' },
   bffgate: { tls: 18443, admin: 19943, baseId: 18443, config: `${WORK}/envoy.bffgate.yaml` },
   noop: { tls: 18444, admin: 19944, baseId: 18444, config: 'bench/envoy.noop.yaml' },
-  // Fleet mode (issue 8): sessions in etcd; the same origin as bffgate's (sign-in goes through
+  // Fleet mode (docs/fleet.md): sessions in etcd; the same origin as bffgate's (sign-in goes through
   // 18445 with 18443's URLs, see PORT_MAP), so one IdP serves both.
   fleet: { tls: 18445, admin: 19945, baseId: 18445, config: `${WORK}/envoy.fleet.yaml`, cacheTtlMs: 1000 },
   fleetnc: { tls: 18446, admin: 19946, baseId: 18446, config: `${WORK}/envoy.fleetnc.yaml`, cacheTtlMs: 0 },
@@ -582,7 +583,7 @@ function markdown(R) {
     L.push('');
   }
   if (byId.g || byId.h) {
-    L.push('## Fleet mode (issue 8): sessions in etcd, next to the shared-data store (case c)', '');
+    L.push('## Fleet mode: sessions in etcd, next to the shared-data store (case c)', '');
     for (const x of [byId.g, byId.h].filter(Boolean)) {
       L.push(`- ${x.id}. ${x.name}: ${fmt(x.rps)} req/s = ${fmt(ratio(x.rps, byId.c?.rps), 2)}x case c; `
         + `Envoy CPU ${fmt(x.cpu_us_per_req, 1)} µs/req (${fmt(ratio(x.cpu_us_per_req, byId.c?.cpu_us_per_req), 2)}x case c), `
@@ -610,7 +611,7 @@ function markdown(R) {
       + `${R.logins.count} sessions = ${fmt(R.logins.bytes_per_session)} bytes/session (allocator rounding and noise included); `
       + `the native bench's record is ${R.core?.session_record_bytes ?? 'n/a'} bytes of JSON.`);
   }
-  L.push('', '## Verdict (issue 7 targets)', '');
+  L.push('', '## Verdict (performance targets)', '');
   for (const v of R.verdict) L.push(`- ${v.met === true ? 'MET' : v.met === false ? 'NOT MET' : 'UNKNOWN'}: ${v.target} (${v.value})`);
   for (const v of R.verdict_info || []) L.push(`- for information: ${v}`);
   if (R.problems.length) {
@@ -1156,7 +1157,7 @@ async function main() {
   if (c && a) R.verdict_info.push(`by CPU per request, fast path = ${fmt(cpuRatio(c, a), 2)}x bare Envoy (target 0.75x)`);
   if (c && b) R.verdict_info.push(`by CPU per request, fast path = ${fmt(cpuRatio(c, b), 2)}x Envoy oauth2 filter (target 1.0x)`);
   for (const x of [byId.g, byId.h].filter(Boolean)) {
-    if (c) R.verdict_info.push(`fleet mode, case ${x.id} (${x.name}): ${fmt(ratio(x.rps, c.rps), 2)}x the shared-data store's req/s (issue 8)`);
+    if (c) R.verdict_info.push(`fleet mode, case ${x.id} (${x.name}): ${fmt(ratio(x.rps, c.rps), 2)}x the shared-data store's req/s`);
   }
   for (const x of R.cases) {
     if (!x.ok) R.verdict.push({ target: `case ${x.id} status mix (${x.expect})`, met: false, value: x.status_summary });

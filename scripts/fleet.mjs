@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Fleet mode (issue 8): a 3-member etcd cluster, the demo IdP and APIs, two Envoys with bffgate
+// Fleet mode (docs/fleet.md): a 3-member etcd cluster, the demo IdP and APIs, two Envoys with bffgate
 // sharing their sessions through etcd, and a TCP round-robin load balancer in front of them.
 // Loopback only:
 //

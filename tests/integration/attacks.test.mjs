@@ -1,4 +1,4 @@
-// The attack suite: one test per row of ../shared/SECURITY.md ("what attackers and faults will
+// The attack suite: one test per attack class of docs/security.md ("What attackers and faults
 // try"), each with several variants, each asserting both the answer and that no upstream saw
 // the request (the demo APIs count what they receive: GET /__stats).
 //

@@ -1,4 +1,4 @@
-// Fleet mode through the real parts (issue 8): a 3-member etcd cluster, the demo IdP and APIs,
+// Fleet mode through the real parts (docs/fleet.md): a 3-member etcd cluster, the demo IdP and APIs,
 // Envoy A (https://localhost:8444) and Envoy B (:8445) with bffgate and `store.backend: etcd`
 // (envoy/envoy.fleet.yaml), and the TCP round-robin load balancer on :8443 (scripts/fleet.mjs).
 //

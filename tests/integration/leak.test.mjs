@@ -30,7 +30,7 @@
 //
 // Two verdicts over the same run: the filter's own output (its log lines, the access log the
 // shipped config writes), the provider's and APIs' logs and the responses must be clean; and
-// the issue's stricter statement, "zero hits in every log", which includes what Envoy itself
+// the stricter requirement, "zero hits in every log", which includes what Envoy itself
 // logs at debug/trace level (its HTTP codec and connection manager print request and response
 // headers: see envoyproxy/envoy#9652). The second lists each hit by Envoy component and source.
 
@@ -69,7 +69,7 @@ before(async () => {
     // maps by design at debug/trace (request/response headers in the connection manager and
     // codecs, upstream headers in the router): no filter can stop Envoy from printing the
     // cookies and Authorization headers it parses there (envoyproxy/envoy#9652, open). Those
-    // stay at info; production Envoys run at info anyway (README, "Logging").
+    // stay at info; production Envoys run at info anyway (docs/operations.md, "Logging").
     componentLogLevel: 'wasm:trace,http:info,http2:info,router:info,client:info',
     logDir: LOG_DIR,
     env: { BFFGATE_ACCESS_TOKEN_TTL: String(TOKEN_TTL_S) },

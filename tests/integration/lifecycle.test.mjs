@@ -1,4 +1,4 @@
-// Token lifecycle through the real stack (issue 4): renewal before expiry, single-flight refresh
+// Token lifecycle through the real stack (docs/lifecycle.md): renewal before expiry, single-flight refresh
 // across Envoy workers, refresh-token rotation, per-audience tokens (RFC 8707 refresh and RFC 8693
 // exchange), invalid_grant, transient provider faults on refresh, login and logout, revocation at
 // logout, logout on every worker, /auth/user expiry, and no VM crash after all of it.
