@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(h) = &head {
         for aud in ["https://orders.api.local", "", "a"] {
             for after in [0, 1_750_000_000, u64::MAX] {
-                let _ = h.token(aud, after);
+                let _ = h.token(aud, after, 30);
             }
         }
     }
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     );
     for t in &s.tokens {
         let first = s.tokens.iter().find(|x| x.aud == t.aud && x.exp > 0);
-        let got = h.token(&t.aud, 0);
+        let got = h.token(&t.aud, 0, 0);
         assert_eq!(
             got,
             first.map(|x| (x.token.expose(), x.scope.as_str())),

@@ -52,6 +52,7 @@ pub fn secrets(name: &str) -> Option<String> {
     match name {
         "BFFGATE_CLIENT_SECRET" => Some(CLIENT_SECRET.to_string()),
         "BFFGATE_COOKIE_KEYS" => Some(KEYS.to_string()),
+        "BFFGATE_ADMIN_TOKEN" => Some(bffgate::testkit::ADMIN_TOKEN.to_string()),
         _ => None,
     }
 }
