@@ -28,6 +28,7 @@ pub mod fleet;
 pub mod flow;
 pub mod jose;
 pub mod jwt;
+pub mod keyspec;
 pub mod oauth;
 pub mod policy;
 pub mod record;

@@ -14,8 +14,6 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 const DOMAIN: &[u8] = b"bffgate-v1";
-/// Longest key id accepted in config and in cookies.
-pub const MAX_KID_LEN: usize = 16;
 /// Longest cookie value we even try to verify.
 pub const MAX_VALUE_LEN: usize = 512;
 
@@ -48,24 +46,15 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
-/// True for key ids made of `[A-Za-z0-9_-]`, 1 to 16 characters.
-pub fn valid_kid(kid: &str) -> bool {
-    !kid.is_empty()
-        && kid.len() <= MAX_KID_LEN
-        && kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 impl KeyRing {
     /// Parses `kid:base64url-key[,kid:base64url-key...]`; the first entry is the signing key.
     /// Keys must be at least 32 bytes. Errors never contain key material.
-    pub fn parse(spec: &str) -> Result<KeyRing, String> {
+    pub fn parse(spec: &str) -> Result<KeyRing, crate::keyspec::KeySpecError> {
         let mut keys: Vec<(String, HmacSha256)> = Vec::new();
         let mut material: Vec<u8> = Vec::new();
-        for (kid, key) in crate::vault::parse_key_spec(spec, 32)? {
-            let mac =
-                HmacSha256::new_from_slice(&key).map_err(|_| format!("`{kid}`: unusable key"))?;
+        for (kid, key) in crate::keyspec::parse(spec, 32)? {
+            let mac = HmacSha256::new_from_slice(&key)
+                .map_err(|_| crate::keyspec::KeySpecError::Unusable(kid.clone()))?;
             for field in [kid.as_bytes(), &key] {
                 material.extend_from_slice(&(field.len() as u32).to_be_bytes());
                 material.extend_from_slice(field);
@@ -136,7 +125,7 @@ impl KeyRing {
         else {
             return Err(SealError::Malformed);
         };
-        if !valid_kid(kid) {
+        if !crate::keyspec::valid_kid(kid) {
             return Err(SealError::Malformed);
         }
         // MAX_VALUE_LEN base64url characters decode to fewer bytes than this.
@@ -272,13 +261,14 @@ mod tests {
     #[test]
     fn key_ring_config_errors_name_the_entry_and_hide_the_key() {
         assert!(KeyRing::parse("").is_err());
-        let e = KeyRing::parse("k1:c2hvcnQ").unwrap_err();
+        let e = KeyRing::parse("k1:c2hvcnQ").unwrap_err().to_string();
         assert!(
             e.contains("at least 32 bytes") && !e.contains("c2hvcnQ"),
             "{e}"
         );
         assert!(KeyRing::parse(&format!("{K1},{K1}"))
             .unwrap_err()
+            .to_string()
             .contains("duplicate"));
         assert!(KeyRing::parse("bad kid:AAAA").is_err());
         assert_eq!(ring(&format!("{K1},{K0}")).current_kid(), "k1");

@@ -15,39 +15,6 @@ const MAGIC: &[u8] = b"V1";
 const DOMAIN: &[u8] = b"bffgate-store-v1";
 const NONCE_LEN: usize = 24;
 
-/// Parses a key ring spec `kid:base64url-key[,kid:base64url-key...]` (first entry first) into
-/// key ids and raw keys of at least `min_len` bytes. Errors never contain key material.
-pub fn parse_key_spec(spec: &str, min_len: usize) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
-    for (i, entry) in spec.split(',').map(str::trim).enumerate() {
-        if entry.is_empty() {
-            continue;
-        }
-        let (kid, b64) = entry
-            .split_once(':')
-            .ok_or_else(|| format!("entry {i}: expected `kid:base64url-key`"))?;
-        if !crate::seal::valid_kid(kid) {
-            return Err(format!("entry {i}: key id must be 1-16 of [A-Za-z0-9_-]"));
-        }
-        if keys.iter().any(|(k, _)| k == kid) {
-            return Err(format!("entry {i}: duplicate key id `{kid}`"));
-        }
-        let key = crate::util::b64url_decode(b64.trim_end_matches('='))
-            .ok_or_else(|| format!("entry {i} (`{kid}`): key is not base64url"))?;
-        if key.len() < min_len {
-            return Err(format!(
-                "entry {i} (`{kid}`): key must be at least {min_len} bytes, got {}",
-                key.len()
-            ));
-        }
-        keys.push((kid.to_string(), key));
-    }
-    if keys.is_empty() {
-        return Err("no keys".into());
-    }
-    Ok(keys)
-}
-
 /// Why an envelope did not open. Callers treat all alike (the record is unusable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VaultError {
@@ -90,22 +57,23 @@ fn aad(key: &str, kid: &str, handle: &str) -> Vec<u8> {
 
 impl Vault {
     /// Parses `kid:base64url(32 bytes)[,...]`.
-    pub fn parse(spec: &str) -> Result<Vault, String> {
+    pub fn parse(spec: &str) -> Result<Vault, crate::keyspec::KeySpecError> {
         let mut keys = Vec::new();
         let mut index = Vec::new();
-        for (kid, key) in parse_key_spec(spec, 32)? {
+        for (kid, key) in crate::keyspec::parse(spec, 32)? {
             if key.len() != 32 {
-                return Err(format!(
-                    "`{kid}`: key must be exactly 32 bytes, got {}",
-                    key.len()
-                ));
+                return Err(crate::keyspec::KeySpecError::WrongLength {
+                    got: key.len(),
+                    kid,
+                    need: 32,
+                });
             }
             let cipher = XChaCha20Poly1305::new_from_slice(&key)
-                .map_err(|_| format!("`{kid}`: unusable key"))?;
+                .map_err(|_| crate::keyspec::KeySpecError::Unusable(kid.clone()))?;
             // A separate key for index names, derived so the AEAD key is used for one thing.
             let derived = crate::util::sha256(&[b"bffgate-index-key:".as_slice(), &key].concat());
             let mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&derived)
-                .map_err(|_| format!("`{kid}`: unusable key"))?;
+                .map_err(|_| crate::keyspec::KeySpecError::Unusable(kid.clone()))?;
             keys.push((kid, cipher));
             index.push(mac);
         }
@@ -257,7 +225,7 @@ mod tests {
     #[test]
     fn key_spec_errors_name_no_key_material() {
         assert!(Vault::parse("").is_err());
-        let e = Vault::parse("k1:c2hvcnQ").unwrap_err();
+        let e = Vault::parse("k1:c2hvcnQ").unwrap_err().to_string();
         assert!(e.contains("32 bytes") && !e.contains("c2hvcnQ"), "{e}");
         assert!(Vault::parse(&format!("{K1},{K1}")).is_err());
         assert!(Vault::parse("bad kid:AAAA").is_err());
