@@ -226,7 +226,7 @@ pub fn all_counters() -> Vec<String> {
     for r in EndReason::ALL {
         v.push(format!("bffgate_sessions_ended_{}", r.as_str()));
     }
-    for code in crate::flow::ErrorCode::ALL {
+    for code in crate::reply::ErrorCode::ALL {
         v.push(format!("bffgate_denied_{}", code.as_str()));
     }
     v
@@ -290,7 +290,7 @@ pub fn decision_of(step: &crate::flow::Step, auth_prefix: &str) -> Decision {
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
                 .unwrap_or_default();
             Decision::Denied(
-                crate::flow::ErrorCode::ALL
+                crate::reply::ErrorCode::ALL
                     .iter()
                     .find(|c| c.as_str() == code)
                     .map_or("invalid_request", |c| c.as_str()),
@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(e.to_json()["reason"], "logout");
         assert_eq!(e.metric().as_deref(), Some("bffgate_sessions_ended_logout"));
         assert!(all_counters().contains(&e.metric().unwrap()));
-        for code in crate::flow::ErrorCode::ALL {
+        for code in crate::reply::ErrorCode::ALL {
             let m = Decision::Denied(code.as_str()).metric().unwrap();
             assert!(all_counters().contains(&m.into_owned()));
         }

@@ -31,8 +31,8 @@
 //! only leaves once etcd has it.
 
 use crate::config::{Etcd, WhenUnavailable};
-use crate::flow::CallResult;
-use crate::oauth::BackchannelRequest;
+use crate::callout::CallResult;
+use crate::callout::Callout;
 use crate::secret::Secret;
 use crate::session::{Session, SessionId};
 use crate::store::{
@@ -58,7 +58,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Flush {
     /// Make this callout and hand its result back.
-    Call(BackchannelRequest),
+    Call(Callout),
     /// Nothing left to send.
     Done(Outcome),
 }
@@ -414,8 +414,8 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
         keys
     }
 
-    fn call(&self, path: &str, body: Value) -> BackchannelRequest {
-        BackchannelRequest {
+    fn call(&self, path: &str, body: Value) -> Callout {
+        Callout {
             cluster: Some(self.cfg.cluster.clone()),
             authority: Some(self.cfg.authority.clone()),
             method: "POST",
@@ -537,7 +537,7 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
     }
 
     /// The request for the current call of `op` (`phase` = what the first call returned).
-    fn request(&self, op: &Op, phase: Option<&Phase>) -> BackchannelRequest {
+    fn request(&self, op: &Op, phase: Option<&Phase>) -> Callout {
         let grant = |ttl: u64| self.call("/v3/lease/grant", json!({"TTL": ttl.max(1).to_string()}));
         match (op, phase) {
             (Op::Create { ttl, .. }, None)
@@ -644,7 +644,7 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
         rev: u64,
         lease: u64,
         lock: Option<(bool, u64)>,
-    ) -> BackchannelRequest {
+    ) -> Callout {
         let v = sid.verifier();
         let key = self.s_key(&v);
         let lkey = format!("{}l/{v}", self.cfg.prefix);
@@ -681,7 +681,7 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
     }
 
     /// One transaction deleting sessions (record, last use, lock) and the given extra keys.
-    fn deletes_txn(&self, doomed: &[(String, Vec<String>)]) -> BackchannelRequest {
+    fn deletes_txn(&self, doomed: &[(String, Vec<String>)]) -> Callout {
         let mut ops = Vec::new();
         for (v, extra) in doomed {
             let key = self.s_key(v);
@@ -953,7 +953,7 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         Some(p)
     }
 
-    fn fetch_pending(&mut self, state: &str, flow_hash: &str) -> Option<BackchannelRequest> {
+    fn fetch_pending(&mut self, state: &str, flow_hash: &str) -> Option<Callout> {
         // The key needs the flow cookie too: a take with only the `state` deletes nothing.
         let key = self.pending_key(state, flow_hash);
         Some(self.call(
@@ -1068,7 +1068,7 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         }
     }
 
-    fn fetch_session(&mut self, id: &SessionId) -> Option<BackchannelRequest> {
+    fn fetch_session(&mut self, id: &SessionId) -> Option<Callout> {
         let key = self.s_key(&id.verifier());
         Some(self.call(
             "/v3/kv/range",

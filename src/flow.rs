@@ -9,7 +9,12 @@ use crate::audit::{EndReason, Event};
 use crate::config::{Acquire, Config};
 use crate::cookie;
 use crate::jwt;
-use crate::oauth::{self, BackchannelRequest, TokenError};
+use crate::callout::{CallResult, Callout};
+use crate::oauth::{self, TokenError};
+use crate::reply::{
+    base_headers, cors_headers, error_reply, json_reply, redirect, store_unavailable, with_cookie,
+    ErrorCode, Reply, ReplyKind,
+};
 use crate::policy::{is_safe_method, Access, CsrfMode, Denial, Policy, UnauthMode};
 use crate::redirect::sanitize_return_to;
 use crate::secret::Secret;
@@ -68,16 +73,6 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// A local reply.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// Headers (several `set-cookie` allowed).
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: String,
-}
 
 /// What to do with the `cookie` request header when forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +101,7 @@ pub enum Step {
     /// Call the provider, then resume with [`Engine::on_callout`].
     Call {
         /// The request.
-        request: BackchannelRequest,
+        request: Callout,
         /// The continuation.
         then: Box<Pending>,
     },
@@ -243,76 +238,9 @@ pub enum TokenCall {
     Exchange,
 }
 
-/// Outcome of a callout, as the shell saw it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallResult {
-    /// A response arrived.
-    Response {
-        /// Status.
-        status: u16,
-        /// Body.
-        body: Vec<u8>,
-    },
-    /// No response: timeout, reset, no healthy upstream, or dispatch failure.
-    Failed,
-}
 
-/// Error codes of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// No valid session.
-    Unauthenticated,
-    /// The route's token lacks a scope.
-    InsufficientScope,
-    /// Policy refused (claims, no policy for the route).
-    Forbidden,
-    /// CSRF defence refused.
-    Csrf,
-    /// Malformed request to a bffgate endpoint.
-    InvalidRequest,
-    /// The login could not be completed.
-    LoginFailed,
-    /// The provider could not be reached or misbehaved.
-    IdpUnavailable,
-    /// The session store (etcd, in fleet mode) could not be reached.
-    StoreUnavailable,
-}
 
-impl ErrorCode {
-    /// Every code.
-    pub const ALL: [ErrorCode; 8] = [
-        ErrorCode::Unauthenticated,
-        ErrorCode::InsufficientScope,
-        ErrorCode::Forbidden,
-        ErrorCode::Csrf,
-        ErrorCode::InvalidRequest,
-        ErrorCode::LoginFailed,
-        ErrorCode::IdpUnavailable,
-        ErrorCode::StoreUnavailable,
-    ];
 
-    /// The wire code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::Unauthenticated => "unauthenticated",
-            ErrorCode::InsufficientScope => "insufficient_scope",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::Csrf => "csrf",
-            ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::LoginFailed => "login_failed",
-            ErrorCode::IdpUnavailable => "idp_unavailable",
-            ErrorCode::StoreUnavailable => "store_unavailable",
-        }
-    }
-}
-
-/// Headers on every reply bffgate generates.
-fn base_headers() -> Vec<(String, String)> {
-    vec![
-        ("cache-control".into(), "no-store".into()),
-        ("x-content-type-options".into(), "nosniff".into()),
-    ]
-}
 
 /// How long a refresh lock (and a wait for it) lasts, in seconds: the provider callout's
 /// timeout, rounded up, plus a margin for the store write.
@@ -320,62 +248,11 @@ pub fn lock_ttl(cfg: &Config) -> u64 {
     cfg.provider.timeout_ms.div_ceil(1000).saturating_add(2)
 }
 
-/// A JSON error reply.
-pub fn error_reply(status: u16, code: ErrorCode, description: &str) -> Reply {
-    let mut headers = base_headers();
-    headers.push(("content-type".into(), "application/json".into()));
-    if status == 401 {
-        headers.push(("www-authenticate".into(), "Cookie realm=\"bffgate\"".into()));
-    }
-    Reply {
-        status,
-        headers,
-        body: json!({"error": code.as_str(), "error_description": description}).to_string(),
-    }
-}
 
-/// `503 store_unavailable`: the session store could not confirm the session or a write.
-pub fn store_unavailable() -> Reply {
-    error_reply(
-        503,
-        ErrorCode::StoreUnavailable,
-        "the session store is unavailable; try again",
-    )
-}
 
-fn json_reply(status: u16, body: Value) -> Reply {
-    let mut headers = base_headers();
-    headers.push(("content-type".into(), "application/json".into()));
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
 
-fn redirect(location: &str) -> Reply {
-    let mut headers = base_headers();
-    headers.push(("location".into(), location.to_string()));
-    Reply {
-        status: 302,
-        headers,
-        body: String::new(),
-    }
-}
 
-fn with_cookie(mut r: Reply, set_cookie: String) -> Reply {
-    r.headers.push(("set-cookie".into(), set_cookie));
-    r
-}
 
-/// The response headers that let an allowed `origin` read an answer, with credentials.
-pub fn cors_headers(origin: String) -> [(String, String); 3] {
-    [
-        ("access-control-allow-origin".into(), origin),
-        ("access-control-allow-credentials".into(), "true".into()),
-        ("vary".into(), "origin".into()),
-    ]
-}
 
 /// Splits `:path` into path and query.
 fn split_path(p: &str) -> (&str, &str) {
@@ -443,7 +320,7 @@ enum JwsCheck {
     /// Verified; the payload.
     Verified(serde_json::Map<String, Value>),
     /// The key set must be (re)fetched first.
-    Fetch(BackchannelRequest),
+    Fetch(Callout),
     /// Refused.
     Refused(crate::jose::JoseError),
 }
@@ -495,7 +372,7 @@ enum SessionLookup {
     /// A live session.
     Live(SessionId, Box<Session>, u32),
     /// Not in the local view of a remote store: fetch it, then decide again.
-    Fetch(SessionId, BackchannelRequest),
+    Fetch(SessionId, Callout),
     /// The remote store could not be reached and nothing cached may be used: fail closed.
     Unavailable,
 }
@@ -848,6 +725,7 @@ impl<'a> Engine<'a> {
             status: 204,
             headers: base_headers(),
             body: String::new(),
+            kind: ReplyKind::Endpoint,
         };
         r.headers.extend([
             ("access-control-allow-methods".into(), method.to_string()),
@@ -955,7 +833,9 @@ impl<'a> Engine<'a> {
 
     fn unauthenticated(&self, navigation: bool, path: &str, had_cookie: bool) -> Reply {
         let r = if navigation {
-            redirect(&self.login_location(path))
+            let mut r = redirect(&self.login_location(path));
+            r.kind = ReplyKind::LoginRedirect;
+            r
         } else {
             error_reply(401, ErrorCode::Unauthenticated, "sign in first")
         };
@@ -1485,7 +1365,7 @@ impl Engine<'_> {
     }
 
     /// Pauses a request on a store fetch; it is decided again when the answer arrives.
-    fn fetch_then_retry(req: &Request, sid: SessionId, request: BackchannelRequest) -> Step {
+    fn fetch_then_retry(req: &Request, sid: SessionId, request: Callout) -> Step {
         let mut again = req.clone();
         again.store_fetched = true;
         Step::Call {
@@ -2382,6 +2262,7 @@ impl Engine<'_> {
             status: 200,
             headers,
             body: json!({"sessions_ended": ended.len()}).to_string(),
+            kind: ReplyKind::Endpoint,
         })
     }
 

@@ -22,6 +22,7 @@
 //! touching `proxy_wasm`.
 
 pub mod audit;
+pub mod callout;
 pub mod config;
 pub mod cookie;
 pub mod fleet;
@@ -33,6 +34,7 @@ pub mod oauth;
 pub mod policy;
 pub mod record;
 pub mod redirect;
+pub mod reply;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod render;
 pub mod seal;

@@ -1,6 +1,7 @@
 //! OAuth 2.0 messages as values: PKCE, the authorization URL, token-endpoint requests and the
 //! parsing of their responses into typed results.
 
+use crate::callout::Callout;
 use crate::config::{AuthMethod, Config};
 use crate::secret::Secret;
 use crate::util::{b64url, sha256};
@@ -33,30 +34,11 @@ pub fn authorize_url(cfg: &Config, state: &str, nonce: &str, challenge: &str) ->
     format!("{}?{}", cfg.provider.authorization_endpoint, q.finish())
 }
 
-/// A request to the provider's back channel, as a value the shell turns into a callout.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackchannelRequest {
-    /// Envoy cluster to call; `None` for the provider's (`provider.cluster`).
-    pub cluster: Option<String>,
-    /// `:authority`; `None` for the provider's.
-    pub authority: Option<String>,
-    /// `POST` (token endpoint, revocation) or `GET` (JWKS).
-    pub method: &'static str,
-    /// Path on the provider cluster.
-    pub path: String,
-    /// Extra headers (`authorization` for Basic client auth).
-    pub headers: Vec<(String, Secret)>,
-    /// `application/x-www-form-urlencoded` body (contains secrets: never log it).
-    pub body: Secret,
-    /// Callout timeout in milliseconds.
-    pub timeout_ms: u64,
-}
-
 fn client_request(
     cfg: &Config,
     path: &str,
     mut form: form_urlencoded::Serializer<String>,
-) -> BackchannelRequest {
+) -> Callout {
     let mut headers = Vec::new();
     match cfg.client.auth_method {
         AuthMethod::ClientSecretBasic => {
@@ -77,7 +59,7 @@ fn client_request(
             form.append_pair("client_secret", cfg.client.secret.expose());
         }
     }
-    BackchannelRequest {
+    Callout {
         cluster: None,
         authority: None,
         method: "POST",
@@ -89,7 +71,7 @@ fn client_request(
 }
 
 /// The authorization-code exchange (with PKCE verifier and the login audience).
-pub fn code_request(cfg: &Config, code: &str, verifier: &str) -> BackchannelRequest {
+pub fn code_request(cfg: &Config, code: &str, verifier: &str) -> Callout {
     let mut f = form_urlencoded::Serializer::new(String::new());
     f.append_pair("grant_type", "authorization_code")
         .append_pair("code", code)
@@ -108,7 +90,7 @@ fn audience_scope<'c>(cfg: &'c Config, audience: &str) -> Option<&'c str> {
 
 /// A refresh-token grant for one audience (RFC 8707 `resource`), down-scoped to the audience's
 /// configured scopes if any.
-pub fn refresh_request(cfg: &Config, refresh_token: &str, audience: &str) -> BackchannelRequest {
+pub fn refresh_request(cfg: &Config, refresh_token: &str, audience: &str) -> Callout {
     let mut f = form_urlencoded::Serializer::new(String::new());
     f.append_pair("grant_type", "refresh_token")
         .append_pair("refresh_token", refresh_token)
@@ -126,7 +108,7 @@ pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_tok
 
 /// An RFC 8693 token exchange: the session's login-audience access token for a token whose
 /// audience is `audience`.
-pub fn exchange_request(cfg: &Config, subject_token: &str, audience: &str) -> BackchannelRequest {
+pub fn exchange_request(cfg: &Config, subject_token: &str, audience: &str) -> Callout {
     let mut f = form_urlencoded::Serializer::new(String::new());
     f.append_pair("grant_type", TOKEN_EXCHANGE)
         .append_pair("subject_token", subject_token)
@@ -140,7 +122,7 @@ pub fn exchange_request(cfg: &Config, subject_token: &str, audience: &str) -> Ba
 }
 
 /// An RFC 7009 revocation request.
-pub fn revoke_request(cfg: &Config, token: &str, hint: &str) -> Option<BackchannelRequest> {
+pub fn revoke_request(cfg: &Config, token: &str, hint: &str) -> Option<Callout> {
     let path = cfg.provider.revocation_path.as_deref()?;
     let mut f = form_urlencoded::Serializer::new(String::new());
     f.append_pair("token", token)
@@ -149,8 +131,8 @@ pub fn revoke_request(cfg: &Config, token: &str, hint: &str) -> Option<Backchann
 }
 
 /// A JWKS fetch.
-pub fn jwks_request(cfg: &Config) -> Option<BackchannelRequest> {
-    Some(BackchannelRequest {
+pub fn jwks_request(cfg: &Config) -> Option<Callout> {
+    Some(Callout {
         cluster: None,
         authority: None,
         method: "GET",

@@ -148,11 +148,11 @@ pub trait Store {
     /// session missing from the local view. The engine pauses the request, makes the call, hands
     /// the answer to [`Store::absorb`] and decides the request again. The embedded store has
     /// nothing remote: `None`.
-    fn fetch_session(&mut self, _id: &SessionId) -> Option<crate::oauth::BackchannelRequest> {
+    fn fetch_session(&mut self, _id: &SessionId) -> Option<crate::callout::Callout> {
         None
     }
     /// Takes the answer of a [`Store::fetch_session`] callout into the local view.
-    fn absorb(&mut self, _id: &SessionId, _result: &crate::flow::CallResult) {}
+    fn absorb(&mut self, _id: &SessionId, _result: &crate::callout::CallResult) {}
     /// How far the local view of a session can be trusted (a fleet store's cache, in one read
     /// of it): the engine fetches a stale one first and fails closed on an unavailable one.
     /// The embedded store is always current.
@@ -171,7 +171,7 @@ pub trait Store {
         &mut self,
         _state: &str,
         _flow_hash: &str,
-    ) -> Option<crate::oauth::BackchannelRequest> {
+    ) -> Option<crate::callout::Callout> {
         None
     }
     /// Takes the answer of a [`Store::fetch_pending`] callout.
@@ -179,7 +179,7 @@ pub trait Store {
         &mut self,
         _state: &str,
         _flow_hash: &str,
-        _result: &crate::flow::CallResult,
+        _result: &crate::callout::CallResult,
     ) {
     }
     /// Ends, in the remote store, every session of a subject (or of a provider session id):
@@ -194,7 +194,7 @@ pub trait Store {
     fn advance(
         &mut self,
         _ob: &mut crate::fleet::Outbox,
-        _result: Option<&crate::flow::CallResult>,
+        _result: Option<&crate::callout::CallResult>,
     ) -> crate::fleet::Flush {
         crate::fleet::Flush::Done(crate::fleet::Outcome::Ok)
     }

@@ -27,8 +27,8 @@
 use crate::audit::{decision_of, Decision, EndReason, Event};
 use crate::config::Config;
 use crate::fleet::FleetStore;
-use crate::flow::{CallResult, CookieEdit, Engine, Pending, Request, Step};
-use crate::oauth::BackchannelRequest;
+use crate::callout::{CallResult, Callout};
+use crate::flow::{CookieEdit, Engine, Pending, Request, Step};
 use crate::secret::Secret;
 use crate::store::{Cas, SharedData, SharedStore, StoreError};
 use crate::util::{IdHasher, Random};
@@ -102,7 +102,7 @@ type IdSet = HashSet<u32, BuildHasherDefault<IdHasher>>;
 struct Outgoing {
     /// The request it is for (it may be gone by the time the answer arrives).
     ctx: u32,
-    request: BackchannelRequest,
+    request: Callout,
     then: Pending,
 }
 
@@ -334,7 +334,7 @@ fn respond(
         .cors
         .borrow_mut()
         .remove(&ctx)
-        .map(crate::flow::cors_headers);
+        .map(crate::reply::cors_headers);
     let mut h = h;
     if let Some(cors) = &cors {
         h.extend(cors.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -344,7 +344,7 @@ fn respond(
 }
 
 fn fail_closed(shared: &Shared, ctx: u32, why: &str) -> Action {
-    let r = crate::flow::error_reply(503, crate::flow::ErrorCode::IdpUnavailable, why);
+    let r = crate::reply::error_reply(503, crate::reply::ErrorCode::IdpUnavailable, why);
     respond(shared, ctx, r.status, &r.headers, &r.body)
 }
 
@@ -951,7 +951,7 @@ impl HttpContext for Http {
         }
         const H: MapType = MapType::HttpResponseHeaders;
         if let Some(origin) = self.shared.cors.borrow_mut().remove(&self.id) {
-            for (k, v) in crate::flow::cors_headers(origin) {
+            for (k, v) in crate::reply::cors_headers(origin) {
                 let _ = hostcalls::set_map_value(H, &k, Some(&v));
             }
         }
