@@ -36,7 +36,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bffgate::config::Config;
-use bffgate::flow::{Engine, Request, Step};
+use bffgate::engine::{Engine, Request, Step};
 use bffgate::secret::Secret;
 use bffgate::session::{AudienceToken, Session};
 use bffgate::store::{Cas, SharedData, SharedStore, Store, StoreError};

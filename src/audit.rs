@@ -274,42 +274,6 @@ impl Decision {
     }
 }
 
-/// The decision a step amounts to.
-pub fn decision_of(step: &crate::flow::Step, auth_prefix: &str) -> Decision {
-    use crate::flow::Step;
-    match step {
-        Step::Forward {
-            authorization: Some(_),
-            ..
-        } => Decision::Allowed,
-        Step::Forward { .. } => Decision::Public,
-        Step::Call { .. } | Step::Wait { .. } | Step::ReadBody { .. } => Decision::Pending,
-        Step::Respond(r) if r.status >= 400 => {
-            let code = serde_json::from_str::<Value>(&r.body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_default();
-            Decision::Denied(
-                crate::reply::ErrorCode::ALL
-                    .iter()
-                    .find(|c| c.as_str() == code)
-                    .map_or("invalid_request", |c| c.as_str()),
-            )
-        }
-        Step::Respond(r) => {
-            let to_login = r.status == 302
-                && r.headers.iter().any(|(k, v)| {
-                    k == "location" && v.starts_with(&format!("{auth_prefix}/login?"))
-                });
-            if to_login {
-                Decision::LoginRedirect
-            } else {
-                Decision::Endpoint
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,5 @@
 //! Key ring specifications, `kid:base64url-key[,kid:base64url-key...]` (first entry first),
-//! shared by the cookie MAC ring ([`crate::seal`]) and the store's AEAD ring
-//! ([`crate::vault`]). The first entry is the one new values use; every entry verifies or opens,
+//! shared by the cookie MAC ring (`seal`) and the store's AEAD ring (`vault`). The first entry is the one new values use; every entry verifies or opens,
 //! which is how keys rotate. Errors name the entry, never key material.
 
 use crate::util::b64url_decode;

@@ -8,6 +8,36 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// Why settings, policies or a template were refused: a message naming the file and the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderError(pub String);
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RenderError {}
+
+impl From<RenderError> for String {
+    fn from(e: RenderError) -> String {
+        e.0
+    }
+}
+
+impl From<String> for RenderError {
+    fn from(s: String) -> RenderError {
+        RenderError(s)
+    }
+}
+
+impl From<&str> for RenderError {
+    fn from(s: &str) -> RenderError {
+        RenderError(s.to_string())
+    }
+}
+
 /// One policy file: `routes:` mapping route names to policies.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,7 +56,7 @@ pub const ADMIN_PLACEHOLDER: &str = "__BFFGATE_ADMIN_CONFIG_JSON__";
 pub fn merge(
     settings: Value,
     policies: Vec<(String, PolicyFile)>,
-) -> Result<(Value, BTreeMap<String, String>), String> {
+) -> Result<(Value, BTreeMap<String, String>), RenderError> {
     let Value::Object(mut obj) = settings else {
         return Err("settings: the document must be a mapping".into());
     };
@@ -38,13 +68,13 @@ pub fn merge(
     for (file, pf) in policies {
         for (name, p) in pf.routes {
             if let Some(first) = origin.get(&name) {
-                return Err(format!(
+                return Err(RenderError(format!(
                     "{file}: field `routes.{name}`: route already has a policy in {first}"
-                ));
+                )));
             }
             routes.insert(
                 name.clone(),
-                serde_json::to_value(&p).map_err(|e| format!("{file}: {e}"))?,
+                serde_json::to_value(&p).map_err(|e| RenderError(format!("{file}: {e}")))?,
             );
             origin.insert(name, file.clone());
         }
@@ -55,7 +85,7 @@ pub fn merge(
 
 /// Deep-merges `over` into `base`: mappings merge key by key, anything else replaces. Lets a
 /// deployment variant (the fleet's `store:` block) sit in a small file over the shared settings.
-pub fn overlay(base: &mut Value, over: Value) -> Result<(), String> {
+pub fn overlay(base: &mut Value, over: Value) -> Result<(), RenderError> {
     let Value::Object(over) = over else {
         return Err("the overlay must be a mapping".into());
     };
@@ -88,8 +118,8 @@ pub fn validate(
     origin: &BTreeMap<String, String>,
     settings_file: &str,
     secrets: &dyn Secrets,
-) -> Result<Config, String> {
-    let bytes = serde_json::to_vec(json).map_err(|e| e.to_string())?;
+) -> Result<Config, RenderError> {
+    let bytes = serde_json::to_vec(json).map_err(|e| RenderError(e.to_string()))?;
     Config::from_json(&bytes, secrets).map_err(|e: ConfigError| {
         let file = e
             .field
@@ -104,18 +134,19 @@ pub fn validate(
                     .next()
             })
             .unwrap_or(settings_file);
-        format!("{file}: {e}")
+        RenderError(format!("{file}: {e}"))
     })
 }
 
 /// Replaces the placeholder line with the pretty JSON, indented like the placeholder.
-pub fn render_template(template: &str, json: &Value) -> Result<String, String> {
-    let pretty = serde_json::to_string_pretty(json).map_err(|e| e.to_string())?;
+pub fn render_template(template: &str, json: &Value) -> Result<String, RenderError> {
+    let pretty = serde_json::to_string_pretty(json).map_err(|e| RenderError(e.to_string()))?;
     let mut admin = json.clone();
     if let Some(o) = admin.as_object_mut() {
         o.insert("admin".into(), Value::Bool(true));
     }
-    let admin_pretty = serde_json::to_string_pretty(&admin).map_err(|e| e.to_string())?;
+    let admin_pretty =
+        serde_json::to_string_pretty(&admin).map_err(|e| RenderError(e.to_string()))?;
     let mut out = String::with_capacity(template.len() + pretty.len() * 3);
     let mut found = 0;
     for line in template.lines() {
@@ -144,8 +175,8 @@ pub fn render_template(template: &str, json: &Value) -> Result<String, String> {
     }
     match found {
         1 => Ok(out),
-        0 => Err(format!("template: no line containing only `{PLACEHOLDER}`")),
-        n => Err(format!("template: `{PLACEHOLDER}` appears {n} times")),
+        0 => Err(format!("template: no line containing only `{PLACEHOLDER}`").into()),
+        n => Err(format!("template: `{PLACEHOLDER}` appears {n} times").into()),
     }
 }
 
@@ -292,7 +323,8 @@ mod tests {
             json!({}),
             vec![("a.yaml".into(), pf("r")), ("b.yaml".into(), pf("r"))],
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("b.yaml") && e.contains("a.yaml") && e.contains("routes.r"),
             "{e}"

@@ -75,7 +75,7 @@ impl crate::store::SharedData for MemoryData {
 }
 
 /// A store over in-memory data with the slots created, for tests and tools.
-pub fn memory_store(limits: crate::store::Limits) -> crate::store::SharedStore<MemoryData> {
+pub fn memory_store(limits: crate::config::Limits) -> crate::store::SharedStore<MemoryData> {
     use crate::store::SharedStore;
     let mut s = SharedStore::new(MemoryData::default(), limits);
     s.init_slots();

@@ -13,7 +13,7 @@
 )]
 
 mod common;
-use bffgate::fleet::FleetStore;
+use bffgate::store::EtcdStore;
 use common::*;
 use std::collections::{BTreeMap, HashMap};
 
@@ -169,7 +169,7 @@ impl FakeEtcd {
         }
     }
 
-    fn handle(&mut self, req: &BackchannelRequest) -> CallResult {
+    fn handle(&mut self, req: &Callout) -> CallResult {
         assert_eq!(req.cluster.as_deref(), Some(ETCD));
         assert_eq!(req.method, "POST");
         assert!(req.timeout_ms > 0 && req.timeout_ms <= 10_000);
@@ -346,14 +346,12 @@ impl Fleet {
         let env = &mut self.envoys[i];
         env.seed += 1;
         let etcd_cfg = env.cfg.etcd.clone().expect("fleet mode");
-        let mut store = FleetStore::new(
+        let mut store = EtcdStore::new(
             &mut env.data,
-            env.cfg.store,
+            &env.cfg,
             &etcd_cfg,
             now_ms,
             TestRandom(env.seed * 7919),
-            bffgate::flow::lock_ttl(&env.cfg),
-            env.cfg.session.login_timeout_s,
         );
         if env.seed == 2 || env.seed == 3 {
             store.init_slots();
@@ -382,12 +380,12 @@ impl Fleet {
         self.settle(i, step)
     }
 
-    fn resume(&mut self, i: usize, then: Pending, result: CallResult) -> Step {
+    fn resume(&mut self, i: usize, then: AfterCall, result: CallResult) -> Step {
         let step = self.with_engine(i, |e| e.on_callout(then, result));
         self.settle(i, step)
     }
 
-    fn wake(&mut self, i: usize, then: &Pending) -> Option<Step> {
+    fn wake(&mut self, i: usize, then: &AwaitToken) -> Option<Step> {
         let step = self.with_engine(i, |e| e.on_wake(then))?;
         Some(self.settle(i, step))
     }

@@ -1,4 +1,4 @@
-//! Specification of the flow engine (`bffgate::flow`), run natively: login, callback, sessions,
+//! Specification of the engine (`bffgate::engine`), run natively: login, callback, sessions,
 //! CSRF, policies, tokens per audience, logout. The harness (fake clock, randomness, store,
 //! browser and provider, and the leak checker applied to every step) is in `common`.
 
@@ -1611,6 +1611,7 @@ fn the_leak_check_catches_a_token_in_a_reply() {
         status: 200,
         headers: vec![],
         body: r#"{"t":"at-orders-1-q7Wzabc"}"#.into(),
+        kind: bffgate::reply::ReplyKind::Endpoint,
     });
     assert_no_secret(&step, &[], &["at-orders-1-q7Wzabc".to_string()]);
 }
@@ -1622,6 +1623,7 @@ fn the_leak_check_catches_a_secret_in_an_audit_note() {
         status: 200,
         headers: vec![],
         body: String::new(),
+        kind: bffgate::reply::ReplyKind::Endpoint,
     });
     assert_no_secret(
         &step,

@@ -20,7 +20,7 @@ use bffgate::testkit::ADMIN_TOKEN;
 use common::*;
 use std::cell::Cell;
 
-fn waiting(step: Step) -> Pending {
+fn waiting(step: Step) -> AwaitToken {
     match step {
         Step::Wait { then } => *then,
         other => panic!("expected the request to wait, got {other:?}"),
@@ -55,7 +55,7 @@ fn thirty_concurrent_requests_make_one_grant(ttl: u64) {
     g.advance(ttl);
     let before = calls_made(&g);
     let (_, then) = call(g.request(&orders(&b)));
-    let waiters: Vec<Pending> = (0..29).map(|_| waiting(g.request(&orders(&b)))).collect();
+    let waiters: Vec<AwaitToken> = (0..29).map(|_| waiting(g.request(&orders(&b)))).collect();
     let t = g.refresh_answer("orders:read orders:write", false);
     let (holder, _) = forward(g.resume(then, t.result()));
     assert_eq!(holder.as_deref(), Some(t.access.as_str()), "ttl {ttl}");
@@ -225,7 +225,7 @@ fn post_logout_token(g: &mut Gate, token: &str) -> Reply {
     };
     let body = qs(&[("logout_token", token)]);
     let mut e = Engine::new(&g.cfg, g.now, &mut g.rng, &mut g.store);
-    let mut step = e.on_body(*then, Some(body.as_bytes()));
+    let mut step = e.on_body(then, Some(body.as_bytes()));
     if let Step::Call { request, then } = step {
         assert!(request.path.contains("jwks"), "{request:?}");
         step = e.on_callout(*then, answer(200, &bffgate::testkit::jwks()));
@@ -524,8 +524,9 @@ impl SharedData for Counting<'_> {
 
 #[test]
 fn a_login_into_a_full_store_reads_a_bounded_number_of_slots() {
+    use bffgate::config::{Limits, WhenFull};
     use bffgate::session::Session;
-    use bffgate::store::{Limits, SharedStore, Store, WhenFull, FREE_SEARCH};
+    use bffgate::store::{SharedStore, Store, FREE_SEARCH};
     for when_full in [WhenFull::EvictLeastRecentlyUsed, WhenFull::Refuse] {
         let limits = Limits {
             max_sessions: 4000,

@@ -67,7 +67,7 @@ fn billing(b: &Browser) -> Request {
     api(b, "GET", "/api/billing", "billing")
 }
 
-fn waiting(step: Step) -> Pending {
+fn waiting(step: Step) -> AwaitToken {
     match step {
         Step::Wait { then } => *then,
         other => panic!("expected the request to wait, got {other:?}"),
@@ -198,7 +198,7 @@ fn many_waiters_share_one_renewal() {
     g.advance(g.token_ttl);
     let before = calls_made(&g);
     let (_, then) = call(g.request(&orders(&b)));
-    let waiters: Vec<Pending> = (0..5).map(|_| waiting(g.request(&orders(&b)))).collect();
+    let waiters: Vec<AwaitToken> = (0..5).map(|_| waiting(g.request(&orders(&b)))).collect();
     let t = g.refresh_answer("orders:read orders:write", false);
     forward(g.resume(then, t.result()));
     for w in &waiters {
@@ -924,7 +924,7 @@ fn the_session_is_gone_before_the_first_revocation_call() {
 }
 
 /// Answers the revocation `then` and every one after it with `result`; the final reply.
-fn answer_revocations(g: &mut Gate, then: Pending, result: CallResult) -> Reply {
+fn answer_revocations(g: &mut Gate, then: AfterCall, result: CallResult) -> Reply {
     let mut step = g.resume(then, result.clone());
     loop {
         match step {

@@ -21,9 +21,10 @@
     clippy::indexing_slicing
 )]
 
+use bffgate::callout::CallResult;
 use bffgate::config::{Config, RawConfig};
 use bffgate::cookie::{self, Attributes, SameSite};
-use bffgate::flow::{CallResult, Engine, Request, Step};
+use bffgate::engine::{Engine, Request, Step};
 use bffgate::redirect::sanitize_return_to;
 use bffgate::seal::KeyRing;
 use bffgate::secret::Secret;

@@ -7,7 +7,9 @@
 
 mod common;
 use bffgate::session::{Session, SessionId};
-use bffgate::store::{Cas, Evicted, PendingLogin, Store, StoreError};
+use bffgate::store::{
+    Cas, Evicted, Flush, Outbox, Outcome, PendingLogin, RemoteSync, Store, StoreError,
+};
 use bffgate::util::Random;
 use common::*;
 
@@ -61,35 +63,39 @@ impl Store for Remote {
     fn remember_jti(&mut self, _jti: &str, _exp: u64, _now: u64) -> bool {
         true
     }
-    fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize {
-        self.local.count_where(pred)
-    }
     fn count_live_of(&self, sub: &str, now: u64) -> usize {
         self.local.count_live_of(sub, now)
     }
     fn take_scan_budget(&mut self, now: u64) -> bool {
         self.local.take_scan_budget(now)
     }
-    fn remote_state(&self, id: &SessionId) -> bffgate::store::RemoteState {
-        // Not in the local view: fetch it (a fresh "known absent" would be Current).
-        if self.local.get_session(id).is_none() {
+    fn state_of(&self, id: &SessionId) -> bffgate::store::RemoteState {
+        // Missing from the local view but held remotely: fetch it first.
+        if self.local.get_session(id).is_none() && self.remote.contains_key(&id.slot()) {
             bffgate::store::RemoteState::Stale
         } else {
             bffgate::store::RemoteState::Current
         }
     }
-    fn fetch_session(&mut self, id: &SessionId) -> Option<BackchannelRequest> {
-        self.remote
-            .contains_key(&id.slot())
-            .then(|| BackchannelRequest {
-                cluster: Some("etcd".into()),
-                authority: Some("etcd".into()),
-                method: "POST",
-                path: "/v3/kv/range".into(),
-                headers: vec![],
-                body: bffgate::secret::Secret::new("{}"),
-                timeout_ms: 500,
-            })
+    fn remote(&mut self) -> Option<&mut dyn RemoteSync> {
+        Some(self)
+    }
+}
+
+impl RemoteSync for Remote {
+    fn stale_for_wait(&self, _id: &SessionId) -> bool {
+        false
+    }
+    fn fetch_session(&mut self, _id: &SessionId) -> Callout {
+        Callout {
+            cluster: Some("etcd".into()),
+            authority: Some("etcd".into()),
+            method: "POST",
+            path: "/v3/kv/range".into(),
+            headers: vec![],
+            body: bffgate::secret::Secret::new("{}"),
+            timeout_ms: 500,
+        }
     }
     fn absorb(&mut self, id: &SessionId, result: &CallResult) {
         self.fetches += 1;
@@ -108,6 +114,17 @@ impl Store for Remote {
                 .set(&format!("bffgate:s:{}", id.slot()), &v, c)
                 .unwrap();
         }
+    }
+    fn fetch_pending(&mut self, _state: &str, _flow_hash: &str) -> Callout {
+        self.fetch_session(&SessionId::generate(&mut TestRandom(0), 0))
+    }
+    fn absorb_pending(&mut self, _state: &str, _flow_hash: &str, _result: &CallResult) {}
+    fn revoke_everywhere(&mut self, _sub: Option<&str>, _sid: Option<&str>) {}
+    fn take_outbox(&mut self) -> Option<Outbox> {
+        None
+    }
+    fn advance(&mut self, _ob: &mut Outbox, _result: Option<&CallResult>) -> Flush {
+        Flush::Done(Outcome::Ok)
     }
 }
 

@@ -10,7 +10,8 @@
 //! token passes the claim checks for that login's nonce; every step passes `check_step`.
 #![no_main]
 
-use bffgate::flow::{CallResult, Request, Step};
+use bffgate::callout::CallResult;
+use bffgate::engine::{Request, Step};
 use bffgate_fuzz::*;
 use libfuzzer_sys::fuzz_target;
 

@@ -19,7 +19,8 @@
 //! ```
 #![no_main]
 
-use bffgate::flow::{CallResult, Engine, Pending, Request, Step};
+use bffgate::callout::CallResult;
+use bffgate::engine::{AfterCall, Engine, Request, Step};
 use bffgate::session::SessionId;
 use bffgate::store::Store;
 use bffgate_fuzz::*;
@@ -303,7 +304,7 @@ fuzz_target!(|data: &[u8]| {
                                 == Some(request.path.as_str())
                             {
                                 String::new()
-                            } else if matches!(*then, Pending::CodeExchange { .. }) {
+                            } else if matches!(*then, AfterCall::CodeExchange { .. }) {
                                 let id = sign_jwt(&id_claims("sub-bob", "bob", &jar.nonce, now));
                                 token_answer(
                                     "openid profile orders:read",
@@ -344,9 +345,9 @@ fuzz_target!(|data: &[u8]| {
                             None => b,
                         }
                     });
-                    let body = body.filter(|b| b.len() <= bffgate::flow::MAX_REQUEST_BODY);
+                    let body = body.filter(|b| b.len() <= bffgate::engine::MAX_REQUEST_BODY);
                     match run_checked(cfg, &mut st, &mut rng, now, &seen, &secret, |e| {
-                        Some(e.on_body(*then, body.as_deref()))
+                        Some(e.on_body(then, body.as_deref()))
                     }) {
                         Some(s) => s,
                         None => return,

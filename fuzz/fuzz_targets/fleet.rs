@@ -1,14 +1,14 @@
-//! The fleet store's parsing of etcd answers (`src/fleet.rs`) and the at-rest envelope
+//! The fleet store's parsing of etcd answers (`src/store/etcd.rs`) and the at-rest envelope
 //! (`src/vault.rs`). etcd is a network peer: whatever it (or something in its place) answers,
 //! the store must not panic, must not loop, and must not accept a session or a pending login
 //! whose envelope it did not seal. The first byte picks what is fed the rest of the input.
 #![no_main]
 
+use bffgate::callout::CallResult;
 use bffgate::config::Config;
-use bffgate::fleet::{FleetStore, Flush};
-use bffgate::flow::CallResult;
 use bffgate::session::{Session, SessionId};
 use bffgate::store::Store;
+use bffgate::store::{EtcdStore, Flush, RemoteSync};
 use bffgate::testkit::MemoryData;
 use bffgate::testkit::TestRandom;
 use libfuzzer_sys::fuzz_target;
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let cfg = config();
     let etcd = cfg.etcd.as_ref().expect("etcd");
     let mut shm = MemoryData::default();
-    let mut store = FleetStore::new(&mut shm, cfg.store, etcd, T0_MS, TestRandom(1), 5, 600);
+    let mut store = EtcdStore::new(&mut shm, cfg, etcd, T0_MS, TestRandom(1));
     store.init_slots();
     let id = SessionId::generate(&mut TestRandom(2), 3);
     let answer = CallResult::Response {
@@ -53,8 +53,8 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             // A session read: nothing the fuzzer writes opens under our key.
             store.absorb(&id, &answer);
-            let _ = store.remote_state(&id);
-            let _ = store.is_stale_for_wait(&id);
+            let _ = store.state_of(&id);
+            let _ = store.stale_for_wait(&id);
             assert!(
                 store.get_session(&id).is_none(),
                 "a forged record was accepted"
@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = store.put_session(&sid, &got, cas);
             }
             let _ = store.delete_session(&sid);
-            store.revoke_remote(Some("sub"), Some("sid"));
+            store.revoke_everywhere(Some("sub"), Some("sid"));
             let Some(mut ob) = store.take_outbox() else {
                 return;
             };

@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // Key ring specs from the environment variable are parsed without panicking either.
     if let Ok(r) = KeyRing::parse(s) {
-        assert!(bffgate::seal::valid_kid(r.current_kid()));
+        assert!(bffgate::keyspec::valid_kid(r.current_kid()));
         let shown = format!("{r:?}");
         let kids: Vec<&str> = s
             .split(',')

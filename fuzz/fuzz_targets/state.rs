@@ -4,8 +4,9 @@
 //! nothing.
 #![no_main]
 
+use bffgate::config::{Limits, WhenFull};
 use bffgate::secret::Secret;
-use bffgate::store::{Limits, PendingLogin, Store, WhenFull};
+use bffgate::store::{PendingLogin, Store};
 use bffgate::testkit::memory_store;
 use bffgate::testkit::TestRandom;
 use libfuzzer_sys::fuzz_target;
@@ -52,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
         match (st.take_pending(a, &flow), issued) {
             (Some(p), Some(i)) => {
                 assert_eq!(p.nonce, format!("n{i}"));
-                assert!(st.take_pending(a, &flow).is_none(), "a state was taken twice");
+                assert!(
+                    st.take_pending(a, &flow).is_none(),
+                    "a state was taken twice"
+                );
             }
             (Some(_), None) => panic!("a state that was never issued found a login: {a:?}"),
             (None, Some(_)) => panic!("an issued state did not find its login: {a:?}"),

@@ -14,12 +14,14 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use bffgate::callout::CallResult;
 use bffgate::config::Config;
-use bffgate::flow::{CallResult, CookieEdit, Engine, Reply, Request, Step};
+use bffgate::engine::{CookieEdit, Engine, Request, Step};
+use bffgate::reply::Reply;
 use bffgate::seal::KeyRing;
 use bffgate::store::SharedStore;
-use bffgate::testkit::{memory_store, MemoryData};
 use bffgate::testkit::TestRandom;
+use bffgate::testkit::{memory_store, MemoryData};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 
@@ -490,7 +492,7 @@ pub fn check_step(cfg: &Config, seen: &Seen<'_>, step: &Step, notes: &[String], 
         }
     }
     // The decision classifier of the access log never fails either.
-    let _ = bffgate::audit::decision_of(step, &cfg.auth_prefix).as_str();
+    let _ = step.decision().as_str();
 }
 
 fn check_forward(cfg: &Config, seen: &Seen<'_>, with_token: bool, cookie: &CookieEdit) {

@@ -24,9 +24,11 @@
 
 pub use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 pub use base64::Engine as _;
+pub use bffgate::callout::{CallResult, Callout};
 pub use bffgate::config::Config;
-pub use bffgate::flow::{CallResult, CookieEdit, Engine, Pending, Reply, Request, Step};
-pub use bffgate::oauth::BackchannelRequest;
+pub use bffgate::engine::{AfterBody, AfterCall, AwaitToken, CookieEdit, Engine, Request, Step};
+pub use bffgate::reply::Reply;
+
 pub use bffgate::store::SharedStore;
 pub use bffgate::testkit::MemoryData;
 pub use bffgate::testkit::TestRandom;
@@ -165,7 +167,7 @@ pub fn reply(step: Step) -> Reply {
     }
 }
 
-pub fn call(step: Step) -> (BackchannelRequest, Pending) {
+pub fn call(step: Step) -> (Callout, AfterCall) {
     match step {
         Step::Call { request, then } => (request, *then),
         other => panic!("expected a callout, got {other:?}"),
@@ -484,7 +486,7 @@ impl Gate {
     /// Runs a request through a fresh engine at the current time.
     /// POST /auth/logout, answering each revocation callout with 200; returns the final reply
     /// and the revocation requests made.
-    pub fn logout_done(&mut self, b: &Browser) -> (Reply, Vec<BackchannelRequest>) {
+    pub fn logout_done(&mut self, b: &Browser) -> (Reply, Vec<Callout>) {
         let mut step = self.request(&logout(b));
         let mut calls = Vec::new();
         loop {
@@ -515,7 +517,7 @@ impl Gate {
     }
 
     /// Resumes a paused request with a callout result, at the current time.
-    pub fn resume(&mut self, then: Pending, result: CallResult) -> Step {
+    pub fn resume(&mut self, then: AfterCall, result: CallResult) -> Step {
         let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store)
             .with_verified(&self.verified);
         let step = e.on_callout(then, result);
@@ -525,7 +527,7 @@ impl Gate {
     }
 
     /// The shell's timer polls a request paused in [`Step::Wait`], at the current time.
-    pub fn wake(&mut self, then: &Pending) -> Option<Step> {
+    pub fn wake(&mut self, then: &AwaitToken) -> Option<Step> {
         let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store)
             .with_verified(&self.verified);
         let step = e.on_wake(then);

@@ -1,4 +1,4 @@
-//! The session store interface and its bounded implementation over proxy-wasm shared data.
+//! The embedded store: a bounded table of sessions over proxy-wasm shared data.
 //!
 //! Shared data is per Envoy process and visible to every worker's VM. It offers get and
 //! set-with-CAS only: no delete, no TTL, no key listing, and a CAS is only checked against an
@@ -13,205 +13,12 @@
 //! When no slot is free among those sampled, the configured policy decides: evict the least
 //! recently used of the sampled sessions (default), or refuse the login.
 
-use crate::secret::Secret;
+use super::{
+    random_u32, Cas, Evicted, PendingLogin, SharedData, Store, StoreError, FREE_SEARCH, SAMPLE,
+};
+use crate::config::{Limits, WhenFull};
 use crate::session::{Liveness, Session, SessionId};
 use crate::util::{ct_eq, hex, random_token, sha256, Random};
-use serde::{Deserialize, Serialize};
-
-/// A CAS token from a read.
-pub type Cas = u32;
-
-/// Errors from the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The entry changed since it was read.
-    CasMismatch,
-    /// Every sampled slot is in use and the policy is to refuse.
-    Full,
-    /// The entry does not exist (or belongs to another session).
-    NotFound,
-    /// The host refused the operation.
-    Unavailable,
-}
-
-/// The key-value surface of proxy-wasm shared data (implemented by the wasm shell, and in memory
-/// for tests).
-pub trait SharedData {
-    /// Value and CAS token; `(None, None)` when the key was never set.
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>);
-    /// Sets `key`; with `cas`, only if unchanged since that read.
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError>;
-}
-
-/// A login in progress, kept server-side between `/auth/login` and `/auth/callback`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PendingLogin {
-    /// PKCE verifier.
-    pub verifier: Secret,
-    /// OIDC nonce.
-    pub nonce: String,
-    /// Validated local return path.
-    pub return_to: String,
-    /// Hex SHA-256 of the flow cookie's value: binds the login to the browser that started it.
-    pub flow_hash: String,
-    /// Unix seconds after which the callback is refused.
-    pub expires: u64,
-    /// Hex SHA-256 of the state (set by the store): the slot must match the state presented.
-    #[serde(default)]
-    pub state_hash: String,
-}
-
-/// What to do when every sampled session slot is taken by a live session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// End the least recently used of the sampled sessions (it is logged out).
-    #[default]
-    EvictLeastRecentlyUsed,
-    /// Refuse the new login with `503 login_failed`.
-    Refuse,
-}
-
-/// Sizes and policies of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Session slots.
-    pub max_sessions: u32,
-    /// Pending-login slots.
-    pub max_pending: u32,
-    /// Idle timeout (a session idle this long is reclaimable).
-    pub idle_s: u64,
-    /// Full-table policy.
-    pub when_full: WhenFull,
-}
-
-/// How many slots a claim looks at before applying the full-table policy (the least recently
-/// used of these is evicted).
-pub const SAMPLE: u32 = 64;
-/// How many slots a login looks at for a free one before it evicts or refuses: a login into a
-/// full table costs this many reads of a binary record head, never a scan of the whole table.
-pub const FREE_SEARCH: u32 = 4 * SAMPLE;
-
-/// A session ended by the store to make room, for audit and metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Evicted {
-    /// Audit handle of the evicted session.
-    pub handle: String,
-    /// Its subject.
-    pub sub: String,
-}
-
-/// How far a store's local view of a session can be trusted ([`Store::remote_state`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemoteState {
-    /// Decide on it (present or known absent).
-    Current,
-    /// Too old, or never read: fetch it first.
-    Stale,
-    /// The remote store did not answer and the configured failure mode allows nothing cached.
-    Unavailable,
-}
-
-/// Session and pending-login storage, as the flow engine sees it.
-pub trait Store {
-    /// Loads a session with its CAS token (`None` if absent or the slot holds another session).
-    fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)>;
-    /// The stored bytes of a session's slot, unparsed and unchecked (the fast path reads a
-    /// borrowed view of them and checks the owner itself). `None` if empty or out of range.
-    fn get_session_raw(&self, id: &SessionId) -> Option<(Vec<u8>, Cas)>;
-    /// Writes a session read with `cas`; fails if the slot changed since.
-    fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError>;
-    /// Creates a session in a free slot; returns its id and, if one had to go, the evicted one.
-    fn create_session(
-        &mut self,
-        s: &Session,
-        rng: &mut dyn Random,
-        now: u64,
-    ) -> Result<(SessionId, Option<Evicted>), StoreError>;
-    /// Deletes a session (only if the slot still holds it).
-    fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError>;
-    /// Saves a pending login; returns the `state` that finds it again.
-    fn create_pending(
-        &mut self,
-        p: &PendingLogin,
-        rng: &mut dyn Random,
-        now: u64,
-    ) -> Result<String, StoreError>;
-    /// Takes (reads and deletes, atomically) the pending login of `state` if its flow cookie's
-    /// hash is `flow_hash`: a second take of the same state gets `None`, so a callback cannot be
-    /// replayed, and a take with another flow cookie consumes nothing.
-    fn take_pending(&mut self, state: &str, flow_hash: &str) -> Option<PendingLogin>;
-    /// Deletes every session for which `pred` is true; returns those deleted.
-    fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session>;
-    /// For a store whose source of truth is remote (a fleet store): the callout that fetches a
-    /// session missing from the local view. The engine pauses the request, makes the call, hands
-    /// the answer to [`Store::absorb`] and decides the request again. The embedded store has
-    /// nothing remote: `None`.
-    fn fetch_session(&mut self, _id: &SessionId) -> Option<crate::callout::Callout> {
-        None
-    }
-    /// Takes the answer of a [`Store::fetch_session`] callout into the local view.
-    fn absorb(&mut self, _id: &SessionId, _result: &crate::callout::CallResult) {}
-    /// How far the local view of a session can be trusted (a fleet store's cache, in one read
-    /// of it): the engine fetches a stale one first and fails closed on an unavailable one.
-    /// The embedded store is always current.
-    fn remote_state(&self, _id: &SessionId) -> RemoteState {
-        RemoteState::Current
-    }
-    /// Whether a request waiting for another's renewal should read the session again from the
-    /// remote store (a renewal on another Envoy shows only there): much sooner than the cache's
-    /// staleness bound.
-    fn is_stale_for_wait(&self, _id: &SessionId) -> bool {
-        false
-    }
-    /// For a remote store: the callout that takes a pending login missing from the local view
-    /// (a login started on another Envoy). Its answer goes to [`Store::absorb_pending`].
-    fn fetch_pending(
-        &mut self,
-        _state: &str,
-        _flow_hash: &str,
-    ) -> Option<crate::callout::Callout> {
-        None
-    }
-    /// Takes the answer of a [`Store::fetch_pending`] callout.
-    fn absorb_pending(
-        &mut self,
-        _state: &str,
-        _flow_hash: &str,
-        _result: &crate::callout::CallResult,
-    ) {
-    }
-    /// Ends, in the remote store, every session of a subject (or of a provider session id):
-    /// sessions that this Envoy has never seen too.
-    fn revoke_remote(&mut self, _sub: Option<&str>, _sid: Option<&str>) {}
-    /// Writes queued for a remote store during this run, to be flushed (with
-    /// [`Store::advance`]) before the request goes on. The embedded store writes at once.
-    fn take_outbox(&mut self) -> Option<crate::fleet::Outbox> {
-        None
-    }
-    /// Takes the answer of the last flush callout (`None` at the start) and says what comes next.
-    fn advance(
-        &mut self,
-        _ob: &mut crate::fleet::Outbox,
-        _result: Option<&crate::callout::CallResult>,
-    ) -> crate::fleet::Flush {
-        crate::fleet::Flush::Done(crate::fleet::Outcome::Ok)
-    }
-    /// Counts the sessions for which `pred` is true.
-    fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize;
-    /// Counts `sub`'s live sessions at `now` (the operator API).
-    fn count_live_of(&self, sub: &str, now: u64) -> usize;
-    /// Whether a whole-store scan may run now: at most one per second per Envoy (shared by its
-    /// workers), so the operator API cannot be made to burn CPU.
-    fn take_scan_budget(&mut self, now: u64) -> bool;
-    /// The cached JWKS document and when it was fetched.
-    fn jwks(&self) -> Option<(Vec<u8>, u64)>;
-    /// Caches a JWKS document.
-    fn set_jwks(&mut self, doc: &[u8], now: u64);
-    /// Records a logout-token `jti` until `exp`; false if it was already seen (a replay).
-    fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool;
-}
 
 const JWKS_KEY: &str = "bffgate:jwks";
 /// Number of occupied session slots (kept with CAS; recounted now and then).
@@ -273,13 +80,6 @@ fn session_key_in(slot: u32, buf: &mut [u8; 24]) -> &str {
 
 fn pending_key(slot: u32) -> String {
     format!("bffgate:p:{slot}")
-}
-
-/// A uniformly random `u32`.
-pub(crate) fn random_u32(rng: &mut dyn Random) -> u32 {
-    let mut b = [0u8; 4];
-    rng.fill(&mut b);
-    u32::from_le_bytes(b)
 }
 
 /// Bounded CAS retries.
@@ -434,6 +234,13 @@ impl<D: SharedData> SharedStore<D> {
             }
         }
         (from.wrapping_add(count.min(n)) % n, reclaimed)
+    }
+
+    /// Counts the sessions for which `pred` is true (a full scan with JSON decodes: tests).
+    pub fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize {
+        (0..self.limits.max_sessions)
+            .filter(|i| self.read_session(*i).0.is_some_and(|s| pred(&s)))
+            .count()
     }
 
     /// Live sessions and pending logins (a full scan: for gauges and the soak test).
@@ -660,12 +467,6 @@ impl<D: SharedData> Store for SharedStore<D> {
         Some(p)
     }
 
-    fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize {
-        (0..self.limits.max_sessions)
-            .filter(|i| self.read_session(*i).0.is_some_and(|s| pred(&s)))
-            .count()
-    }
-
     fn count_live_of(&self, sub: &str, now: u64) -> usize {
         // From each record's binary head: no JSON decode per slot.
         (0..self.limits.max_sessions)
@@ -762,15 +563,6 @@ impl<D: SharedData> Store for SharedStore<D> {
     }
 }
 
-impl<T: SharedData + ?Sized> SharedData for &mut T {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>) {
-        (**self).get(key)
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
-        (**self).set(key, value, cas)
-    }
-}
-
 #[cfg(test)]
 mod key_tests {
     #[test]
@@ -788,6 +580,7 @@ mod key_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
     use crate::testkit::{memory_store, TestRandom};
 
     fn limits(n: u32, when_full: WhenFull) -> Limits {

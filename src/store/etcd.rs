@@ -26,46 +26,26 @@
 //!
 //! Writes: the engine writes into the cache synchronously (so the requests of this Envoy see
 //! them at once and CAS among themselves) and the store queues the etcd operations in an
-//! [`Outbox`]. The engine flushes it before the request goes on ([`crate::flow`]): a response
+//! [`Outbox`]. The engine flushes it before the request goes on: a response
 //! that depends on a write (a new session's cookie, a logout, a renewed token, a refresh lock)
 //! only leaves once etcd has it.
 
-use crate::config::{Etcd, WhenUnavailable};
-use crate::callout::CallResult;
-use crate::callout::Callout;
+use super::{
+    random_u32, Cas, Evicted, Flush, Outbox, Outcome, PendingLogin, RemoteState, RemoteSync,
+    SharedData, SharedStore, Store, StoreError,
+};
+use crate::callout::{CallResult, Callout};
+use crate::config::{Config, Etcd, Limits, WhenUnavailable};
 use crate::secret::Secret;
 use crate::session::{Session, SessionId};
-use crate::store::{
-    Cas, Evicted, Limits, PendingLogin, RemoteState, SharedData, SharedStore, Store, StoreError,
-};
 use crate::util::{ct_eq, hex, random_token, sha256, Random};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-/// How a flush ended, worst outcome first in importance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Outcome {
-    /// Every operation applied.
-    Ok,
-    /// A compare failed: another Envoy changed the record (the cache now holds its version).
-    Conflict,
-    /// etcd could not be reached or refused.
-    Unavailable,
-}
-
-/// What the engine does next with an outbox.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Flush {
-    /// Make this callout and hand its result back.
-    Call(Callout),
-    /// Nothing left to send.
-    Done(Outcome),
-}
-
 /// One queued etcd operation.
 #[derive(Debug, Clone, PartialEq)]
-enum Op {
+pub(super) enum Op {
     /// A new session: grant its lease, then create-if-absent with its index keys.
     Create {
         sid: SessionId,
@@ -120,20 +100,8 @@ impl Op {
     }
 }
 
-/// Operations queued by one engine run, carried by the paused request until flushed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outbox {
-    ops: Vec<Op>,
-    next: usize,
-    /// Second call of a two-call operation: the lease granted (or the keys found) by the first.
-    phase: Option<Phase>,
-    outcome: Outcome,
-    /// Whether the request's answer depends on the flush.
-    pub critical: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Phase {
+pub(super) enum Phase {
     Lease(u64),
     Found(Vec<String>),
 }
@@ -278,7 +246,7 @@ fn cache_key(slot: u32) -> String {
 }
 
 /// The fleet store. Cheap to build per engine run, like [`SharedStore`].
-pub struct FleetStore<'c, D, R> {
+pub struct EtcdStore<'c, D, R> {
     /// Pending logins' local fallbacks, JWKS cache and logout-token ids (this Envoy).
     pub local: SharedStore<D>,
     cfg: &'c Etcd,
@@ -294,21 +262,15 @@ pub struct FleetStore<'c, D, R> {
     login_cap: u32,
 }
 
-/// Shared-data key of this Envoy's budget of pending logins (see [`FleetStore::take_login_slot`]).
+/// Shared-data key of this Envoy's budget of pending logins (see [`EtcdStore::take_login_slot`]).
 const LOGIN_BUDGET_KEY: &str = "bffgate:fleet:logins";
 
-impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
-    /// A store over `data` (the cache) and etcd as configured. `limits.max_sessions` is the
-    /// number of cache slots; `lock_ttl` the refresh lock's lifetime (seconds).
-    pub fn new(
-        data: D,
-        limits: Limits,
-        cfg: &'c Etcd,
-        now_ms: u64,
-        rng: R,
-        lock_ttl: u64,
-        login_ttl: u64,
-    ) -> Self {
+impl<'c, D: SharedData, R: Random> EtcdStore<'c, D, R> {
+    /// A store over `data` (the cache) and etcd as `cfg` (whose `store.etcd` is `etcd`) says:
+    /// `store.max_sessions` is the number of cache slots, `store.max_pending_logins` this
+    /// Envoy's budget of pending logins.
+    pub fn new(data: D, cfg: &Config, etcd: &'c Etcd, now_ms: u64, rng: R) -> Self {
+        let limits = cfg.store;
         let slots = limits.max_sessions.max(1);
         // The local store keeps no sessions and no pending logins (etcd does): only the JWKS
         // cache and the logout-token ids.
@@ -320,18 +282,29 @@ impl<'c, D: SharedData, R: Random> FleetStore<'c, D, R> {
                 ..limits
             },
         );
-        FleetStore {
+        EtcdStore {
             local,
-            cfg,
+            cfg: etcd,
             slots,
             now_ms,
             rng,
             outbox: Vec::new(),
             taken: Vec::new(),
-            lock_ttl,
-            login_ttl,
+            lock_ttl: cfg.lock_ttl(),
+            login_ttl: cfg.session.login_timeout_s,
             login_cap: limits.max_pending,
         }
+    }
+
+    /// Counts the cached sessions for which `pred` is true.
+    fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize {
+        (0..self.slots)
+            .filter_map(|i| self.local.data.get(&cache_key(i)).0)
+            .filter_map(|v| Entry::decode(&v))
+            .filter(|e| e.state == 1)
+            .filter_map(|e| crate::record::decode(&e.record))
+            .filter(|s| pred(s))
+            .count()
     }
 
     /// Takes one pending login from this Envoy's budget (every worker shares it): a bucket of
@@ -780,7 +753,7 @@ enum Step2 {
     Done(Outcome),
 }
 
-impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
+impl<D: SharedData, R: Random> Store for EtcdStore<'_, D, R> {
     fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)> {
         let (e, cas) = self.entry(id)?;
         if e.state != 1 {
@@ -869,7 +842,7 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         rng: &mut dyn Random,
         now: u64,
     ) -> Result<(SessionId, Option<Evicted>), StoreError> {
-        let slot = crate::store::random_u32(rng) % self.slots;
+        let slot = random_u32(rng) % self.slots;
         let id = SessionId::generate(rng, slot);
         let mut rec = s.clone();
         rec.owner = id.verifier();
@@ -953,30 +926,6 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         Some(p)
     }
 
-    fn fetch_pending(&mut self, state: &str, flow_hash: &str) -> Option<Callout> {
-        // The key needs the flow cookie too: a take with only the `state` deletes nothing.
-        let key = self.pending_key(state, flow_hash);
-        Some(self.call(
-            "/v3/kv/deleterange",
-            json!({"key": b64(key.as_bytes()), "prev_kv": true}),
-        ))
-    }
-
-    fn absorb_pending(&mut self, state: &str, flow_hash: &str, result: &CallResult) {
-        let key = self.pending_key(state, flow_hash);
-        let hash = hex(&sha256(state.as_bytes()));
-        let value = answer(result)
-            .and_then(|v| v.pointer("/prev_kvs/0/value").cloned())
-            .and_then(|v| v.as_str().and_then(|x| STANDARD.decode(x).ok()));
-        let p = value
-            .and_then(|env| self.cfg.keys.open(&key, &hash, &env).ok())
-            .and_then(|plain| serde_json::from_slice::<PendingLogin>(&plain).ok())
-            .filter(|p| ct_eq(p.state_hash.as_bytes(), hash.as_bytes()));
-        if let Some(p) = p {
-            self.taken.push((state.to_string(), p));
-        }
-    }
-
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session> {
         let mut ended = Vec::new();
         let now = self.now_ms;
@@ -1013,29 +962,30 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         ended
     }
 
-    fn revoke_remote(&mut self, sub: Option<&str>, sid: Option<&str>) {
-        // The index of the narrower claim: `sid` names one login session at the provider.
-        // Under every key of the ring: entries made before a key rotation are found too.
-        let (kind, tag, value) = match (sid, sub) {
-            (Some(sid), _) => ("i", "sid", sid),
-            (None, Some(sub)) => ("u", "sub", sub),
-            (None, None) => return,
-        };
-        for name in self.cfg.keys.index_names(tag, value) {
-            let prefix = format!("{}{kind}/{name}/", self.cfg.prefix);
-            if !self
-                .outbox
-                .iter()
-                .any(|o| matches!(o, Op::Revoke { index_prefix } if *index_prefix == prefix))
-            {
-                self.outbox.push(Op::Revoke {
-                    index_prefix: prefix,
-                });
-            }
-        }
+    fn count_live_of(&self, sub: &str, now: u64) -> usize {
+        self.count_where(&|s: &Session| {
+            s.sub == sub
+                && s.liveness(now, self.local.limits.idle_s) == crate::session::Liveness::Live
+        })
     }
 
-    fn remote_state(&self, id: &SessionId) -> RemoteState {
+    fn take_scan_budget(&mut self, now: u64) -> bool {
+        self.local.take_scan_budget(now)
+    }
+
+    fn jwks(&self) -> Option<(Vec<u8>, u64)> {
+        self.local.jwks()
+    }
+
+    fn set_jwks(&mut self, doc: &[u8], now: u64) {
+        self.local.set_jwks(doc, now);
+    }
+
+    fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {
+        self.local.remember_jti(jti, exp, now)
+    }
+
+    fn state_of(&self, id: &SessionId) -> RemoteState {
         let Some((e, _)) = self.entry(id) else {
             return RemoteState::Stale;
         };
@@ -1058,7 +1008,13 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         }
     }
 
-    fn is_stale_for_wait(&self, id: &SessionId) -> bool {
+    fn remote(&mut self) -> Option<&mut dyn RemoteSync> {
+        Some(self)
+    }
+}
+
+impl<D: SharedData, R: Random> RemoteSync for EtcdStore<'_, D, R> {
+    fn stale_for_wait(&self, id: &SessionId) -> bool {
         match self.entry(id) {
             None => true,
             Some((e, _)) => {
@@ -1068,18 +1024,64 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
         }
     }
 
-    fn fetch_session(&mut self, id: &SessionId) -> Option<Callout> {
+    fn fetch_session(&mut self, id: &SessionId) -> Callout {
         let key = self.s_key(&id.verifier());
-        Some(self.call(
+        self.call(
             "/v3/kv/range",
             json!({"key": b64(key.as_bytes()), "range_end": b64(&prefix_end(&key))}),
-        ))
+        )
     }
 
     fn absorb(&mut self, id: &SessionId, result: &CallResult) {
         match answer(result) {
             Some(v) => self.absorb_kvs(id, &kvs_at(&v, "/kvs")),
             None => self.mark_failed(id),
+        }
+    }
+
+    fn fetch_pending(&mut self, state: &str, flow_hash: &str) -> Callout {
+        // The key needs the flow cookie too: a take with only the `state` deletes nothing.
+        let key = self.pending_key(state, flow_hash);
+        self.call(
+            "/v3/kv/deleterange",
+            json!({"key": b64(key.as_bytes()), "prev_kv": true}),
+        )
+    }
+
+    fn absorb_pending(&mut self, state: &str, flow_hash: &str, result: &CallResult) {
+        let key = self.pending_key(state, flow_hash);
+        let hash = hex(&sha256(state.as_bytes()));
+        let value = answer(result)
+            .and_then(|v| v.pointer("/prev_kvs/0/value").cloned())
+            .and_then(|v| v.as_str().and_then(|x| STANDARD.decode(x).ok()));
+        let p = value
+            .and_then(|env| self.cfg.keys.open(&key, &hash, &env).ok())
+            .and_then(|plain| serde_json::from_slice::<PendingLogin>(&plain).ok())
+            .filter(|p| ct_eq(p.state_hash.as_bytes(), hash.as_bytes()));
+        if let Some(p) = p {
+            self.taken.push((state.to_string(), p));
+        }
+    }
+
+    fn revoke_everywhere(&mut self, sub: Option<&str>, sid: Option<&str>) {
+        // The index of the narrower claim: `sid` names one login session at the provider.
+        // Under every key of the ring: entries made before a key rotation are found too.
+        let (kind, tag, value) = match (sid, sub) {
+            (Some(sid), _) => ("i", "sid", sid),
+            (None, Some(sub)) => ("u", "sub", sub),
+            (None, None) => return,
+        };
+        for name in self.cfg.keys.index_names(tag, value) {
+            let prefix = format!("{}{kind}/{name}/", self.cfg.prefix);
+            if !self
+                .outbox
+                .iter()
+                .any(|o| matches!(o, Op::Revoke { index_prefix } if *index_prefix == prefix))
+            {
+                self.outbox.push(Op::Revoke {
+                    index_prefix: prefix,
+                });
+            }
         }
     }
 
@@ -1121,38 +1123,5 @@ impl<D: SharedData, R: Random> Store for FleetStore<'_, D, R> {
             Some(op) => Flush::Call(self.request(op, ob.phase.as_ref())),
             None => Flush::Done(ob.outcome),
         }
-    }
-
-    fn count_where(&self, pred: &dyn Fn(&Session) -> bool) -> usize {
-        (0..self.slots)
-            .filter_map(|i| self.local.data.get(&cache_key(i)).0)
-            .filter_map(|v| Entry::decode(&v))
-            .filter(|e| e.state == 1)
-            .filter_map(|e| crate::record::decode(&e.record))
-            .filter(|s| pred(s))
-            .count()
-    }
-
-    fn count_live_of(&self, sub: &str, now: u64) -> usize {
-        self.count_where(&|s: &Session| {
-            s.sub == sub
-                && s.liveness(now, self.local.limits.idle_s) == crate::session::Liveness::Live
-        })
-    }
-
-    fn take_scan_budget(&mut self, now: u64) -> bool {
-        self.local.take_scan_budget(now)
-    }
-
-    fn jwks(&self) -> Option<(Vec<u8>, u64)> {
-        self.local.jwks()
-    }
-
-    fn set_jwks(&mut self, doc: &[u8], now: u64) {
-        self.local.set_jwks(doc, now);
-    }
-
-    fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {
-        self.local.remember_jti(jti, exp, now)
     }
 }

@@ -1,0 +1,613 @@
+//! Compiling the configuration as written ([`RawConfig`]) into the one the filter runs on
+//! ([`Config`]), one function per section; each refusal names its field.
+
+use super::*;
+use crate::cookie::{Attributes, SameSite};
+use crate::policy::{Access, ClaimRule, Policy};
+use crate::seal::KeyRing;
+use crate::secret::Secret;
+
+/// Validates and compiles a raw configuration.
+pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, ConfigError> {
+    let (origin, prefix) = origin(raw)?;
+    let provider = provider(&raw.provider)?;
+    let client = client(&raw.client, secrets, &origin, &prefix)?;
+    let admin_token = admin_token(raw, secrets)?;
+    let cookie = cookies(&raw.cookie, secrets)?;
+    session(&raw.session)?;
+    let (store, etcd) = store(raw, secrets)?;
+    csrf(&raw.csrf)?;
+    let (audiences, login_audience) = audiences(raw)?;
+    let (routes, keep_claims) = routes(raw, &audiences)?;
+    Ok(Config {
+        public_origin: origin,
+        auth_prefix: prefix,
+        provider,
+        client,
+        cookie,
+        session: raw.session.clone(),
+        store,
+        etcd,
+        csrf_header: raw.csrf.header.to_ascii_lowercase(),
+        csrf_value: raw.csrf.value.clone(),
+        audiences,
+        login_audience,
+        routes,
+        keep_claims,
+        admin: raw.admin,
+        admin_token,
+    })
+}
+
+/// `public_origin` and `auth_prefix`.
+fn origin(raw: &RawConfig) -> Result<(String, String), ConfigError> {
+    let origin = raw.public_origin.as_str();
+    match split_url(origin) {
+        Some(("https", _, "/")) if !origin.ends_with('/') => {}
+        Some(("http", _, _)) => {
+            return Err(err(
+                "public_origin",
+                "must be https: the session cookie is Secure and `__Host-`",
+            ))
+        }
+        _ => {
+            return Err(err(
+                "public_origin",
+                "must be `https://host[:port]` with no path or trailing slash",
+            ))
+        }
+    }
+    let p = raw.auth_prefix.as_str();
+    if !p.starts_with('/')
+        || p.len() < 2
+        || p.ends_with('/')
+        || !p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_".contains(&b))
+    {
+        return Err(err(
+            "auth_prefix",
+            "must look like `/auth`: leading slash, no trailing slash, [A-Za-z0-9/_-]",
+        ));
+    }
+
+    Ok((origin.to_string(), p.to_string()))
+}
+
+/// `provider.*`.
+fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
+    if pr.issuer.is_empty() {
+        return Err(err("provider.issuer", "must not be empty"));
+    }
+    url_field("provider.issuer", &pr.issuer)?;
+    url_field(
+        "provider.authorization_endpoint",
+        &pr.authorization_endpoint,
+    )?;
+    if pr.authorization_endpoint.contains('?') {
+        return Err(err(
+            "provider.authorization_endpoint",
+            "must not carry a query; use client.extra_authorize_params",
+        ));
+    }
+    let (token_authority, token_path) = url_field("provider.token_endpoint", &pr.token_endpoint)?;
+    let revocation_path = match &pr.revocation_endpoint {
+        Some(u) => Some(url_field("provider.revocation_endpoint", u)?.1),
+        None => None,
+    };
+    if let Some(u) = &pr.end_session_endpoint {
+        url_field("provider.end_session_endpoint", u)?;
+    }
+    let jwks_path = match &pr.jwks_uri {
+        Some(u) => Some(url_field("provider.jwks_uri", u)?.1),
+        None => None,
+    };
+    if pr.cluster.is_empty() {
+        return Err(err(
+            "provider.cluster",
+            "must name the Envoy cluster of the provider",
+        ));
+    }
+    if pr.timeout_ms == 0 || pr.timeout_ms > 60_000 {
+        return Err(err("provider.timeout_ms", "must be between 1 and 60000"));
+    }
+    if pr.revocation_timeout_ms == 0 || pr.revocation_timeout_ms > pr.timeout_ms {
+        return Err(err(
+            "provider.revocation_timeout_ms",
+            "must be between 1 and provider.timeout_ms",
+        ));
+    }
+    let authority = pr.authority.clone().unwrap_or(token_authority);
+    if authority.is_empty() {
+        return Err(err("provider.authority", "must not be empty"));
+    }
+
+    Ok(Provider {
+        issuer: pr.issuer.clone(),
+        authorization_endpoint: pr.authorization_endpoint.clone(),
+        token_path,
+        revocation_path,
+        end_session_endpoint: pr.end_session_endpoint.clone(),
+        jwks_path,
+        cluster: pr.cluster.clone(),
+        authority,
+        timeout_ms: pr.timeout_ms,
+        revocation_timeout_ms: pr.revocation_timeout_ms,
+        revoke_access_tokens: pr.revoke_access_tokens,
+    })
+}
+
+/// `client.*` (the secret from the VM's environment).
+fn client(
+    c: &RawClient,
+    secrets: &dyn Secrets,
+    origin: &str,
+    p: &str,
+) -> Result<Client, ConfigError> {
+    if c.client_id.is_empty() {
+        return Err(err("client.client_id", "must not be empty"));
+    }
+    let secret = secrets
+        .get(&c.client_secret_env)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            err(
+                "client.client_secret_env",
+                format!(
+                    "environment variable `{}` is not set in the VM (vm_config.environment_variables)",
+                    c.client_secret_env
+                ),
+            )
+        })?;
+    let expected_redirect = format!("{origin}{p}/callback");
+    if c.redirect_uri != expected_redirect {
+        return Err(err(
+            "client.redirect_uri",
+            format!("must be `{expected_redirect}` (public_origin + auth_prefix + /callback)"),
+        ));
+    }
+    if !c.scopes.iter().any(|s| s == "openid") {
+        return Err(err("client.scopes", "must include `openid`"));
+    }
+    for (i, s) in c.scopes.iter().enumerate() {
+        if s.is_empty()
+            || s.bytes()
+                .any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
+        {
+            return Err(err(
+                format!("client.scopes[{i}]"),
+                "not a valid scope token",
+            ));
+        }
+    }
+    const RESERVED: &[&str] = &[
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "resource",
+    ];
+    for k in c.extra_authorize_params.keys() {
+        if RESERVED.contains(&k.as_str()) {
+            return Err(err(
+                format!("client.extra_authorize_params.{k}"),
+                "is set by bffgate itself",
+            ));
+        }
+    }
+    if let Some(u) = &c.post_logout_redirect_uri {
+        url_field("client.post_logout_redirect_uri", u)?;
+    }
+
+    let mut extra: Vec<(String, String)> = c
+        .extra_authorize_params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    extra.sort();
+    Ok(Client {
+        client_id: c.client_id.clone(),
+        secret: Secret::new(secret),
+        auth_method: c.auth_method,
+        redirect_uri: c.redirect_uri.clone(),
+        scope: c.scopes.join(" "),
+        extra_authorize_params: extra,
+        post_logout_redirect_uri: c.post_logout_redirect_uri.clone(),
+        logout_id_token_hint: c.logout_id_token_hint,
+    })
+}
+
+/// `admin_token_env`: the operator API's credential, needed (and read) only by the instance
+/// with `admin: true`.
+fn admin_token(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Option<Secret>, ConfigError> {
+    Ok(if raw.admin {
+        let t = secrets
+            .get(&raw.admin_token_env)
+            .filter(|t| t.len() >= MIN_ADMIN_TOKEN_LEN)
+            .ok_or_else(|| {
+                err(
+                    "admin_token_env",
+                    format!(
+                        "environment variable `{}` must hold the operator API's bearer token, at least {MIN_ADMIN_TOKEN_LEN} characters (vm_config.environment_variables)",
+                        raw.admin_token_env
+                    ),
+                )
+            })?;
+        Some(Secret::new(t))
+    } else {
+        None
+    })
+}
+
+/// `cookie.*` (the MAC key ring from the VM's environment).
+fn cookies(ck: &RawCookie, secrets: &dyn Secrets) -> Result<CookieConfig, ConfigError> {
+    if !ck.name.starts_with("__Host-") || !token_chars(&ck.name) {
+        return Err(err(
+            "cookie.name",
+            "must be a cookie token starting with `__Host-` (Secure, Path=/, no Domain)",
+        ));
+    }
+    if !ck.flow_prefix.starts_with("__Host-") || !token_chars(&ck.flow_prefix) {
+        return Err(err(
+            "cookie.flow_prefix",
+            "must be a cookie token starting with `__Host-`",
+        ));
+    }
+    if ck.name.starts_with(&ck.flow_prefix) {
+        return Err(err(
+            "cookie.flow_prefix",
+            "must not be a prefix of cookie.name",
+        ));
+    }
+    let same_site =
+        match ck.same_site.as_str() {
+            "Lax" | "lax" => SameSite::Lax,
+            "Strict" | "strict" => SameSite::Strict,
+            "None" | "none" => return Err(err(
+                "cookie.same_site",
+                "`None` would send the session cookie on cross-site requests; use Lax or Strict",
+            )),
+            _ => return Err(err("cookie.same_site", "must be `Lax` or `Strict`")),
+        };
+    let key_spec = secrets
+        .get(&ck.keys_env)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            err(
+                "cookie.keys_env",
+                format!(
+                    "environment variable `{}` is not set in the VM",
+                    ck.keys_env
+                ),
+            )
+        })?;
+    let keys = KeyRing::parse(&key_spec).map_err(|m| {
+        err(
+            "cookie.keys_env",
+            format!("environment variable `{}`: {m}", ck.keys_env),
+        )
+    })?;
+
+    Ok(CookieConfig {
+        name: ck.name.clone(),
+        flow_prefix: ck.flow_prefix.clone(),
+        attrs: Attributes {
+            secure: true,
+            http_only: true,
+            same_site,
+            path: "/".into(),
+            domain: None,
+        },
+        keys,
+    })
+}
+
+/// `session.*`.
+fn session(s: &RawSession) -> Result<(), ConfigError> {
+    if s.idle_timeout_s == 0 {
+        return Err(err("session.idle_timeout_s", "must be > 0"));
+    }
+    if s.absolute_timeout_s < s.idle_timeout_s {
+        return Err(err(
+            "session.absolute_timeout_s",
+            "must be >= session.idle_timeout_s",
+        ));
+    }
+    if s.touch_interval_s >= s.idle_timeout_s {
+        return Err(err(
+            "session.touch_interval_s",
+            "must be < session.idle_timeout_s",
+        ));
+    }
+    if s.login_timeout_s == 0 || s.login_timeout_s > 3600 {
+        return Err(err("session.login_timeout_s", "must be between 1 and 3600"));
+    }
+
+    Ok(())
+}
+
+/// `store.*`: the embedded store's limits, and the etcd backend if chosen.
+fn store(raw: &RawConfig, secrets: &dyn Secrets) -> Result<(Limits, Option<Etcd>), ConfigError> {
+    if raw.store.max_sessions == 0 || raw.store.max_sessions > 1_000_000 {
+        return Err(err("store.max_sessions", "must be between 1 and 1000000"));
+    }
+    if raw.store.max_pending_logins == 0 || raw.store.max_pending_logins > 100_000 {
+        return Err(err(
+            "store.max_pending_logins",
+            "must be between 1 and 100000",
+        ));
+    }
+    let etcd = compile_etcd(&raw.store, secrets)?;
+
+    Ok((
+        Limits {
+            max_sessions: raw.store.max_sessions,
+            max_pending: raw.store.max_pending_logins,
+            idle_s: raw.session.idle_timeout_s,
+            when_full: raw.store.when_full,
+        },
+        etcd,
+    ))
+}
+
+/// `csrf.*`.
+fn csrf(c: &RawCsrf) -> Result<(), ConfigError> {
+    if !token_chars(&c.header) {
+        return Err(err("csrf.header", "must be a header name"));
+    }
+    if c.value.is_empty() {
+        return Err(err("csrf.value", "must not be empty"));
+    }
+
+    Ok(())
+}
+
+/// `audiences.*`: in configuration order, and the one obtained at login.
+fn audiences(raw: &RawConfig) -> Result<(Vec<Audience>, String), ConfigError> {
+    if raw.audiences.is_empty() {
+        return Err(err("audiences", "at least one audience is needed"));
+    }
+    let mut audiences = Vec::new();
+    let mut login_audience = None;
+    for (id, a) in &raw.audiences {
+        if id.is_empty() || id.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+            return Err(err(
+                format!("audiences.{id}"),
+                "not a valid resource indicator",
+            ));
+        }
+        if a.acquire == Acquire::Login {
+            if login_audience.is_some() {
+                return Err(err(
+                    format!("audiences.{id}.acquire"),
+                    "only one audience can be acquired at login",
+                ));
+            }
+            login_audience = Some(id.clone());
+        }
+        let scope = match &a.scopes {
+            None => None,
+            Some(v) => {
+                for (i, sc) in v.iter().enumerate() {
+                    if !scope_token_ok(sc) {
+                        return Err(err(
+                            format!("audiences.{id}.scopes[{i}]"),
+                            "not a scope token",
+                        ));
+                    }
+                }
+                Some(v.join(" "))
+            }
+        };
+        audiences.push(Audience {
+            id: id.clone(),
+            acquire: a.acquire,
+            scope,
+        });
+    }
+    let login_audience = login_audience
+        .ok_or_else(|| err("audiences", "exactly one audience needs `acquire: login`"))?;
+
+    Ok((audiences, login_audience))
+}
+
+/// `routes.*` (from the policy files): the policies by route name, and the ID-token claims to
+/// keep in a session (the display claims and those the policies check).
+fn routes(raw: &RawConfig, audiences: &[Audience]) -> Result<(Routes, Vec<String>), ConfigError> {
+    if raw.routes.is_empty() {
+        return Err(err(
+            "routes",
+            "no route policies: every request would be refused",
+        ));
+    }
+    let mut routes = Routes::default();
+    let mut keep_claims: Vec<String> = DISPLAY_CLAIMS.iter().map(|s| s.to_string()).collect();
+    for (name, rp) in &raw.routes {
+        let f = |sub: &str| format!("routes.{name}.{sub}");
+        if name.is_empty() {
+            return Err(err("routes", "route names must not be empty"));
+        }
+        match rp.access {
+            Access::Public => {
+                if rp.audience.is_some() || !rp.scopes.is_empty() || !rp.claims.is_empty() {
+                    return Err(err(
+                        f("access"),
+                        "a public route cannot require an audience, scopes or claims",
+                    ));
+                }
+            }
+            Access::Session => {
+                let aud = rp.audience.as_deref().ok_or_else(|| {
+                    err(
+                        f("audience"),
+                        "a session route must name the audience to forward",
+                    )
+                })?;
+                if !audiences.iter().any(|a| a.id == aud) {
+                    return Err(err(f("audience"), format!("`{aud}` is not in `audiences`")));
+                }
+            }
+        }
+        for (i, sc) in rp.scopes.iter().enumerate() {
+            if !scope_token_ok(sc) {
+                return Err(err(
+                    format!("routes.{name}.scopes[{i}]"),
+                    "not a scope token",
+                ));
+            }
+        }
+        for (i, o) in rp.allowed_origins.iter().enumerate() {
+            match split_url(o) {
+                // https only: a page served over http can be rewritten by anyone on the path.
+                Some(("https", _, "/")) if !o.ends_with('/') => {}
+                Some(("http", _, "/")) => {
+                    return Err(err(
+                        format!("routes.{name}.allowed_origins[{i}]"),
+                        "must be an https origin (an http page can be rewritten in transit)",
+                    ))
+                }
+                _ => {
+                    return Err(err(
+                        format!("routes.{name}.allowed_origins[{i}]"),
+                        "must be an origin `https://host[:port]`",
+                    ))
+                }
+            }
+        }
+        let mut claims = Vec::new();
+        for (cname, rule) in &rp.claims {
+            let accepted = match rule {
+                ClaimRule::One(v) => vec![v.clone()],
+                ClaimRule::AnyOf(vs) => vs.clone(),
+            };
+            if accepted.is_empty() {
+                return Err(err(
+                    f(&format!("claims.{cname}")),
+                    "needs at least one value",
+                ));
+            }
+            if !keep_claims.contains(cname) {
+                keep_claims.push(cname.clone());
+            }
+            claims.push((cname.clone(), accepted));
+        }
+        routes.insert(
+            name.clone(),
+            Policy {
+                route: name.clone(),
+                access: rp.access,
+                audience: rp.audience.clone(),
+                scopes: rp.scopes.clone(),
+                claims,
+                csrf: rp.csrf,
+                unauthenticated: rp.unauthenticated,
+                allowed_origins: rp.allowed_origins.clone(),
+            },
+        );
+    }
+    Ok((routes, keep_claims))
+}
+
+fn url_field(field: &str, value: &str) -> Result<(String, String), ConfigError> {
+    let (_, authority, path) = split_url(value)
+        .ok_or_else(|| err(field, "must be an absolute http(s) URL with a host"))?;
+    if value.contains('#') {
+        return Err(err(field, "must not contain a fragment"));
+    }
+    Ok((authority.to_string(), path.to_string()))
+}
+
+/// RFC 6749 3.3 scope-token: %x21 / %x23-5B / %x5D-7E.
+fn scope_token_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+fn token_chars(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks and compiles the etcd backend settings (`None` for the embedded store).
+fn compile_etcd(st: &RawStore, secrets: &dyn Secrets) -> Result<Option<Etcd>, ConfigError> {
+    let e = match (st.backend, &st.etcd) {
+        (Backend::SharedData, None) => return Ok(None),
+        (Backend::SharedData, Some(_)) => {
+            return Err(err(
+                "store.etcd",
+                "set only with `store.backend: etcd` (the embedded store does not use it)",
+            ))
+        }
+        (Backend::Etcd, None) => {
+            return Err(err(
+                "store.etcd",
+                "required with `store.backend: etcd` (at least `cluster`)",
+            ))
+        }
+        (Backend::Etcd, Some(e)) => e,
+    };
+    if e.cluster.is_empty() || !e.cluster.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err("store.etcd.cluster", "must be an Envoy cluster name"));
+    }
+    if e.authority.is_empty() || !e.authority.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err("store.etcd.authority", "must be a host name"));
+    }
+    let prefix_ok = !e.prefix.is_empty()
+        && e.prefix.len() <= 64
+        && e.prefix.ends_with('/')
+        && e.prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+    if !prefix_ok {
+        return Err(err(
+            "store.etcd.prefix",
+            "must be 1-64 characters of [A-Za-z0-9/_.-] ending with `/`",
+        ));
+    }
+    if !(50..=10_000).contains(&e.timeout_ms) {
+        return Err(err("store.etcd.timeout_ms", "must be between 50 and 10000"));
+    }
+    if e.cache_ttl_ms > 60_000 {
+        return Err(err(
+            "store.etcd.cache_ttl_ms",
+            "must be at most 60000 (it bounds how long a logout elsewhere is not seen here)",
+        ));
+    }
+    if e.serve_cached_max_ms < e.cache_ttl_ms || e.serve_cached_max_ms > 3_600_000 {
+        return Err(err(
+            "store.etcd.serve_cached_max_ms",
+            "must be between store.etcd.cache_ttl_ms and 3600000",
+        ));
+    }
+    let spec = secrets
+        .get(&e.keys_env)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            err(
+                "store.etcd.keys_env",
+                format!("environment variable `{}` is not set in the VM", e.keys_env),
+            )
+        })?;
+    let keys = crate::vault::Vault::parse(&spec).map_err(|m| {
+        err(
+            "store.etcd.keys_env",
+            format!("environment variable `{}`: {m}", e.keys_env),
+        )
+    })?;
+    Ok(Some(Etcd {
+        cluster: e.cluster.clone(),
+        authority: e.authority.clone(),
+        prefix: e.prefix.clone(),
+        timeout_ms: e.timeout_ms,
+        cache_ttl_ms: e.cache_ttl_ms,
+        when_unavailable: e.when_unavailable,
+        serve_cached_max_ms: e.serve_cached_max_ms,
+        keys,
+    }))
+}

@@ -1,0 +1,423 @@
+//! The configuration as written: what Envoy YAML carries as JSON (the filter's plugin
+//! configuration) and what the config tool reads from the settings and policy files. Every
+//! struct refuses unknown fields; defaults are the safe ones.
+
+use crate::policy::RawPolicy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::WhenFull;
+
+/// The filter configuration as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The origin browsers use, `https://host[:port]`; redirects and Origin checks use it.
+    pub public_origin: String,
+    /// Path prefix of the filter's own endpoints.
+    #[serde(default = "d_auth_prefix")]
+    pub auth_prefix: String,
+    /// The identity provider.
+    pub provider: RawProvider,
+    /// This OAuth client.
+    pub client: RawClient,
+    /// Session and flow cookies.
+    #[serde(default)]
+    pub cookie: RawCookie,
+    /// Session lifetimes.
+    #[serde(default)]
+    pub session: RawSession,
+    /// CSRF header.
+    #[serde(default)]
+    pub csrf: RawCsrf,
+    /// The embedded session store.
+    #[serde(default)]
+    pub store: RawStore,
+    /// Audiences (resource indicators) and how their tokens are obtained.
+    pub audiences: BTreeMap<String, RawAudience>,
+    /// Policies by Envoy route name.
+    pub routes: BTreeMap<String, RawPolicy>,
+    /// Serve the operator API instead of the browser-facing filter. Only for a filter instance
+    /// on a separate, loopback-only listener (the shipped config's `admin` listener).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+    /// Name of the environment variable holding the operator API's bearer token (at least 32
+    /// characters; required when `admin` is true).
+    #[serde(default = "d_admin_token_env")]
+    pub admin_token_env: String,
+}
+
+fn d_admin_token_env() -> String {
+    "BFFGATE_ADMIN_TOKEN".into()
+}
+
+/// The shortest operator token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Identity provider settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Issuer identifier; the ID token's `iss` must equal it.
+    pub issuer: String,
+    /// Authorization endpoint URL the browser is sent to.
+    pub authorization_endpoint: String,
+    /// Token endpoint URL (called through `cluster`).
+    pub token_endpoint: String,
+    /// RFC 7009 revocation endpoint URL (called through `cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    /// RP-initiated logout endpoint URL (returned to the browser).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session_endpoint: Option<String>,
+    /// JWKS URL (called through `cluster`): verifies ID-token and logout-token signatures.
+    /// Without it, ID tokens are checked by claims only and back-channel logout is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Envoy cluster that reaches the provider's back channel.
+    pub cluster: String,
+    /// `:authority` for callouts; defaults to the token endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// Callout timeout in milliseconds.
+    #[serde(default = "d_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Timeout of each revocation callout at logout: the user never waits longer than this per
+    /// token on a slow provider (the session is already gone locally).
+    #[serde(default = "d_revocation_timeout_ms")]
+    pub revocation_timeout_ms: u64,
+    /// Revoke the session's live access tokens at logout too (the refresh token always is).
+    /// Turn off for providers that cannot revoke structured (JWT) access tokens.
+    #[serde(default = "d_true")]
+    pub revoke_access_tokens: bool,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+/// Client authentication at the token endpoint.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// HTTP Basic with client id and secret (default).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// OAuth client settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// Client id.
+    pub client_id: String,
+    /// Name of the environment variable holding the client secret (never the secret itself).
+    #[serde(default = "d_client_secret_env")]
+    pub client_secret_env: String,
+    /// Client authentication method.
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// Redirect URI registered at the provider: `<public_origin><auth_prefix>/callback`.
+    pub redirect_uri: String,
+    /// Scopes requested at login; must include `openid`.
+    pub scopes: Vec<String>,
+    /// Extra authorization request parameters (e.g. `prompt: consent`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_authorize_params: BTreeMap<String, String>,
+    /// Where the provider sends the browser after RP-initiated logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_logout_redirect_uri: Option<String>,
+    /// Put the ID token into `end_session_url` as `id_token_hint`. Off by default: it hands
+    /// the ID token to the browser, which bffgate otherwise never does; `client_id` identifies
+    /// the client to the provider instead (OIDC RP-Initiated Logout 1.0, section 2).
+    #[serde(default)]
+    pub logout_id_token_hint: bool,
+}
+
+/// Cookie settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCookie {
+    /// Session cookie name; must start with `__Host-`.
+    #[serde(default = "d_cookie_name")]
+    pub name: String,
+    /// Prefix of the per-login flow cookies; must start with `__Host-`.
+    #[serde(default = "d_flow_prefix")]
+    pub flow_prefix: String,
+    /// `Lax` (default) or `Strict`.
+    #[serde(default = "d_same_site")]
+    pub same_site: String,
+    /// Name of the environment variable holding the key ring `kid:base64url[,kid:base64url]`.
+    #[serde(default = "d_keys_env")]
+    pub keys_env: String,
+}
+
+impl Default for RawCookie {
+    fn default() -> Self {
+        RawCookie {
+            name: d_cookie_name(),
+            flow_prefix: d_flow_prefix(),
+            same_site: d_same_site(),
+            keys_env: d_keys_env(),
+        }
+    }
+}
+
+/// Session lifetimes, in seconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    /// A session unused this long ends.
+    #[serde(default = "d_idle")]
+    pub idle_timeout_s: u64,
+    /// A session ends this long after login, used or not.
+    #[serde(default = "d_absolute")]
+    pub absolute_timeout_s: u64,
+    /// Last-use time is written back at most this often (bounds shared-data writes).
+    #[serde(default = "d_touch")]
+    pub touch_interval_s: u64,
+    /// A login must finish within this.
+    #[serde(default = "d_login_timeout")]
+    pub login_timeout_s: u64,
+    /// Tokens are renewed this long before they expire.
+    #[serde(default = "d_skew")]
+    pub refresh_skew_s: u64,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        RawSession {
+            idle_timeout_s: d_idle(),
+            absolute_timeout_s: d_absolute(),
+            touch_interval_s: d_touch(),
+            login_timeout_s: d_login_timeout(),
+            refresh_skew_s: d_skew(),
+        }
+    }
+}
+
+/// Session store settings (the embedded shared-data store).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Session slots: the most sessions held at once (memory is bounded by it).
+    #[serde(default = "d_max_sessions")]
+    pub max_sessions: u32,
+    /// Pending-login slots: the most logins in progress at once.
+    #[serde(default = "d_max_pending")]
+    pub max_pending_logins: u32,
+    /// When every sampled slot holds a live session: `evict_least_recently_used` or `refuse`.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Where sessions live: `shared_data` (this Envoy's memory, the default) or `etcd` (shared
+    /// by a fleet of Envoys; shared data becomes a read cache of `max_sessions` slots).
+    #[serde(default)]
+    pub backend: Backend,
+    /// The etcd backend's settings (required with `backend: etcd`, refused without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<RawEtcd>,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            max_sessions: d_max_sessions(),
+            max_pending_logins: d_max_pending(),
+            when_full: WhenFull::default(),
+            backend: Backend::default(),
+            etcd: None,
+        }
+    }
+}
+
+/// Session store backends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// proxy-wasm shared data of this Envoy process.
+    #[default]
+    SharedData,
+    /// etcd v3 through its JSON gateway, shared by every Envoy of a fleet.
+    Etcd,
+}
+
+/// What a request whose session cannot be read from etcd gets.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenUnavailable {
+    /// `503 store_unavailable` (never the request without a verified session).
+    #[default]
+    FailClosed,
+    /// Serve a cached session no older than `serve_cached_max_ms`, else fail closed.
+    ServeCached,
+}
+
+/// etcd backend settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    /// Envoy cluster of the etcd members' client URLs (HTTP/1.1: etcd sends h2 to gRPC).
+    pub cluster: String,
+    /// `:authority` of the callouts.
+    #[serde(default = "d_etcd_authority")]
+    pub authority: String,
+    /// Prefix of every key bffgate writes (an etcd role can be limited to it).
+    #[serde(default = "d_etcd_prefix")]
+    pub prefix: String,
+    /// Every etcd callout gives up after this.
+    #[serde(default = "d_etcd_timeout")]
+    pub timeout_ms: u64,
+    /// Staleness bound of the per-Envoy cache: a logout or revocation on another Envoy is
+    /// honoured here within this.
+    #[serde(default = "d_cache_ttl")]
+    pub cache_ttl_ms: u64,
+    /// When etcd cannot be reached.
+    #[serde(default)]
+    pub when_unavailable: WhenUnavailable,
+    /// `serve_cached`: the oldest cache entry ever served.
+    #[serde(default = "d_serve_cached_max")]
+    pub serve_cached_max_ms: u64,
+    /// Name of the environment variable holding the key ring that encrypts records at rest.
+    #[serde(default = "d_store_keys_env")]
+    pub keys_env: String,
+}
+
+fn d_etcd_authority() -> String {
+    "etcd".into()
+}
+fn d_etcd_prefix() -> String {
+    "bffgate/".into()
+}
+fn d_etcd_timeout() -> u64 {
+    500
+}
+fn d_cache_ttl() -> u64 {
+    1000
+}
+fn d_serve_cached_max() -> u64 {
+    30_000
+}
+fn d_store_keys_env() -> String {
+    "BFFGATE_STORE_KEYS".into()
+}
+
+/// The etcd backend, compiled.
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    /// Cluster.
+    pub cluster: String,
+    /// Authority.
+    pub authority: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Callout timeout.
+    pub timeout_ms: u64,
+    /// Cache staleness bound.
+    pub cache_ttl_ms: u64,
+    /// Failure mode.
+    pub when_unavailable: WhenUnavailable,
+    /// Oldest entry served in `serve_cached` mode.
+    pub serve_cached_max_ms: u64,
+    /// Record encryption keys.
+    pub keys: crate::vault::Vault,
+}
+
+fn d_max_sessions() -> u32 {
+    10_000
+}
+fn d_max_pending() -> u32 {
+    1_000
+}
+
+/// CSRF header settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCsrf {
+    /// Header name (case-insensitive).
+    #[serde(default = "d_csrf_header")]
+    pub header: String,
+    /// Required value.
+    #[serde(default = "d_csrf_value")]
+    pub value: String,
+}
+
+impl Default for RawCsrf {
+    fn default() -> Self {
+        RawCsrf {
+            header: d_csrf_header(),
+            value: d_csrf_value(),
+        }
+    }
+}
+
+/// How the token for an audience is obtained.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Acquire {
+    /// The login's own code exchange (exactly one audience).
+    Login,
+    /// A refresh-token grant with `resource` (RFC 8707).
+    Refresh,
+    /// An RFC 8693 token exchange of the login audience's access token for this audience.
+    Exchange,
+}
+
+/// An audience.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudience {
+    /// How its token is obtained.
+    pub acquire: Acquire,
+    /// Scopes asked for when renewing or exchanging (down-scoping); default: whatever the
+    /// provider grants for the resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+}
+
+fn d_auth_prefix() -> String {
+    "/auth".into()
+}
+fn d_timeout_ms() -> u64 {
+    5000
+}
+fn d_revocation_timeout_ms() -> u64 {
+    1000
+}
+fn d_client_secret_env() -> String {
+    "BFFGATE_CLIENT_SECRET".into()
+}
+fn d_cookie_name() -> String {
+    "__Host-bff-session".into()
+}
+fn d_flow_prefix() -> String {
+    "__Host-bff-flow-".into()
+}
+fn d_same_site() -> String {
+    "Lax".into()
+}
+fn d_keys_env() -> String {
+    "BFFGATE_COOKIE_KEYS".into()
+}
+fn d_idle() -> u64 {
+    1800
+}
+fn d_absolute() -> u64 {
+    8 * 3600
+}
+fn d_touch() -> u64 {
+    60
+}
+fn d_login_timeout() -> u64 {
+    600
+}
+fn d_skew() -> u64 {
+    30
+}
+fn d_csrf_header() -> String {
+    "x-csrf".into()
+}
+fn d_csrf_value() -> String {
+    "1".into()
+}

@@ -1,0 +1,159 @@
+//! The operator API (a filter instance with `admin: true`, on a loopback listener) and the
+//! sweep that reclaims dead sessions of the embedded store.
+
+use super::{header_is, query_param, Engine, Request};
+use crate::audit::{EndReason, Event};
+use crate::reply::{error_reply, json_reply, ErrorCode, Reply};
+use crate::session::Session;
+use crate::store::{SharedData, SharedStore};
+use crate::util::ct_eq;
+use serde_json::json;
+
+impl Engine<'_> {
+    /// The operator API (admin listener only): `GET /sessions?sub=S` counts a subject's live
+    /// sessions; `POST /sessions/revoke?sub=S` (with the CSRF header) ends them all, on every
+    /// worker. Every call needs the operator's bearer token (`admin_token_env`, compared in
+    /// constant time), a loopback `Host` (a page that rebinds its name to 127.0.0.1 still sends
+    /// its own name) and no sign of a browser (no `Origin`, `Sec-Fetch-Site` absent or `none`).
+    /// A scan of the store runs at most once a second per Envoy (`429` otherwise).
+    pub(super) fn admin_endpoint(&mut self, req: &Request, path: &str, query: &str) -> Reply {
+        if !req.authority.as_deref().is_some_and(is_loopback_authority) {
+            self.deny(ErrorCode::Forbidden, "admin", None);
+            return error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "the operator API answers loopback host names only",
+            );
+        }
+        let from_browser = req.origin.is_some()
+            || req
+                .sec_fetch_site
+                .as_deref()
+                .is_some_and(|s| s.trim() != "none");
+        if from_browser {
+            self.deny(ErrorCode::Forbidden, "admin", None);
+            return error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "the operator API does not answer browsers",
+            );
+        }
+        let presented = req
+            .authorization
+            .as_ref()
+            .and_then(|a| a.expose().strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = match (&self.cfg.admin_token, presented) {
+            (Some(want), Some(got)) => ct_eq(want.expose().as_bytes(), got.as_bytes()),
+            _ => false,
+        };
+        if !ok {
+            self.deny(ErrorCode::Unauthenticated, "admin", None);
+            let mut r = error_reply(
+                401,
+                ErrorCode::Unauthenticated,
+                "the operator API needs its bearer token",
+            );
+            for (k, v) in &mut r.headers {
+                if k == "www-authenticate" {
+                    *v = "Bearer realm=\"bffgate-admin\"".into();
+                }
+            }
+            return r;
+        }
+        let sub = match query_param(query, "sub") {
+            Ok(Some(s)) if !s.is_empty() => s,
+            _ => {
+                return error_reply(
+                    400,
+                    ErrorCode::InvalidRequest,
+                    "query parameter `sub` is required",
+                )
+            }
+        };
+        let scan = |e: &mut Self| {
+            if e.store.take_scan_budget(e.now) {
+                None
+            } else {
+                let mut r = error_reply(
+                    429,
+                    ErrorCode::InvalidRequest,
+                    "one store scan per second; try again",
+                );
+                r.headers.push(("retry-after".into(), "1".into()));
+                Some(r)
+            }
+        };
+        match (req.method.as_str(), path) {
+            ("GET", "/sessions") => {
+                if let Some(r) = scan(self) {
+                    return r;
+                }
+                let n = self.store.count_live_of(&sub, self.now);
+                json_reply(200, json!({"sub": sub, "sessions": n}))
+            }
+            ("POST", "/sessions/revoke") => {
+                if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
+                    return error_reply(403, ErrorCode::Csrf, "the CSRF header is required");
+                }
+                if let Some(r) = scan(self) {
+                    return r;
+                }
+                if let Some(r) = self.store.remote() {
+                    r.revoke_everywhere(Some(&sub), None);
+                }
+                let ended = self.store.delete_where(&|s: &Session| s.sub == sub);
+                for s in &ended {
+                    self.event(Event::SessionEnded {
+                        reason: EndReason::Admin,
+                        session: s.handle.clone(),
+                        sub: Some(s.sub.clone()),
+                    });
+                }
+                json_reply(200, json!({"sub": sub, "sessions_ended": ended.len()}))
+            }
+            _ => error_reply(404, ErrorCode::InvalidRequest, "no such admin endpoint"),
+        }
+    }
+}
+
+/// Whether a `Host` / `:authority` names this machine's loopback (`127.0.0.1`, `[::1]`,
+/// `localhost`, with or without a port).
+fn is_loopback_authority(a: &str) -> bool {
+    let a = a.trim().to_ascii_lowercase();
+    let rest = ["127.0.0.1", "[::1]", "localhost"]
+        .iter()
+        .find_map(|h| a.strip_prefix(h));
+    match rest {
+        Some("") => true,
+        Some(p) => p.strip_prefix(':').is_some_and(|d| {
+            !d.is_empty() && d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit())
+        }),
+        None => false,
+    }
+}
+
+/// Reclaims up to `batch` slots of dead sessions and expired logins of the embedded store from
+/// slot `from` at `now` (the shell runs it on every worker's timer): the next slot, and an
+/// audit event for every session that ended (idle or expired).
+pub fn sweep<D: SharedData>(
+    store: &mut SharedStore<D>,
+    from: u32,
+    batch: u32,
+    now: u64,
+) -> (u32, Vec<Event>) {
+    let (next, reclaimed) = store.sweep(from, batch, now);
+    let events = reclaimed
+        .into_iter()
+        .map(|s| Event::SessionEnded {
+            reason: if now >= s.expires {
+                EndReason::Expired
+            } else {
+                EndReason::Idle
+            },
+            session: s.handle,
+            sub: Some(s.sub),
+        })
+        .collect();
+    (next, events)
+}

@@ -1,0 +1,523 @@
+//! The login: `/auth/login` (a pending login bound to the browser by a flow cookie, PKCE,
+//! `state`, `nonce`) and `/auth/callback` (the flow cookie compared before the login is taken,
+//! the code exchange, the ID token checked, a new session with a fresh id).
+
+use super::{query_param, AfterCall, Engine, LoginTokens, Repeated, Request, Step, CLOCK_LEEWAY};
+use crate::audit::{EndReason, Event};
+use crate::callout::{CallResult, Callout};
+use crate::cookie;
+use crate::jwt;
+use crate::oauth::{self, TokenError};
+use crate::redirect::sanitize_return_to;
+use crate::reply::{error_reply, redirect, with_cookie, ErrorCode, Reply};
+use crate::secret::Secret;
+use crate::session::{AudienceToken, Session, SessionId};
+use crate::store::PendingLogin;
+use crate::util::{ct_eq, hex, random_token, sha256};
+use serde_json::Value;
+
+/// A cached JWKS older than this is refetched before use.
+const JWKS_MAX_AGE: u64 = 3600;
+/// An unknown `kid` refetches the JWKS at most this often.
+const JWKS_MIN_REFETCH: u64 = 10;
+
+/// Outcome of a JWS check against the cached key set.
+pub(super) enum JwsCheck {
+    /// Verified; the payload.
+    Verified(serde_json::Map<String, Value>),
+    /// The key set must be (re)fetched first.
+    Fetch(Callout),
+    /// Refused.
+    Refused(crate::jose::JoseError),
+}
+
+/// Outcome of the ID token's checks.
+enum IdTokenCheck {
+    /// Valid: its claims.
+    Valid(serde_json::Map<String, Value>),
+    /// The provider's keys must be fetched first.
+    FetchJwks(Callout),
+    /// Refused: the reply (the login failed).
+    Refused(Reply),
+}
+
+impl Engine<'_> {
+    /// `GET /auth/login?return_to=...`: a pending login in the store, a flow cookie that binds it
+    /// to this browser, and a redirect to the provider.
+    pub(super) fn login(&mut self, query: &str) -> Reply {
+        let return_to = match query_param(query, "return_to") {
+            Ok(v) => sanitize_return_to(v.as_deref()),
+            Err(Repeated) => "/".to_string(),
+        };
+        let nonce = random_token(self.rng, 16);
+        let verifier = random_token(self.rng, 32);
+        let flow_secret = random_token(self.rng, 32);
+        let pending = PendingLogin {
+            verifier: Secret::new(verifier.clone()),
+            nonce: nonce.clone(),
+            return_to,
+            flow_hash: hex(&sha256(flow_secret.as_bytes())),
+            expires: self.now.saturating_add(self.cfg.session.login_timeout_s),
+            state_hash: String::new(),
+        };
+        let state = match self.store.create_pending(&pending, self.rng, self.now) {
+            Ok(s) => s,
+            Err(_) => {
+                return self.login_failed(
+                    503,
+                    ErrorCode::LoginFailed,
+                    "cannot start a login now; try again",
+                    None,
+                )
+            }
+        };
+        let url = oauth::authorize_url(self.cfg, &state, &nonce, &oauth::pkce_challenge(&verifier));
+        let flow = cookie::set_cookie(
+            &self.flow_cookie_name(&state),
+            &flow_secret,
+            &self.cfg.cookie.attrs_for_flow(),
+            Some(self.cfg.session.login_timeout_s),
+        );
+        self.event(Event::LoginStarted);
+        with_cookie(redirect(&url), flow)
+    }
+
+    fn login_failed(
+        &mut self,
+        status: u16,
+        code: ErrorCode,
+        why: &str,
+        flow_cookie: Option<&str>,
+    ) -> Reply {
+        self.event(Event::LoginFailed {
+            reason: why.to_string(),
+        });
+        let r = error_reply(status, code, why);
+        match flow_cookie {
+            Some(n) => with_cookie(r, self.clear_flow_cookie(n)),
+            None => r,
+        }
+    }
+
+    fn flow_cookie_name(&self, state: &str) -> String {
+        let h = sha256(state.as_bytes());
+        format!(
+            "{}{}",
+            self.cfg.cookie.flow_prefix,
+            hex(h.get(..6).unwrap_or(&[]))
+        )
+    }
+
+    fn clear_flow_cookie(&self, name: &str) -> String {
+        cookie::set_cookie(name, "", &self.cfg.cookie.attrs, Some(0))
+    }
+
+    /// `GET /auth/callback`: the provider sends the browser back; on success a code exchange.
+    pub(super) fn callback(&mut self, req: &Request, query: &str) -> Step {
+        match self.callback_checked(req, query) {
+            Ok(step) => step,
+            Err(refusal) => Step::Respond(refusal),
+        }
+    }
+
+    /// The callback's checks, each refusal a reply (and an audit line).
+    fn callback_checked(&mut self, req: &Request, query: &str) -> Result<Step, Reply> {
+        let params = |name: &str| query_param(query, name);
+        let state = match params("state") {
+            Ok(Some(s)) if !s.is_empty() && s.len() <= 256 => s,
+            Ok(_) => {
+                return Err(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    "missing or invalid state",
+                    None,
+                ))
+            }
+            Err(Repeated) => {
+                return Err(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    "repeated parameters",
+                    None,
+                ))
+            }
+        };
+        let flow_name = self.flow_cookie_name(&state);
+        let flow_value = req
+            .cookie
+            .as_deref()
+            .and_then(|h| cookie::find(h, &flow_name).1)
+            .map(str::to_string);
+        let Some(flow_value) = flow_value else {
+            return Err(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "this login was not started in this browser",
+                None,
+            ));
+        };
+        // The login is taken only by the browser that holds its flow cookie: the store compares
+        // the flow cookie's hash before it consumes anything, so a `state` learned elsewhere
+        // (history, provider logs) cannot burn the victim's login.
+        let flow_hash = hex(&sha256(flow_value.as_bytes()));
+        let Some(login) = self.store.take_pending(&state, &flow_hash) else {
+            let remote = self.store.remote().filter(|_| !req.store_fetched);
+            if let Some(r) = remote {
+                // A login started on another Envoy of the fleet: take it from the store.
+                let request = r.fetch_pending(&state, &flow_hash);
+                let mut again = req.clone();
+                again.store_fetched = true;
+                return Ok(Step::Call {
+                    request,
+                    then: Box::new(AfterCall::PendingFetch {
+                        request: Box::new(again),
+                        state,
+                        flow_hash,
+                    }),
+                });
+            }
+            return Err(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "unknown, expired or already used state, or a login not started in this browser",
+                Some(&flow_name),
+            ));
+        };
+        // The store compared already; checked again here so no store can skip it.
+        if !ct_eq(flow_hash.as_bytes(), login.flow_hash.as_bytes()) {
+            return Err(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "this login was not started in this browser",
+                Some(&flow_name),
+            ));
+        }
+        if self.now >= login.expires {
+            return Err(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "login took too long",
+                Some(&flow_name),
+            ));
+        }
+        match params("error") {
+            Ok(None) => {}
+            Ok(Some(e)) => {
+                let code: String = e
+                    .chars()
+                    .filter(|c| c.is_ascii_lowercase() || *c == '_')
+                    .take(64)
+                    .collect();
+                let why = format!("the identity provider refused: {code}");
+                return Err(self.login_failed(400, ErrorCode::LoginFailed, &why, Some(&flow_name)));
+            }
+            Err(Repeated) => {
+                return Err(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    "repeated parameters",
+                    Some(&flow_name),
+                ))
+            }
+        }
+        let code = match params("code") {
+            Ok(Some(c)) if !c.is_empty() && c.len() <= 2048 => c,
+            _ => {
+                return Err(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    "missing code",
+                    Some(&flow_name),
+                ))
+            }
+        };
+        let old_session = self.session_cookie_of(req).id().cloned();
+        let request = oauth::code_request(self.cfg, &code, login.verifier.expose());
+        Ok(Step::Call {
+            request,
+            then: Box::new(AfterCall::CodeExchange {
+                login,
+                flow_cookie: flow_name,
+                old_session,
+            }),
+        })
+    }
+
+    /// The code exchange answered.
+    pub(super) fn finish_login(
+        &mut self,
+        login: PendingLogin,
+        flow_cookie: &str,
+        old_session: Option<SessionId>,
+        result: CallResult,
+    ) -> Step {
+        let (status, body) = match result {
+            CallResult::Response { status, body } => (status, body),
+            CallResult::Failed => {
+                return Step::Respond(self.login_failed(
+                    503,
+                    ErrorCode::IdpUnavailable,
+                    "the identity provider did not answer",
+                    Some(flow_cookie),
+                ))
+            }
+        };
+        let tokens = match oauth::parse_token_response(status, &body, self.now) {
+            Ok(t) => t,
+            Err(TokenError::Unavailable(_)) => {
+                return Step::Respond(self.login_failed(
+                    503,
+                    ErrorCode::IdpUnavailable,
+                    "the identity provider is unavailable",
+                    Some(flow_cookie),
+                ))
+            }
+            Err(e) => {
+                let why = match e {
+                    TokenError::InvalidGrant => "the authorization code was refused",
+                    TokenError::OAuth(_) => "the token endpoint refused the client",
+                    _ => "the token endpoint answered nonsense",
+                };
+                return Step::Respond(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    why,
+                    Some(flow_cookie),
+                ));
+            }
+        };
+        let claims = match self.check_id_token(&login, flow_cookie, &tokens, true) {
+            IdTokenCheck::Valid(c) => c,
+            IdTokenCheck::FetchJwks(request) => {
+                return Step::Call {
+                    request,
+                    then: Box::new(AfterCall::LoginJwks(Box::new(LoginTokens {
+                        login,
+                        flow_cookie: flow_cookie.to_string(),
+                        old_session,
+                        tokens,
+                    }))),
+                }
+            }
+            IdTokenCheck::Refused(r) => return Step::Respond(r),
+        };
+        Step::Respond(self.complete_login(login, flow_cookie, old_session, tokens, claims))
+    }
+
+    /// The JWKS arrived for a login's ID token.
+    pub(super) fn login_with_jwks(&mut self, lt: LoginTokens, result: &CallResult) -> Step {
+        if let Err(r) = self.store_jwks(result) {
+            return Step::Respond(r);
+        }
+        let LoginTokens {
+            login,
+            flow_cookie,
+            old_session,
+            tokens,
+        } = lt;
+        match self.check_id_token(&login, &flow_cookie, &tokens, false) {
+            IdTokenCheck::Valid(claims) => {
+                Step::Respond(self.complete_login(login, &flow_cookie, old_session, tokens, claims))
+            }
+            IdTokenCheck::Refused(r) => Step::Respond(r),
+            // Without `may_fetch` no second fetch is asked for.
+            IdTokenCheck::FetchJwks(_) => Step::Respond(error_reply(
+                503,
+                ErrorCode::IdpUnavailable,
+                "cannot fetch the identity provider's keys",
+            )),
+        }
+    }
+
+    /// Checks the ID token's claims, and its signature when a JWKS is configured (with
+    /// `may_fetch`, asking for the JWKS first if it is missing or lacks the token's key).
+    fn check_id_token(
+        &mut self,
+        login: &PendingLogin,
+        flow_cookie: &str,
+        tokens: &oauth::TokenSet,
+        may_fetch: bool,
+    ) -> IdTokenCheck {
+        let Some(id_token) = tokens.id_token.clone() else {
+            return IdTokenCheck::Refused(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "no ID token",
+                Some(flow_cookie),
+            ));
+        };
+        let claims = match jwt::check_id_token(
+            id_token.expose(),
+            &self.cfg.provider.issuer,
+            &self.cfg.client.client_id,
+            &login.nonce,
+            self.now,
+            CLOCK_LEEWAY,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("the ID token was refused ({e:?})");
+                return IdTokenCheck::Refused(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    &why,
+                    Some(flow_cookie),
+                ));
+            }
+        };
+        if self.cfg.provider.jwks_path.is_none() {
+            return IdTokenCheck::Valid(claims);
+        }
+        match self.verify_jws(id_token.expose(), may_fetch) {
+            JwsCheck::Verified(_) => IdTokenCheck::Valid(claims),
+            JwsCheck::Fetch(request) => IdTokenCheck::FetchJwks(request),
+            JwsCheck::Refused(e) => {
+                let why = format!("the ID token signature was refused ({e:?})");
+                IdTokenCheck::Refused(self.login_failed(
+                    400,
+                    ErrorCode::LoginFailed,
+                    &why,
+                    Some(flow_cookie),
+                ))
+            }
+        }
+    }
+
+    /// Verifies a JWS with the cached JWKS; asks for a fetch if the cache is missing, stale,
+    /// or lacks the token's key (at most one refetch every 10 s, so forged `kid`s cannot make
+    /// bffgate hammer the provider).
+    pub(super) fn verify_jws(&mut self, jwt: &str, may_fetch: bool) -> JwsCheck {
+        let cached = self.store.jwks();
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(_, at)| self.now.saturating_sub(*at) < JWKS_MAX_AGE);
+        let recently = cached
+            .as_ref()
+            .is_some_and(|(_, at)| self.now.saturating_sub(*at) < JWKS_MIN_REFETCH);
+        let fetch = |e: &Engine<'_>| oauth::jwks_request(e.cfg);
+        if let (Some((doc, _)), true) = (&cached, fresh) {
+            let set = crate::jose::parse_jwks(doc).unwrap_or_default();
+            match crate::jose::verify(jwt, &set) {
+                Ok(claims) => return JwsCheck::Verified(claims),
+                Err(crate::jose::JoseError::UnknownKey) if may_fetch && !recently => {}
+                Err(e) => return JwsCheck::Refused(e),
+            }
+        } else if !may_fetch {
+            return JwsCheck::Refused(crate::jose::JoseError::UnknownKey);
+        }
+        match fetch(self) {
+            Some(r) => JwsCheck::Fetch(r),
+            None => JwsCheck::Refused(crate::jose::JoseError::UnknownKey),
+        }
+    }
+
+    /// Stores a fetched JWKS; the reply to answer with if the fetch failed.
+    pub(super) fn store_jwks(&mut self, result: &CallResult) -> Result<(), Reply> {
+        match result {
+            CallResult::Response { status: 200, body }
+                if crate::jose::parse_jwks(body).is_ok_and(|s| !s.keys.is_empty()) =>
+            {
+                self.store.set_jwks(body, self.now);
+                Ok(())
+            }
+            _ => Err(error_reply(
+                503,
+                ErrorCode::IdpUnavailable,
+                "cannot fetch the identity provider's keys",
+            )),
+        }
+    }
+
+    fn complete_login(
+        &mut self,
+        login: PendingLogin,
+        flow_cookie: &str,
+        old_session: Option<SessionId>,
+        tokens: oauth::TokenSet,
+        claims: serde_json::Map<String, Value>,
+    ) -> Reply {
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut kept = serde_json::Map::new();
+        for k in &self.cfg.keep_claims {
+            if let Some(v) = claims.get(k) {
+                kept.insert(k.clone(), v.clone());
+            }
+        }
+        let scope = tokens
+            .scope
+            .clone()
+            .or_else(|| super::tokens::jwt_scope(tokens.access_token.expose()))
+            .unwrap_or_default();
+        let session = Session {
+            owner: String::new(),
+            handle: String::new(),
+            sub: sub.clone(),
+            claims: kept,
+            created: self.now,
+            last_seen: self.now,
+            expires: self.now.saturating_add(self.cfg.session.absolute_timeout_s),
+            refresh_token: tokens.refresh_token.clone(),
+            // Kept only when logout needs it for `id_token_hint`: a smaller record is cheaper on
+            // every request, and one token fewer is at rest.
+            id_token: if self.cfg.client.logout_id_token_hint {
+                tokens.id_token.clone()
+            } else {
+                None
+            },
+            tokens: vec![AudienceToken {
+                aud: self.cfg.login_audience.clone(),
+                token: tokens.access_token.clone(),
+                exp: self.now.saturating_add(tokens.expires_in),
+                obtained: self.now,
+                scope,
+            }],
+            refreshing_until: 0,
+            refresh_failed_at: 0,
+        };
+        let id = match self.store.create_session(&session, self.rng, self.now) {
+            Ok((id, evicted)) => {
+                if let Some(ev) = evicted {
+                    self.event(Event::SessionEnded {
+                        reason: EndReason::Evicted,
+                        session: ev.handle,
+                        sub: Some(ev.sub),
+                    });
+                }
+                id
+            }
+            Err(_) => {
+                return self.login_failed(
+                    503,
+                    ErrorCode::LoginFailed,
+                    "too many sessions; try again later",
+                    Some(flow_cookie),
+                )
+            }
+        };
+        if let Some(old) = old_session {
+            // No fixation: the session presented at the callback ends (if it is already gone,
+            // so much the better).
+            let _ = self.store.delete_session(&old);
+            self.event(Event::SessionEnded {
+                reason: EndReason::Relogin,
+                session: old.handle(),
+                sub: None,
+            });
+        }
+        self.subject = Some(sub.clone());
+        self.event(Event::LoginCompleted {
+            sub: sub.clone(),
+            session: id.handle(),
+        });
+        let mut r = redirect(&login.return_to);
+        r.headers
+            .push(("set-cookie".into(), self.session_cookie(&id)));
+        r.headers
+            .push(("set-cookie".into(), self.clear_flow_cookie(flow_cookie)));
+        r
+    }
+}

@@ -1,0 +1,265 @@
+//! Ending sessions: `/auth/logout` (delete, revoke at the provider, `end_session_url`) and
+//! OIDC Back-Channel Logout 1.0 (a logout token from the provider, verified with its JWKS, ends
+//! the sessions it names on every worker, and in fleet mode on every Envoy).
+
+use super::cookies::SessionLookup;
+use super::login::JwsCheck;
+use super::{AfterCall, Engine, Request, Step, CLOCK_LEEWAY};
+use crate::audit::{EndReason, Event};
+use crate::oauth;
+use crate::policy::CsrfMode;
+use crate::reply::{
+    base_headers, error_reply, json_reply, store_unavailable, with_cookie, ErrorCode, Reply,
+    ReplyKind,
+};
+use crate::secret::Secret;
+use crate::session::Session;
+use serde_json::{json, Value};
+
+/// The back-channel logout event (OIDC Back-Channel Logout 1.0, 2.4).
+const BCL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+impl Engine<'_> {
+    /// `POST /auth/logout`: the session ends everywhere at once, then its tokens are revoked at
+    /// the provider (each callout bounded), then the answer with `end_session_url`.
+    pub(super) fn logout(&mut self, req: &Request) -> Step {
+        if !self.csrf_ok(req, CsrfMode::AllMethods, &[]) {
+            self.deny(ErrorCode::Csrf, "logout", None);
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Csrf,
+                "cross-site request or missing CSRF header",
+            ));
+        }
+        let mut revoke: Vec<(Secret, &'static str)> = Vec::new();
+        let mut id_token = None;
+        let mut ended = None;
+        let cookie = self.session_cookie_of(req);
+        let found = self.lookup_session(req, &cookie);
+        match found {
+            SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
+            // Not confirmed gone: the cookie stays, so the logout can be tried again.
+            SessionLookup::Unavailable => return Step::Respond(store_unavailable()),
+            _ => {}
+        }
+        if let SessionLookup::Live(id, s, _) = found {
+            // Gone locally first (every worker sees it at once); revocation follows. A failed
+            // delete means another request ended it first: gone either way.
+            let _ = self.store.delete_session(&id);
+            self.event(Event::SessionEnded {
+                reason: EndReason::Logout,
+                session: id.handle(),
+                sub: Some(s.sub.clone()),
+            });
+            if let Some(rt) = &s.refresh_token {
+                revoke.push((rt.clone(), "refresh_token"));
+            }
+            if self.cfg.provider.revoke_access_tokens {
+                for t in &s.tokens {
+                    if t.exp > self.now {
+                        revoke.push((t.token.clone(), "access_token"));
+                    }
+                }
+            }
+            id_token = s.id_token.clone();
+            ended = Some(id.handle());
+        }
+        let mut body = json!({"logged_out": true});
+        if let Some(es) = &self.cfg.provider.end_session_endpoint {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("client_id", &self.cfg.client.client_id);
+            if self.cfg.client.logout_id_token_hint {
+                if let Some(it) = &id_token {
+                    q.append_pair("id_token_hint", it.expose());
+                }
+            }
+            if let Some(p) = &self.cfg.client.post_logout_redirect_uri {
+                q.append_pair("post_logout_redirect_uri", p);
+            }
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert(
+                    "end_session_url".into(),
+                    Value::String(format!("{es}?{}", q.finish())),
+                );
+            }
+        }
+        let reply = with_cookie(json_reply(200, body), self.clear_session_cookie());
+        if let (Some(h), false) = (&ended, revoke.is_empty()) {
+            if self.cfg.provider.revocation_path.is_some() {
+                self.event(Event::RevocationSent {
+                    session: h.clone(),
+                    tokens: revoke.len(),
+                });
+            }
+        }
+        self.next_revocation(reply, revoke)
+    }
+
+    /// Logout: revokes the next token (bounded timeout each), then answers.
+    pub(super) fn next_revocation(
+        &mut self,
+        reply: Reply,
+        mut remaining: Vec<(Secret, &'static str)>,
+    ) -> Step {
+        if remaining.is_empty() {
+            return Step::Respond(reply);
+        }
+        let (token, hint) = remaining.remove(0);
+        match oauth::revoke_request(self.cfg, token.expose(), hint) {
+            Some(mut request) => {
+                // The user waits for the logout reply: each revocation has its own short bound.
+                request.timeout_ms = self.cfg.provider.revocation_timeout_ms;
+                Step::Call {
+                    request,
+                    then: Box::new(AfterCall::Logout {
+                        reply,
+                        remaining,
+                        subject: self.subject.clone(),
+                    }),
+                }
+            }
+            None => Step::Respond(reply),
+        }
+    }
+
+    /// `POST /auth/backchannel-logout`: its form body (`None`: too large).
+    pub(super) fn backchannel_body(&mut self, body: Option<&[u8]>) -> Step {
+        let Some(body) = body else {
+            return Step::Respond(error_reply(
+                413,
+                ErrorCode::InvalidRequest,
+                "body too large",
+            ));
+        };
+        let mut token = None;
+        for (k, v) in form_urlencoded::parse(body) {
+            if k == "logout_token" {
+                if token.is_some() {
+                    return Step::Respond(error_reply(
+                        400,
+                        ErrorCode::InvalidRequest,
+                        "repeated logout_token",
+                    ));
+                }
+                token = Some(v.into_owned());
+            }
+        }
+        let Some(token) = token else {
+            return Step::Respond(error_reply(
+                400,
+                ErrorCode::InvalidRequest,
+                "missing logout_token",
+            ));
+        };
+        self.backchannel_token(&token, true)
+    }
+
+    /// Validates a logout token (OIDC Back-Channel Logout 1.0, 2.6) and ends its sessions.
+    pub(super) fn backchannel_token(&mut self, token: &str, may_fetch: bool) -> Step {
+        let bad = |why: &str| Step::Respond(error_reply(400, ErrorCode::InvalidRequest, why));
+        let claims = match self.verify_jws(token, may_fetch) {
+            JwsCheck::Verified(c) => c,
+            JwsCheck::Fetch(request) => {
+                return Step::Call {
+                    request,
+                    then: Box::new(AfterCall::BackchannelJwks {
+                        token: token.to_string(),
+                    }),
+                }
+            }
+            JwsCheck::Refused(_) => return bad("logout_token signature refused"),
+        };
+        if claims.get("iss").and_then(Value::as_str) != Some(self.cfg.provider.issuer.as_str()) {
+            return bad("logout_token: wrong iss");
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == self.cfg.client.client_id,
+            Some(Value::Array(v)) => v
+                .iter()
+                .any(|a| a.as_str() == Some(self.cfg.client.client_id.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return bad("logout_token: wrong aud");
+        }
+        match claims.get("iat").and_then(Value::as_u64) {
+            Some(iat)
+                if iat <= self.now.saturating_add(CLOCK_LEEWAY)
+                    && self.now.saturating_sub(iat) <= 600 => {}
+            _ => return bad("logout_token: iat missing or out of range"),
+        }
+        // Back-Channel Logout 1.0, 2.4: `exp` is required.
+        match claims.get("exp").and_then(Value::as_u64) {
+            None => return bad("logout_token: exp missing"),
+            Some(e) if e.saturating_add(CLOCK_LEEWAY) <= self.now => {
+                return bad("logout_token: expired")
+            }
+            Some(_) => {}
+        }
+        // Explicitly typed logout tokens (2.4): any other `typ` is another kind of JWT signed
+        // by the same keys (an ID token, an access token) and is refused.
+        if let Some(typ) = crate::jose::header_typ(token) {
+            let t = typ.to_ascii_lowercase();
+            if t != "logout+jwt" && t != "application/logout+jwt" {
+                return bad("logout_token: typ is not logout+jwt");
+            }
+        }
+        let event_ok = claims
+            .get("events")
+            .and_then(Value::as_object)
+            .and_then(|e| e.get(BCL_EVENT))
+            .is_some_and(Value::is_object);
+        if !event_ok {
+            return bad("logout_token: not a back-channel logout event");
+        }
+        if claims.contains_key("nonce") {
+            return bad("logout_token: must not carry a nonce");
+        }
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let sid = claims
+            .get("sid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if sub.is_none() && sid.is_none() {
+            return bad("logout_token: neither sub nor sid");
+        }
+        let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
+            return bad("logout_token: no jti");
+        };
+        if !self
+            .store
+            .remember_jti(jti, self.now.saturating_add(600 + CLOCK_LEEWAY), self.now)
+        {
+            return bad("logout_token: replayed");
+        }
+        // Sessions on other Envoys of a fleet too (sessions this Envoy never saw).
+        if let Some(r) = self.store.remote() {
+            r.revoke_everywhere(sub.as_deref(), sid.as_deref());
+        }
+        let ended = self.store.delete_where(&|s: &Session| {
+            let sid_ok = sid
+                .as_deref()
+                .is_none_or(|x| s.claims.get("sid").and_then(Value::as_str) == Some(x));
+            let sub_ok = sub.as_deref().is_none_or(|x| s.sub == x);
+            sid_ok && sub_ok
+        });
+        for s in &ended {
+            self.event(Event::SessionEnded {
+                reason: EndReason::Backchannel,
+                session: s.handle.clone(),
+                sub: Some(s.sub.clone()),
+            });
+        }
+        let mut headers = base_headers();
+        headers.push(("content-type".into(), "application/json".into()));
+        Step::Respond(Reply {
+            status: 200,
+            headers,
+            body: json!({"sessions_ended": ended.len()}).to_string(),
+            kind: ReplyKind::Endpoint,
+        })
+    }
+}

@@ -1,0 +1,311 @@
+//! A request to a `session` route: the fast path (decided from the stored record's binary head),
+//! the full path (CSRF, session lookup, claims, a token for the route's audience), CORS
+//! preflights and the answers an unauthenticated request gets; and `/auth/user`.
+
+use super::cookies::{CookieView, SessionCookie, SessionLookup};
+use super::{header_is, Engine, Request, Resume, Step};
+use crate::policy::{is_safe_method, CsrfMode, Policy, UnauthMode};
+use crate::redirect::sanitize_return_to;
+use crate::reply::{
+    base_headers, cors_headers, error_reply, json_reply, redirect, store_unavailable, with_cookie,
+    ErrorCode, Reply, ReplyKind,
+};
+use crate::secret::Secret;
+use crate::util::ct_eq;
+use serde_json::json;
+
+impl Engine<'_> {
+    /// A request to a route whose policy is `access: session`.
+    pub(super) fn session_route(
+        &mut self,
+        req: &Request,
+        policy: &Policy,
+        view: &CookieView<'_>,
+    ) -> Step {
+        if req.method == "OPTIONS" && req.cors_method.is_some() {
+            return Step::Respond(self.preflight(req, policy));
+        }
+        // An allowed cross-origin caller may read whatever this request ends in (the forwarded
+        // response, or a refusal now or after a callout): the shell adds the CORS headers to it.
+        if req.origin.is_some() {
+            self.cors = self.cors_origin(req, policy);
+        }
+        let cookie = self.session_of(view);
+        match self.fast_path(req, policy, view, &cookie) {
+            Some(step) => step,
+            None => self.protected(req, policy, view, &cookie),
+        }
+    }
+
+    /// The request's `Origin` when it is one the route allows cross-origin (not our own).
+    fn cors_origin(&self, req: &Request, policy: &Policy) -> Option<String> {
+        let o = req.origin.as_deref()?.trim();
+        policy
+            .allowed_origins
+            .iter()
+            .any(|a| a == o)
+            .then(|| o.to_string())
+    }
+
+    /// A CORS preflight on a session route: allowed origins get the methods and headers they
+    /// ask for (with credentials, so the session cookie goes along); any other origin is
+    /// refused with `403 csrf`, which the browser turns into a failed fetch.
+    fn preflight(&mut self, req: &Request, policy: &Policy) -> Reply {
+        let method = req.cors_method.as_deref().unwrap_or("").trim();
+        let origin = self.cors_origin(req, policy);
+        let (Some(origin), true) = (origin, crate::util::is_token(method)) else {
+            self.deny(ErrorCode::Csrf, &policy.route, None);
+            return error_reply(403, ErrorCode::Csrf, "cross-origin request not allowed");
+        };
+        // Only header names are echoed (RFC 9110 tokens), never anything else the client sent.
+        let headers: Vec<&str> = req
+            .cors_headers
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|h| crate::util::is_token(h))
+            .take(32)
+            .collect();
+        let mut r = Reply {
+            status: 204,
+            headers: base_headers(),
+            body: String::new(),
+            kind: ReplyKind::Endpoint,
+        };
+        r.headers.extend([
+            ("access-control-allow-methods".into(), method.to_string()),
+            ("access-control-max-age".into(), "600".into()),
+            (
+                "vary".into(),
+                "origin, access-control-request-method, access-control-request-headers".into(),
+            ),
+        ]);
+        if !headers.is_empty() {
+            r.headers
+                .push(("access-control-allow-headers".into(), headers.join(", ")));
+        }
+        r.headers.extend(cors_headers(origin));
+        r
+    }
+
+    /// The common case, decided from the binary head of the stored record (no JSON, no
+    /// allocation per field; see `record`): a valid cookie, a live session that needs no
+    /// last-use write, no claims to check, a fresh token for the audience with the route's
+    /// scopes, and a request that passes CSRF. Anything else returns `None` and takes the full
+    /// path, which decides (and explains) it.
+    fn fast_path(
+        &mut self,
+        req: &Request,
+        policy: &Policy,
+        view: &CookieView<'_>,
+        cookie: &SessionCookie,
+    ) -> Option<Step> {
+        if !policy.claims.is_empty() || !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
+            return None;
+        }
+        let audience = policy.audience.as_deref()?;
+        let SessionCookie::Valid(id, verifier) = cookie else {
+            return None;
+        };
+        let (mut raw, _) = self.store.get_session_raw(id)?;
+        let head = crate::record::Head::parse(&raw)?;
+        if !ct_eq(head.owner, verifier)
+            || self.now >= head.expires
+            || self.now
+                >= head
+                    .last_seen
+                    .saturating_add(self.cfg.session.touch_interval_s)
+        {
+            return None;
+        }
+        let (span, scope) = head.token_span(audience, self.now, self.cfg.session.refresh_skew_s)?;
+        if !policy.scopes_ok(scope) {
+            return None;
+        }
+        let subject = head.sub.to_string();
+        // The token is taken out of the record's own buffer: no second allocation or copy.
+        raw.truncate(span.end);
+        raw.drain(..span.start);
+        let token = String::from_utf8(raw).ok()?;
+        self.subject = Some(subject);
+        Some(Step::Forward {
+            authorization: Some(Secret::new(token)),
+            cookie: view.strip_edit(self.cfg),
+        })
+    }
+
+    /// The full path: decides (and explains) what the fast path did not.
+    fn protected(
+        &mut self,
+        req: &Request,
+        policy: &Policy,
+        view: &CookieView<'_>,
+        cookie: &SessionCookie,
+    ) -> Step {
+        // The session is looked up first so that every refusal can name it in the audit log.
+        let found = self.lookup_session(req, cookie);
+        if !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
+            let handle = match &found {
+                SessionLookup::Live(id, _, _) => Some(id.handle()),
+                _ => None,
+            };
+            self.deny(ErrorCode::Csrf, &policy.route, handle);
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Csrf,
+                "cross-site request or missing CSRF header",
+            ));
+        }
+        let navigation = Self::wants_redirect(req, policy.unauthenticated);
+        let (id, session, cas) = match found {
+            SessionLookup::Live(id, s, cas) => (id, s, cas),
+            SessionLookup::Absent => {
+                self.deny(ErrorCode::Unauthenticated, &policy.route, None);
+                return Step::Respond(self.unauthenticated(navigation, &req.path, false));
+            }
+            SessionLookup::Invalid => {
+                self.deny(ErrorCode::Unauthenticated, &policy.route, None);
+                return Step::Respond(self.unauthenticated(navigation, &req.path, true));
+            }
+            SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
+            SessionLookup::Unavailable => return Step::Respond(store_unavailable()),
+        };
+        if !policy.claims_ok(&session.claims) {
+            self.deny(ErrorCode::Forbidden, &policy.route, Some(id.handle()));
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "not allowed for this user",
+            ));
+        }
+        let Some(audience) = policy.audience.clone() else {
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                "route has no audience",
+            ));
+        };
+        let edit = view.strip_edit(self.cfg);
+        if let Some(t) = session.token_for(&audience, self.now, self.cfg.session.refresh_skew_s) {
+            let token = t.token.clone();
+            let scope = t.scope.clone();
+            self.touch(&id, &session, cas);
+            return self.authorize(policy, &id, &session.claims, &scope, token, edit);
+        }
+        let resume = Resume {
+            sid: id,
+            audience,
+            route: policy.route.clone(),
+            navigation,
+            path: req.path.clone(),
+            cookie: edit,
+        };
+        self.obtain(resume, None)
+    }
+
+    /// The CSRF defence: on unsafe methods (every method with `csrf: all-methods`) the CSRF
+    /// header, no `Sec-Fetch-Site: cross-site`, and no foreign `Origin`.
+    pub(super) fn csrf_ok(&self, req: &Request, mode: CsrfMode, allowed: &[String]) -> bool {
+        let needed = mode == CsrfMode::AllMethods || !is_safe_method(&req.method);
+        if !needed {
+            return true;
+        }
+        if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
+            return false;
+        }
+        if header_is(req.sec_fetch_site.as_deref(), "cross-site") {
+            return false;
+        }
+        match req.origin.as_deref().map(str::trim) {
+            None => true,
+            Some(o) => o == self.cfg.public_origin || allowed.iter().any(|a| a == o),
+        }
+    }
+
+    /// A navigation is decided from Fetch Metadata first (`Sec-Fetch-Mode`, then
+    /// `Sec-Fetch-Dest`), and from `Accept` only for clients that send neither.
+    fn is_navigation(req: &Request) -> bool {
+        if let Some(m) = req.sec_fetch_mode.as_deref().map(str::trim) {
+            return m.eq_ignore_ascii_case("navigate");
+        }
+        if let Some(d) = req.sec_fetch_dest.as_deref().map(str::trim) {
+            return matches!(
+                d.to_ascii_lowercase().as_str(),
+                "document" | "iframe" | "frame" | "embed" | "object"
+            );
+        }
+        req.accept
+            .as_deref()
+            .is_some_and(|a| a.to_ascii_lowercase().contains("text/html"))
+    }
+
+    /// Whether an unauthenticated request gets a redirect to login rather than a 401.
+    fn wants_redirect(req: &Request, mode: UnauthMode) -> bool {
+        let safe = req.method == "GET" || req.method == "HEAD";
+        match mode {
+            UnauthMode::Auto => safe && Self::is_navigation(req),
+            UnauthMode::Redirect => safe,
+            UnauthMode::Deny => false,
+        }
+    }
+
+    fn login_location(&self, path: &str) -> String {
+        let rt = sanitize_return_to(Some(path));
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("return_to", &rt);
+        format!("{}/login?{}", self.cfg.auth_prefix, q.finish())
+    }
+
+    /// No valid session: a redirect to login for a navigation, else `401`; a dead or forged
+    /// cookie is cleared in the same answer.
+    pub(super) fn unauthenticated(&self, navigation: bool, path: &str, had_cookie: bool) -> Reply {
+        let r = if navigation {
+            let mut r = redirect(&self.login_location(path));
+            r.kind = ReplyKind::LoginRedirect;
+            r
+        } else {
+            error_reply(401, ErrorCode::Unauthenticated, "sign in first")
+        };
+        if had_cookie {
+            with_cookie(r, self.clear_session_cookie())
+        } else {
+            r
+        }
+    }
+
+    /// `GET /auth/user`: who is signed in, and until when (no token in it).
+    pub(super) fn user(&mut self, req: &Request) -> Step {
+        let cookie = self.session_cookie_of(req);
+        Step::Respond(match self.lookup_session(req, &cookie) {
+            SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
+            SessionLookup::Live(id, s, cas) => {
+                self.touch(&id, &s, cas);
+                let mut claims = s.claims.clone();
+                claims.remove("sid");
+                let last_seen = if s.needs_touch(self.now, self.cfg.session.touch_interval_s) {
+                    self.now
+                } else {
+                    s.last_seen
+                };
+                let idle_exp = last_seen.saturating_add(self.cfg.session.idle_timeout_s);
+                json_reply(
+                    200,
+                    json!({
+                        "sub": s.sub,
+                        "claims": claims,
+                        "expires_at": idle_exp.min(s.expires),
+                        "absolute_expires_at": s.expires,
+                        "idle_expires_at": idle_exp,
+                    }),
+                )
+            }
+            SessionLookup::Absent => error_reply(401, ErrorCode::Unauthenticated, "no session"),
+            SessionLookup::Unavailable => store_unavailable(),
+            SessionLookup::Invalid => with_cookie(
+                error_reply(401, ErrorCode::Unauthenticated, "no session"),
+                self.clear_session_cookie(),
+            ),
+        })
+    }
+}

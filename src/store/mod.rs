@@ -1,0 +1,351 @@
+//! Session storage: the interface the engine uses, and its two backends.
+//!
+//! - [`shared_data`]: the embedded store, a bounded table of slots in proxy-wasm shared data
+//!   (every worker of one Envoy sees it; it dies with the process).
+//! - [`etcd`]: the fleet store, sessions in etcd v3 (reached with callouts) shared by many
+//!   Envoys, with shared data as a read cache.
+//!
+//! Both implement [`Store`]; the fleet store also implements [`RemoteSync`], the part of a store
+//! whose source of truth is elsewhere (fetch before deciding, flush writes before answering),
+//! which the engine reaches through [`Store::remote`]. [`open`] builds the one a configuration
+//! asks for, so the shell never chooses.
+
+pub mod etcd;
+pub mod shared_data;
+
+pub use etcd::EtcdStore;
+pub use shared_data::SharedStore;
+
+use crate::callout::{CallResult, Callout};
+use crate::config::Config;
+use crate::secret::Secret;
+use crate::session::{Session, SessionId};
+use crate::util::Random;
+use serde::{Deserialize, Serialize};
+
+/// A CAS token from a read.
+pub type Cas = u32;
+
+/// Errors from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The entry changed since it was read.
+    CasMismatch,
+    /// Every sampled slot is in use and the policy is to refuse.
+    Full,
+    /// The entry does not exist (or belongs to another session).
+    NotFound,
+    /// The host refused the operation.
+    Unavailable,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreError::CasMismatch => "the entry changed since it was read",
+            StoreError::Full => "the store is full",
+            StoreError::NotFound => "no such entry",
+            StoreError::Unavailable => "the store is unavailable",
+        })
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The key-value surface of proxy-wasm shared data (implemented by the wasm shell, and in memory
+/// for tests).
+pub trait SharedData {
+    /// Value and CAS token; `(None, None)` when the key was never set.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>);
+    /// Sets `key`; with `cas`, only if unchanged since that read.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError>;
+}
+
+impl<T: SharedData + ?Sized> SharedData for &mut T {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>) {
+        (**self).get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+        (**self).set(key, value, cas)
+    }
+}
+
+/// A login in progress, kept server-side between `/auth/login` and `/auth/callback`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingLogin {
+    /// PKCE verifier.
+    pub verifier: Secret,
+    /// OIDC nonce.
+    pub nonce: String,
+    /// Validated local return path.
+    pub return_to: String,
+    /// Hex SHA-256 of the flow cookie's value: binds the login to the browser that started it.
+    pub flow_hash: String,
+    /// Unix seconds after which the callback is refused.
+    pub expires: u64,
+    /// Hex SHA-256 of the state (set by the store): the slot must match the state presented.
+    #[serde(default)]
+    pub state_hash: String,
+}
+
+/// How many slots a claim looks at before applying the full-table policy (the least recently
+/// used of these is evicted).
+pub const SAMPLE: u32 = 64;
+
+/// How many slots a login looks at for a free one before it evicts or refuses: a login into a
+/// full table costs this many reads of a binary record head, never a scan of the whole table.
+pub const FREE_SEARCH: u32 = 4 * SAMPLE;
+
+/// A session ended by the store to make room, for audit and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evicted {
+    /// Audit handle of the evicted session.
+    pub handle: String,
+    /// Its subject.
+    pub sub: String,
+}
+
+/// How far a store's local view of a session can be trusted ([`Store::remote_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteState {
+    /// Decide on it (present or known absent).
+    Current,
+    /// Too old, or never read: fetch it first.
+    Stale,
+    /// The remote store did not answer and the configured failure mode allows nothing cached.
+    Unavailable,
+}
+
+/// A uniformly random `u32`.
+pub(crate) fn random_u32(rng: &mut dyn Random) -> u32 {
+    let mut b = [0u8; 4];
+    rng.fill(&mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Session and pending-login storage, as the engine sees it.
+pub trait Store {
+    /// Loads a session with its CAS token (`None` if absent or the slot holds another session).
+    fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)>;
+    /// The stored bytes of a session's slot, unparsed and unchecked (the fast path reads a
+    /// borrowed view of them and checks the owner itself). `None` if empty or out of range.
+    fn get_session_raw(&self, id: &SessionId) -> Option<(Vec<u8>, Cas)>;
+    /// Writes a session read with `cas`; fails if the slot changed since.
+    fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError>;
+    /// Creates a session in a free slot; returns its id and, if one had to go, the evicted one.
+    fn create_session(
+        &mut self,
+        s: &Session,
+        rng: &mut dyn Random,
+        now: u64,
+    ) -> Result<(SessionId, Option<Evicted>), StoreError>;
+    /// Deletes a session (only if the slot still holds it).
+    fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError>;
+    /// Saves a pending login; returns the `state` that finds it again.
+    fn create_pending(
+        &mut self,
+        p: &PendingLogin,
+        rng: &mut dyn Random,
+        now: u64,
+    ) -> Result<String, StoreError>;
+    /// Takes (reads and deletes, atomically) the pending login of `state` if its flow cookie's
+    /// hash is `flow_hash`: a second take of the same state gets `None`, so a callback cannot be
+    /// replayed, and a take with another flow cookie consumes nothing.
+    fn take_pending(&mut self, state: &str, flow_hash: &str) -> Option<PendingLogin>;
+    /// Deletes every session for which `pred` is true; returns those deleted.
+    fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session>;
+    /// Counts `sub`'s live sessions at `now` (the operator API).
+    fn count_live_of(&self, sub: &str, now: u64) -> usize;
+    /// Whether a whole-store scan may run now: at most one per second per Envoy (shared by its
+    /// workers), so the operator API cannot be made to burn CPU.
+    fn take_scan_budget(&mut self, now: u64) -> bool;
+    /// The cached JWKS document and when it was fetched.
+    fn jwks(&self) -> Option<(Vec<u8>, u64)>;
+    /// Caches a JWKS document.
+    fn set_jwks(&mut self, doc: &[u8], now: u64);
+    /// Records a logout-token `jti` until `exp`; false if it was already seen (a replay).
+    fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool;
+    /// How far this store's local view of a session can be trusted: always current for a store
+    /// that is its own source of truth ([`RemoteSync::state_of`] otherwise).
+    fn state_of(&self, _id: &SessionId) -> RemoteState {
+        RemoteState::Current
+    }
+    /// The remote half of a store whose source of truth is elsewhere; `None` for the embedded
+    /// store.
+    fn remote(&mut self) -> Option<&mut dyn RemoteSync> {
+        None
+    }
+}
+
+/// What a store whose source of truth is remote (etcd) adds: the engine pauses a request on a
+/// callout to fetch what the local view lacks, and holds its answer until the writes it made
+/// are flushed.
+pub trait RemoteSync {
+    /// Whether a request waiting for another's renewal should read the session again (a
+    /// renewal on another Envoy shows only there): much sooner than the cache's bound.
+    fn stale_for_wait(&self, id: &SessionId) -> bool;
+    /// The callout that fetches a session; its answer goes to [`RemoteSync::absorb`], and the
+    /// request is decided again.
+    fn fetch_session(&mut self, id: &SessionId) -> Callout;
+    /// Takes the answer of a [`RemoteSync::fetch_session`] callout into the local view.
+    fn absorb(&mut self, id: &SessionId, result: &CallResult);
+    /// The callout that takes a pending login missing from the local view (a login started on
+    /// another Envoy); its answer goes to [`RemoteSync::absorb_pending`].
+    fn fetch_pending(&mut self, state: &str, flow_hash: &str) -> Callout;
+    /// Takes the answer of a [`RemoteSync::fetch_pending`] callout.
+    fn absorb_pending(&mut self, state: &str, flow_hash: &str, result: &CallResult);
+    /// Ends, in the remote store, every session of a subject (or of a provider session id):
+    /// sessions that this Envoy has never seen too.
+    fn revoke_everywhere(&mut self, sub: Option<&str>, sid: Option<&str>);
+    /// Writes queued during this run, to be flushed (with [`RemoteSync::advance`]) before the
+    /// request goes on.
+    fn take_outbox(&mut self) -> Option<Outbox>;
+    /// Takes the answer of the last flush callout (`None` at the start) and says what comes next.
+    fn advance(&mut self, ob: &mut Outbox, result: Option<&CallResult>) -> Flush;
+}
+
+/// How a flush ended, worst outcome first in importance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Every operation applied.
+    Ok,
+    /// A compare failed: another Envoy changed the record (the cache now holds its version).
+    Conflict,
+    /// etcd could not be reached or refused.
+    Unavailable,
+}
+
+/// What the engine does next with an outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Flush {
+    /// Make this callout and hand its result back.
+    Call(Callout),
+    /// Nothing left to send.
+    Done(Outcome),
+}
+
+/// Operations queued by one engine run, carried by the paused request until flushed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbox {
+    ops: Vec<etcd::Op>,
+    next: usize,
+    /// Second call of a two-call operation: the lease granted (or the keys found) by the first.
+    phase: Option<etcd::Phase>,
+    outcome: Outcome,
+    /// Whether the request's answer depends on the flush.
+    pub critical: bool,
+}
+
+/// The store a configuration asks for: the embedded one, or the fleet store when
+/// `store.backend` is `etcd`.
+pub enum Backend<'c, D, R> {
+    /// Shared data only.
+    Embedded(SharedStore<D>),
+    /// etcd, with shared data as a cache.
+    Etcd(EtcdStore<'c, D, R>),
+}
+
+/// Opens the store `cfg` asks for over the host's shared data, at `now_ms` (milliseconds).
+/// Cheap: built for every engine run, as the shell runs one per callback.
+pub fn open<D: SharedData, R: Random>(
+    cfg: &Config,
+    data: D,
+    now_ms: u64,
+    rng: R,
+) -> Backend<'_, D, R> {
+    match &cfg.etcd {
+        None => Backend::Embedded(SharedStore::new(data, cfg.store)),
+        Some(etcd) => Backend::Etcd(EtcdStore::new(data, cfg, etcd, now_ms, rng)),
+    }
+}
+
+impl<D: SharedData, R: Random> Backend<'_, D, R> {
+    /// Creates the slots that do not exist yet (once, at configuration time, before traffic).
+    pub fn init_slots(&mut self) {
+        match self {
+            Backend::Embedded(s) => s.init_slots(),
+            Backend::Etcd(s) => s.init_slots(),
+        }
+    }
+
+    /// Compare-and-swap conflicts met during this run (for the metric).
+    pub fn cas_conflicts(&self) -> u32 {
+        match self {
+            Backend::Embedded(s) => s.cas_conflicts.get(),
+            Backend::Etcd(s) => s.local.cas_conflicts.get(),
+        }
+    }
+
+    fn inner(&self) -> &dyn Store {
+        match self {
+            Backend::Embedded(s) => s,
+            Backend::Etcd(s) => s,
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn Store {
+        match self {
+            Backend::Embedded(s) => s,
+            Backend::Etcd(s) => s,
+        }
+    }
+}
+
+impl<D: SharedData, R: Random> Store for Backend<'_, D, R> {
+    fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)> {
+        self.inner().get_session(id)
+    }
+    fn get_session_raw(&self, id: &SessionId) -> Option<(Vec<u8>, Cas)> {
+        self.inner().get_session_raw(id)
+    }
+    fn put_session(&mut self, id: &SessionId, s: &Session, cas: Cas) -> Result<(), StoreError> {
+        self.inner_mut().put_session(id, s, cas)
+    }
+    fn create_session(
+        &mut self,
+        s: &Session,
+        rng: &mut dyn Random,
+        now: u64,
+    ) -> Result<(SessionId, Option<Evicted>), StoreError> {
+        self.inner_mut().create_session(s, rng, now)
+    }
+    fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError> {
+        self.inner_mut().delete_session(id)
+    }
+    fn create_pending(
+        &mut self,
+        p: &PendingLogin,
+        rng: &mut dyn Random,
+        now: u64,
+    ) -> Result<String, StoreError> {
+        self.inner_mut().create_pending(p, rng, now)
+    }
+    fn take_pending(&mut self, state: &str, flow_hash: &str) -> Option<PendingLogin> {
+        self.inner_mut().take_pending(state, flow_hash)
+    }
+    fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session> {
+        self.inner_mut().delete_where(pred)
+    }
+    fn count_live_of(&self, sub: &str, now: u64) -> usize {
+        self.inner().count_live_of(sub, now)
+    }
+    fn take_scan_budget(&mut self, now: u64) -> bool {
+        self.inner_mut().take_scan_budget(now)
+    }
+    fn jwks(&self) -> Option<(Vec<u8>, u64)> {
+        self.inner().jwks()
+    }
+    fn set_jwks(&mut self, doc: &[u8], now: u64) {
+        self.inner_mut().set_jwks(doc, now)
+    }
+    fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {
+        self.inner_mut().remember_jti(jti, exp, now)
+    }
+    fn state_of(&self, id: &SessionId) -> RemoteState {
+        self.inner().state_of(id)
+    }
+    fn remote(&mut self) -> Option<&mut dyn RemoteSync> {
+        self.inner_mut().remote()
+    }
+}

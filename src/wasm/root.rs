@@ -1,0 +1,202 @@
+//! The root context: the configuration (refused at load with a line naming the field), the
+//! timer (sweeps, gauges, waiting requests, the VM's memory), and this worker's callout queue.
+
+use super::apply::{deliver, dispatch_outgoing, on_call_done};
+use super::http::Http;
+use super::{env_secret, log, now_ms, now_secs, run, HostData, HostRandom, Shared, TICK};
+use crate::config::Config;
+use crate::engine::Step;
+use crate::util::Random;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel, MetricType};
+use std::rc::Rc;
+
+pub(super) struct Root {
+    pub(super) shared: Rc<Shared>,
+    pub(super) ticks: u64,
+    pub(super) sweep_at: u32,
+    /// The VM's linear memory at the last look, KiB (it only grows).
+    pub(super) memory_kib: usize,
+}
+
+/// Sweep a batch every this many ticks (about once a second).
+const SWEEP_EVERY: u64 = 50;
+/// The occupancy counters are recounted with a full scan every this many sweeps (10 min).
+const RECOUNT_EVERY: u64 = 600;
+/// Slots looked at per sweep, per worker.
+const SWEEP_BATCH: u32 = 64;
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
+        on_call_done(&self.shared, token, body_size);
+    }
+}
+
+/// Registers this worker's callout queue under a name no other worker uses (a queue name is
+/// shared by every VM of the `vm_id`; the last to register a name would get all notifications).
+fn register_queue() -> Option<u32> {
+    let mut b = [0u8; 8];
+    HostRandom.fill(&mut b);
+    let name = format!("bffgate:callouts:{}", crate::util::hex(&b));
+    match hostcalls::register_shared_queue(&name) {
+        Ok(q) => Some(q),
+        Err(_) => {
+            log(
+                LogLevel::Warn,
+                "cannot register the callout queue; callouts are dispatched by the request (an answer may be lost if the client goes away first)",
+            );
+            None
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(bytes) = self.get_plugin_configuration() else {
+            log(
+                LogLevel::Critical,
+                "configuration refused: field `.`: no plugin configuration (a StringValue holding JSON)",
+            );
+            return false;
+        };
+        match Config::from_json(&bytes, &env_secret) {
+            Ok(c) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "configured: {} route policies, {} audiences, cookie key `{}`",
+                        c.routes.len(),
+                        c.audiences.len(),
+                        c.cookie.keys.current_kid()
+                    ),
+                );
+                // Create the slot table (only the slots not there yet: another VM of this Envoy
+                // may have done it, and sessions in it must survive a VM reload).
+                crate::store::open(&c, HostData, now_ms(), HostRandom).init_slots();
+                for name in crate::audit::all_counters() {
+                    self.shared.metric(MetricType::Counter, &name);
+                }
+                self.shared
+                    .metric(MetricType::Gauge, "bffgate_sessions_in_use");
+                self.shared
+                    .metric(MetricType::Gauge, "bffgate_pending_logins");
+                self.shared
+                    .metric(MetricType::Gauge, "bffgate_vm_memory_kib");
+                self.shared
+                    .metric(MetricType::Histogram, "bffgate_callout_duration_ms");
+                if self.shared.queue.get().is_none() {
+                    self.shared.queue.set(register_queue());
+                }
+                *self.shared.config.borrow_mut() = Some(Rc::new(c));
+                // Workers sweep from different places.
+                let mut b = [0u8; 4];
+                HostRandom.fill(&mut b);
+                self.sweep_at = u32::from_le_bytes(b);
+                self.set_tick_period(TICK);
+                true
+            }
+            Err(e) => {
+                log(LogLevel::Critical, &format!("configuration refused: {e}"));
+                false
+            }
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        // The notifications carry nothing: empty the host's queue, then dispatch what waits.
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        if let Some(cfg) = self.shared.config() {
+            dispatch_outgoing(&self.shared, &cfg, true);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let shared = &self.shared;
+        let Some(cfg) = shared.config() else { return };
+        self.ticks = self.ticks.wrapping_add(1);
+        // A safety net: anything queued whose notification went missing.
+        if !shared.outgoing.borrow().is_empty() {
+            dispatch_outgoing(shared, &cfg, true);
+        }
+        // In fleet mode etcd's leases end sessions; the cache needs no sweep.
+        if self.ticks % SWEEP_EVERY == 0 {
+            // The VM's memory only grows; each growth is logged (and the gauge set), so a leak
+            // shows as growth under a steady load.
+            let kib = core::arch::wasm32::memory_size::<0>().saturating_mul(64);
+            if kib > self.memory_kib {
+                self.memory_kib = kib;
+                log(LogLevel::Info, &format!("vm memory {kib} KiB"));
+                shared.gauge("bffgate_vm_memory_kib", kib as u64);
+            }
+        }
+        if self.ticks % SWEEP_EVERY == 0 && cfg.etcd.is_none() {
+            // Reclaim dead sessions and expired logins a batch at a time.
+            let mut store = crate::store::SharedStore::new(HostData, cfg.store);
+            let (next, events) =
+                crate::engine::sweep(&mut store, self.sweep_at, SWEEP_BATCH, now_secs());
+            self.sweep_at = next;
+            for e in &events {
+                log(LogLevel::Info, &format!("audit {}", e.to_json()));
+            }
+            shared.account(&events);
+            let (sessions, pending) = if self.ticks % (SWEEP_EVERY * RECOUNT_EVERY) == 0 {
+                store.recount()
+            } else {
+                store.occupancy()
+            };
+            shared.gauge("bffgate_sessions_in_use", sessions);
+            shared.gauge("bffgate_pending_logins", pending);
+        }
+        if shared.waiters.borrow().is_empty() {
+            return;
+        }
+        self.wake_waiters(&cfg);
+        // Wakes that need a callout (a fleet re-read, a renewal) go out as the root.
+        dispatch_outgoing(shared, &cfg, true);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Always return a context (None makes the SDK panic); without a config it fails closed.
+        self.shared.alive.borrow_mut().insert(context_id);
+        Some(Box::new(Http {
+            id: context_id,
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Root {
+    /// Polls the requests waiting for another request's renewal.
+    fn wake_waiters(&self, cfg: &Config) {
+        let shared = &self.shared;
+        let ids: Vec<u32> = shared.waiters.borrow().keys().copied().collect();
+        for ctx in ids {
+            let Some(pending) = shared.waiters.borrow_mut().remove(&ctx) else {
+                continue;
+            };
+            if !shared.alive.borrow().contains(&ctx) {
+                continue;
+            }
+            let mut woke = false;
+            let ran = run(shared, cfg, |e| match e.on_wake(&pending) {
+                Some(s) => {
+                    woke = true;
+                    s
+                }
+                None => Step::Wait {
+                    then: Box::new(pending.clone()),
+                },
+            });
+            if !woke {
+                shared.waiters.borrow_mut().insert(ctx, pending);
+                continue;
+            }
+            deliver(shared, cfg, ctx, ran, false);
+        }
+    }
+}
