@@ -1666,3 +1666,42 @@ fn a_whole_session_never_shows_a_secret_to_the_browser_or_the_log() {
     assert!(tracked(&verifier));
     assert!(g.transcript.len() > 20);
 }
+
+// =====================================================================================
+// Which path a request took (the shell counts it: bffgate_fast_path_taken / _missed_<reason>)
+// =====================================================================================
+
+#[test]
+fn the_engine_tells_which_path_a_session_request_took_and_why_it_left_the_fast_path() {
+    use bffgate::engine::FastPathMiss;
+    let (mut g, b, _) = signed_in(ALICE);
+    let run = |g: &mut Gate, req: &Request| {
+        let mut e = Engine::new(&g.cfg, g.now, &mut g.rng, &mut g.store).with_verified(&g.verified);
+        let step = e.on_request(req);
+        (e.fast_path, step)
+    };
+    let (path, step) = run(&mut g, &orders(&b));
+    assert_eq!(path, Some(Ok(())));
+    assert!(forward(step).0.is_some());
+    // Past the touch interval the full path writes the last use (and allows); then fast again.
+    g.advance(61);
+    let (path, step) = run(&mut g, &orders(&b));
+    assert_eq!(path, Some(Err(FastPathMiss::TouchDue)));
+    assert!(forward(step).0.is_some());
+    assert_eq!(run(&mut g, &orders(&b)).0, Some(Ok(())));
+    // Refusals are decided (and explained) by the full path.
+    let mut no_csrf = place_order(&b);
+    no_csrf.csrf = None;
+    assert_eq!(run(&mut g, &no_csrf).0, Some(Err(FastPathMiss::Csrf)));
+    assert_eq!(
+        run(&mut g, &orders(&Browser::default())).0,
+        Some(Err(FastPathMiss::NoCookie))
+    );
+    let forged = b.with_session("garbage");
+    assert_eq!(
+        run(&mut g, &orders(&forged)).0,
+        Some(Err(FastPathMiss::Cookie))
+    );
+    // A public route never tries it.
+    assert_eq!(run(&mut g, &api(&b, "GET", "/app.js", "static")).0, None);
+}

@@ -27,6 +27,7 @@ mod tokens;
 
 pub use admin::sweep;
 pub use cookies::is_bff_cookie;
+pub use request::FastPathMiss;
 
 use crate::audit::{Decision, Event};
 use crate::callout::{CallResult, Callout};
@@ -307,6 +308,9 @@ pub struct Engine<'a> {
     /// request ends in (a forward's response, or a local reply) gets
     /// [`crate::reply::cors_headers`] for it.
     pub cors: Option<String>,
+    /// For a request to a session route: whether it took the fast path, or why not (the shell
+    /// counts it: `bffgate_fast_path_taken`, `bffgate_fast_path_missed_<reason>`).
+    pub fast_path: Option<Result<(), FastPathMiss>>,
     /// Session cookie values verified by earlier requests of this VM (see [`Engine::with_verified`]).
     verified: Option<&'a VerifiedCookies>,
 }
@@ -328,6 +332,7 @@ impl<'a> Engine<'a> {
             events: Vec::new(),
             subject: None,
             cors: None,
+            fast_path: None,
             verified: None,
         }
     }

@@ -14,6 +14,68 @@ use crate::secret::Secret;
 use crate::util::ct_eq;
 use serde_json::json;
 
+/// Why a request to a session route left the fast path for the full path. The full path then
+/// decides the request (it may still be allowed: e.g. after a last-use write or a renewal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastPathMiss {
+    /// The route's policy checks claims (decoded JSON: full path only).
+    Claims,
+    /// The request does not pass CSRF as it stands (the full path refuses it).
+    Csrf,
+    /// The route names no audience.
+    NoAudience,
+    /// No session cookie.
+    NoCookie,
+    /// A session cookie that does not verify (or two of them).
+    Cookie,
+    /// No record for the session in the store (gone, evicted, or not in a fleet cache).
+    NoSession,
+    /// A record the fast path cannot read.
+    Record,
+    /// The session is past its absolute lifetime.
+    Expired,
+    /// Last use is older than `session.touch_interval_s`: the full path writes it.
+    TouchDue,
+    /// No token for the audience that is not due for renewal: renewal or exchange.
+    NoToken,
+    /// The token lacks a scope the route requires.
+    Scope,
+}
+
+impl FastPathMiss {
+    /// Every reason (their counters are defined at start).
+    pub const ALL: [FastPathMiss; 11] = [
+        Self::Claims,
+        Self::Csrf,
+        Self::NoAudience,
+        Self::NoCookie,
+        Self::Cookie,
+        Self::NoSession,
+        Self::Record,
+        Self::Expired,
+        Self::TouchDue,
+        Self::NoToken,
+        Self::Scope,
+    ];
+
+    /// The counter of this reason.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Self::Claims => "bffgate_fast_path_missed_claims",
+            Self::Csrf => "bffgate_fast_path_missed_csrf",
+            Self::NoAudience => "bffgate_fast_path_missed_no_audience",
+            Self::NoCookie => "bffgate_fast_path_missed_no_cookie",
+            Self::Cookie => "bffgate_fast_path_missed_cookie",
+            Self::NoSession => "bffgate_fast_path_missed_no_session",
+            Self::Record => "bffgate_fast_path_missed_record",
+            Self::Expired => "bffgate_fast_path_missed_expired",
+            Self::TouchDue => "bffgate_fast_path_missed_touch_due",
+            Self::NoToken => "bffgate_fast_path_missed_no_token",
+            Self::Scope => "bffgate_fast_path_missed_scope",
+        }
+    }
+}
+
 impl Engine<'_> {
     /// A request to a route whose policy is `access: session`.
     pub(super) fn session_route(
@@ -93,7 +155,7 @@ impl Engine<'_> {
     /// allocation per field; see `record`): a valid cookie, a live session that needs no
     /// last-use write, no claims to check, a fresh token for the audience with the route's
     /// scopes, and a request that passes CSRF. Anything else returns `None` and takes the full
-    /// path, which decides (and explains) it.
+    /// path, which decides (and explains) it. Which way it went is left in `self.fast_path`.
     fn fast_path(
         &mut self,
         req: &Request,
@@ -101,35 +163,66 @@ impl Engine<'_> {
         view: &CookieView<'_>,
         cookie: &SessionCookie,
     ) -> Option<Step> {
-        if !policy.claims.is_empty() || !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
-            return None;
+        match self.try_fast_path(req, policy, view, cookie) {
+            Ok(step) => {
+                self.fast_path = Some(Ok(()));
+                Some(step)
+            }
+            Err(why) => {
+                self.fast_path = Some(Err(why));
+                None
+            }
         }
-        let audience = policy.audience.as_deref()?;
-        let SessionCookie::Valid(id, verifier) = cookie else {
-            return None;
+    }
+
+    fn try_fast_path(
+        &mut self,
+        req: &Request,
+        policy: &Policy,
+        view: &CookieView<'_>,
+        cookie: &SessionCookie,
+    ) -> Result<Step, FastPathMiss> {
+        use FastPathMiss as M;
+        if !policy.claims.is_empty() {
+            return Err(M::Claims);
+        }
+        if !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
+            return Err(M::Csrf);
+        }
+        let audience = policy.audience.as_deref().ok_or(M::NoAudience)?;
+        let (id, verifier) = match cookie {
+            SessionCookie::Absent => return Err(M::NoCookie),
+            SessionCookie::Invalid => return Err(M::Cookie),
+            SessionCookie::Valid(id, verifier) => (id, verifier),
         };
-        let (mut raw, _) = self.store.get_session_raw(id)?;
-        let head = crate::record::Head::parse(&raw)?;
-        if !ct_eq(head.owner, verifier)
-            || self.now >= head.expires
-            || self.now
-                >= head
-                    .last_seen
-                    .saturating_add(self.cfg.session.touch_interval_s)
-        {
-            return None;
+        let (mut raw, _) = self.store.get_session_raw(id).ok_or(M::NoSession)?;
+        let head = crate::record::Head::parse(&raw).ok_or(M::Record)?;
+        if !ct_eq(head.owner, verifier) {
+            return Err(M::NoSession);
         }
-        let (span, scope) = head.token_span(audience, self.now, self.cfg.session.refresh_skew_s)?;
+        if self.now >= head.expires {
+            return Err(M::Expired);
+        }
+        if self.now
+            >= head
+                .last_seen
+                .saturating_add(self.cfg.session.touch_interval_s)
+        {
+            return Err(M::TouchDue);
+        }
+        let (span, scope) = head
+            .token_span(audience, self.now, self.cfg.session.refresh_skew_s)
+            .ok_or(M::NoToken)?;
         if !policy.scopes_ok(scope) {
-            return None;
+            return Err(M::Scope);
         }
         let subject = head.sub.to_string();
         // The token is taken out of the record's own buffer: no second allocation or copy.
         raw.truncate(span.end);
         raw.drain(..span.start);
-        let token = String::from_utf8(raw).ok()?;
+        let token = String::from_utf8(raw).map_err(|_| M::Record)?;
         self.subject = Some(subject);
-        Some(Step::Forward {
+        Ok(Step::Forward {
             authorization: Some(Secret::new(token)),
             cookie: view.strip_edit(self.cfg),
         })

@@ -138,6 +138,8 @@ struct Shared {
     metrics: RefCell<HashMap<String, u32>>,
     /// The id of `bffgate_requests_allowed` (counted on every fast-path request).
     allowed_metric: Cell<Option<u32>>,
+    /// The id of `bffgate_fast_path_taken` (likewise).
+    fast_path_metric: Cell<Option<u32>>,
     /// Requests waiting for another request's renewal: context id -> continuation.
     waiters: RefCell<IdMap<AwaitToken>>,
     /// Requests whose body the engine asked for: context id -> continuation.
@@ -229,7 +231,7 @@ where
     let mut rng = HostRandom;
     let now = now_ms();
     let mut store = crate::store::open(cfg, HostData, now, HostRandom);
-    let (step, subject, cors, notes, events) = {
+    let (step, subject, cors, notes, events, fast_path) = {
         let mut engine =
             Engine::new(cfg, now / 1000, &mut rng, &mut store).with_verified(&shared.verified);
         let step = f(&mut engine);
@@ -238,10 +240,29 @@ where
             cors,
             notes,
             events,
+            fast_path,
             ..
         } = engine;
-        (step, subject, cors, notes, events)
+        (step, subject, cors, notes, events, fast_path)
     };
+    // Which path a request to a session route took, and why it left the fast path.
+    match fast_path {
+        Some(Ok(())) => {
+            let id = match shared.fast_path_metric.get() {
+                Some(id) => Some(id),
+                None => {
+                    let id = shared.metric(MetricType::Counter, "bffgate_fast_path_taken");
+                    shared.fast_path_metric.set(id);
+                    id
+                }
+            };
+            if let Some(id) = id {
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+        }
+        Some(Err(why)) => shared.count(why.metric()),
+        None => {}
+    }
     for n in &notes {
         log(LogLevel::Info, n);
     }

@@ -78,6 +78,11 @@ impl RootContext for Root {
                     self.shared.metric(MetricType::Counter, &name);
                 }
                 self.shared
+                    .metric(MetricType::Counter, "bffgate_fast_path_taken");
+                for why in crate::engine::FastPathMiss::ALL {
+                    self.shared.metric(MetricType::Counter, why.metric());
+                }
+                self.shared
                     .metric(MetricType::Gauge, "bffgate_sessions_in_use");
                 self.shared
                     .metric(MetricType::Gauge, "bffgate_pending_logins");
