@@ -29,6 +29,10 @@
 //                              default .run/tls/cert.pem (read when a logout is sent)
 //   BFFGATE_EXCHANGE_TARGETS   comma-separated resources a token exchange may target,
 //                              default https://profile.api.local
+//   BFFGATE_IDP_ISSUER         issuer URL, default http://localhost:<port> (e.g. http://127.0.0.1:<port>)
+//   BFFGATE_IDP_CLIENT_ID      the client's id, default bffgate
+//   BFFGATE_IDP_RESOURCES      more resource servers, `resource=scope scope,...` (e.g.
+//                              `api://orders=orders.read`); every demo user holds their scopes
 //
 // Never logs tokens, codes, secrets or query strings.
 
@@ -67,7 +71,8 @@ function intEnv(name, dflt, min, max) {
 }
 
 const PORT = intEnv('BFFGATE_IDP_PORT', 9000, 1, 65535);
-const ISSUER = `http://localhost:${PORT}`;
+const ISSUER = (process.env.BFFGATE_IDP_ISSUER || `http://localhost:${PORT}`).replace(/\/+$/, '');
+const CLIENT_ID = process.env.BFFGATE_IDP_CLIENT_ID || 'bffgate';
 const ACCESS_TOKEN_TTL = intEnv('BFFGATE_ACCESS_TOKEN_TTL', 300, 1, 86400);
 const ROTATE_REFRESH = process.env.BFFGATE_ROTATE_REFRESH === '1';
 const KEYS_FILE = path.resolve(process.env.BFFGATE_IDP_KEYS || '.run/idp-keys.json');
@@ -97,6 +102,15 @@ const RESOURCE_SERVERS = {
   [ORDERS]: { scope: 'orders:read orders:write' },
   [PROFILE]: { scope: 'profile' },
 };
+// BFFGATE_IDP_RESOURCES: `resource=scope scope,...`, scopes held by every demo user (below).
+const EXTRA_SCOPES = [];
+for (const entry of (process.env.BFFGATE_IDP_RESOURCES || '').split(',').map((s) => s.trim()).filter(Boolean)) {
+  const i = entry.indexOf('=');
+  const scopes = i > 0 ? entry.slice(i + 1).split(' ').filter(Boolean) : [];
+  if (i <= 0 || !scopes.length) fail(`BFFGATE_IDP_RESOURCES: ${JSON.stringify(entry)} is not resource=scope[ scope...]`);
+  RESOURCE_SERVERS[entry.slice(0, i)] = { scope: scopes.join(' ') };
+  EXTRA_SCOPES.push(...scopes);
+}
 
 // OIDC scopes every user may grant; resource scopes are per user below.
 const OIDC_SCOPES = new Set(['openid', 'profile', 'email', 'offline_access']);
@@ -104,14 +118,14 @@ const OIDC_SCOPES = new Set(['openid', 'profile', 'email', 'offline_access']);
 const USERS = {
   alice: {
     password: 'alice',
-    scopes: new Set(['orders:read', 'orders:write', 'profile']),
+    scopes: new Set(['orders:read', 'orders:write', 'profile', ...EXTRA_SCOPES]),
     claims: {
       name: 'Alice Example', preferred_username: 'alice', email: 'alice@example.test', email_verified: true,
     },
   },
   bob: {
     password: 'bob',
-    scopes: new Set(['orders:read', 'profile']),
+    scopes: new Set(['orders:read', 'profile', ...EXTRA_SCOPES]),
     claims: {
       name: 'Bob Example', preferred_username: 'bob', email: 'bob@example.test', email_verified: true,
     },
@@ -278,7 +292,7 @@ const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 
 async function getResourceServerInfo(ctx, resourceIndicator, client) {
   const rs = Object.hasOwn(RESOURCE_SERVERS, resourceIndicator) ? RESOURCE_SERVERS[resourceIndicator] : undefined;
-  if (!rs || client.clientId !== 'bffgate') {
+  if (!rs || client.clientId !== CLIENT_ID) {
     throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
   }
   // refresh_token grant with `scope` (down-scoping): oidc-provider checks the scopes against the
@@ -304,7 +318,7 @@ async function getResourceServerInfo(ctx, resourceIndicator, client) {
 
 const provider = new Provider(ISSUER, {
   clients: [{
-    client_id: 'bffgate',
+    client_id: CLIENT_ID,
     client_secret: CLIENT_SECRET,
     client_name: 'bffgate demo',
     token_endpoint_auth_method: 'client_secret_basic',
