@@ -83,6 +83,12 @@ clean: ## remove build output and the runtime dir (.run: logs, cert, secrets)
 distclean: clean ## also remove .venv and node_modules
 	rm -rf .venv node_modules
 
-.PHONY: bench
-bench: build ## side-by-side benchmark (bare Envoy, Envoy oauth2, bffgate) + criterion core; writes bench/results/
+.PHONY: bench bench-quick bench-instr
+bench: build ## side-by-side benchmark, 3 interleaved rounds (about 10 min, at most 15); writes bench/results/latest.*
 	node scripts/bench.mjs
+
+bench-quick: build ## before a fast-path commit (< 2 min): bare, no-op, oauth2, bffgate (HTTPS, plain HTTP), 3 short rounds
+	node scripts/bench.mjs --quick
+
+bench-instr: build ## Envoy instructions per request under callgrind: deterministic, blind to neighbours (~5 min)
+	node scripts/bench.mjs --instructions

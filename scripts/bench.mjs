@@ -2,44 +2,54 @@
 // `make bench`: bffgate side by side with bare Envoy and Envoy's own oauth2 filter,
 // judged against the performance targets in docs/performance.md.
 //
-//   node scripts/bench.mjs [--duration S] [--connections N] [--threads N] [--rounds N]
-//                          [--sessions N] [--cases a,b,c,d,e,f,g,h] [--no-core] [--no-renewal] [--quick]
+//   node scripts/bench.mjs [--duration S] [--connections N] [--threads N] [--rounds N] [--warmup S]
+//                          [--sessions N] [--cases a,b,c,...] [--no-core] [--no-renewal]
+//   node scripts/bench.mjs --quick     (`make bench-quick`: cases a,b,c,f,i,j,k,l, 3 rounds of 3 s)
 //   node scripts/bench.mjs --probe [--duration S] [--rounds N]    (host-call prices, see below)
 //   (the same knobs as environment variables: BENCH_DURATION, BENCH_CONNECTIONS, BENCH_THREADS,
 //   BENCH_ROUNDS, BENCH_WARMUP, BENCH_SESSIONS, BENCH_CASES, BENCH_CORE=0, BENCH_RENEWAL=0)
 //
 // What it does, on its own ports so it can run next to the demo stack (8443/9901/9000):
 //   - a TLS cert and fresh random secrets under bench/.work/ (git-ignored);
-//   - two demo IdPs (node demo/idp.mjs): :19000 for bffgate (redirect URI
-//     https://localhost:18443/auth/callback) and :19001 for Envoy's oauth2 filter (redirect URI
-//     https://localhost:18442/auth/callback); access tokens live 1 h so nothing renews mid-run;
-//   - four Envoys (.venv Envoy 1.40, --concurrency 1, distinct --base-id, hot restart off):
-//       bare    https://localhost:18441  admin :19941  bench/envoy.bare.yaml     case a
-//       oauth2  https://localhost:18442  admin :19942  bench/envoy.oauth2.yaml   case b
-//       bffgate https://localhost:18443  admin :19943  bench/envoy.bffgate.template.yaml rendered,
-//                                                      cases c (fast path), d (second audience),
-//                                                      e (forged cookie -> 401)
-//       noop    https://localhost:18444  admin :19944  bench/envoy.noop.yaml     case f (a proxy-wasm
-//                                                      filter doing nothing: the floor of any)
-//       fleet   https://localhost:18445  admin :19945  the bffgate config with `store.backend:
-//                                                      etcd` (cache_ttl_ms 1000): case g
-//       fleetnc https://localhost:18446  admin :19946  the same with cache_ttl_ms 0 (every
-//                                                      request reads etcd): case h
-//     and for g and h a 3-member etcd on 127.0.0.1:24790/24792/24794 (scripts/etcd.mjs);
+//   - demo IdPs (node demo/idp.mjs): :19000 for bffgate (redirect URI
+//     https://localhost:18443/auth/callback), :19001 for Envoy's oauth2 filter (redirect URI
+//     https://localhost:18442/auth/callback), :19003 for case u (issuer http://127.0.0.1:19003,
+//     client `bff`, resource api://orders); access tokens live 1 h so nothing renews mid-run;
+//   - Envoys (.venv Envoy 1.40, --concurrency 1, distinct --base-id, hot restart off), each with a
+//     TLS listener and a plain-HTTP one (TLS port + 100) on the same connection manager:
+//       bare    :18441 / :18541  admin :19941  bench/envoy.bare.yaml     cases a, i, m
+//       oauth2  :18442 / :18542  admin :19942  bench/envoy.oauth2.yaml   cases b, j, n
+//       bffgate :18443 / :18543  admin :19943  bench/envoy.bffgate.template.yaml rendered,
+//                                              cases c (fast path), d (second audience),
+//                                              e (forged cookie -> 401), k (plain HTTP), o (2 KB cookie)
+//       noop    :18444 / :18544  admin :19944  bench/envoy.noop.yaml     cases f, l, p (a proxy-wasm
+//                                              filter doing nothing: the floor of any)
+//       fleet   :18445           admin :19945  the bffgate config with `store.backend: etcd`
+//                                              (cache_ttl_ms 1000): case g
+//       fleetnc :18446           admin :19946  the same with cache_ttl_ms 0 (every request reads etcd): h
+//       user          :18448     admin :19948  bench/envoy.user.yaml: bffgate configured as in
+//                                              a user's configuration (plain HTTP only): case u
+//     and for g and h a 3-member etcd on 127.0.0.1:24790/24792/24794 (scripts/etcd.mjs); the
+//     fleet Envoys are used only once etcd has elected a leader and they see every member healthy;
 //     every route a direct_response 200, so the filter is what is measured;
 //   - signs in once through each filter with a headless client (IdP login form), warms the
-//     second audience, builds a forged session cookie;
-//   - runs the cases interleaved (a b c d e, a b c d e, ...) with wrk over HTTPS, checking the
-//     status mix from Envoy's admin counters after every run (wrk counts 302/401 as successes);
+//     second audience, builds a forged session cookie and 2 KB Cookie headers (cases m-p);
+//   - runs the cases interleaved, round after round (a b c ... u, a b c ... u, ...), with wrk,
+//     checking the status mix from Envoy's admin counters after every run (wrk counts 302/401
+//     as successes);
 //   - CPU per request from the Envoy process' CPU time (/proc/<pid>/task/*/schedstat);
+//   - per case min/median/max over the rounds; every comparison (e.g. bffgate's added CPU over
+//     the oauth2 filter's) computed within each round, then its min/median/max; a verdict only
+//     when every round falls on the same side of the target;
 //   - login throughput and memory per session (Envoy /memory over N real logins);
 //   - VM start time (Envoy's wasm debug log), .wasm size;
 //   - `cargo bench --bench core` (criterion, benches/core.rs);
 //   - writes bench/results/latest.{md,json,png} and prints the table and the verdict.
+//   --quick writes bench/.work/quick.{md,json} instead and skips everything but the load.
 // --probe instead prices single proxy-wasm host calls: one Envoy with a listener per variant of
 // the no-op filter (bench/noop: read headers, route property, shared-data get, ...), CPU per
 // request of each minus the do-nothing variant; written to bench/results/probe.{md,json}.
-// Everything it starts, it stops (also on Ctrl-C and on errors).
+// Everything it starts, it stops (also on Ctrl-C and on errors). Every wait is bounded.
 
 import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -51,7 +61,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { startEtcdCluster } from './etcd.mjs';
+import { gatewayCall, startEtcdCluster } from './etcd.mjs';
 import { fleetTemplate } from './fleet.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -64,47 +74,71 @@ const WASM = 'target/wasm32-wasip1/release/bffgate.wasm';
 const CERT = `${WORK}/tls/cert.pem`;
 const KEY = `${WORK}/tls/key.pem`;
 
+// `http`: a plain-HTTP listener added to the same Envoy (see withPlainListener).
 const ENVOYS = {
-  bare: { tls: 18441, admin: 19941, baseId: 18441, config: 'bench/envoy.bare.yaml' },
-  oauth2: { tls: 18442, admin: 19942, baseId: 18442, config: 'bench/envoy.oauth2.yaml' },
-  bffgate: { tls: 18443, admin: 19943, baseId: 18443, config: `${WORK}/envoy.bffgate.yaml` },
-  noop: { tls: 18444, admin: 19944, baseId: 18444, config: 'bench/envoy.noop.yaml' },
+  bare: { tls: 18441, http: 18541, admin: 19941, baseId: 18441, source: 'bench/envoy.bare.yaml', config: `${WORK}/envoy.bare.yaml` },
+  oauth2: { tls: 18442, http: 18542, admin: 19942, baseId: 18442, source: 'bench/envoy.oauth2.yaml', config: `${WORK}/envoy.oauth2.yaml` },
+  bffgate: { tls: 18443, http: 18543, admin: 19943, baseId: 18443, config: `${WORK}/envoy.bffgate.yaml` },
+  noop: { tls: 18444, http: 18544, admin: 19944, baseId: 18444, source: 'bench/envoy.noop.yaml', config: `${WORK}/envoy.noop.yaml` },
   // Fleet mode (docs/fleet.md): sessions in etcd; the same origin as bffgate's (sign-in goes through
-  // 18445 with 18443's URLs, see PORT_MAP), so one IdP serves both.
+  // 18445 with 18443's URLs, see CONNECT), so one IdP serves both.
   fleet: { tls: 18445, admin: 19945, baseId: 18445, config: `${WORK}/envoy.fleet.yaml`, cacheTtlMs: 1000 },
   fleetnc: { tls: 18446, admin: 19946, baseId: 18446, config: `${WORK}/envoy.fleetnc.yaml`, cacheTtlMs: 0 },
   // Refresh coalescing under load: its own origin and IdP, whose access tokens live 2 s.
   renew: { tls: 18447, admin: 19947, baseId: 18447, config: `${WORK}/envoy.renew.yaml` },
+  // Issue 13: bffgate configured as a user wrote it (plain HTTP only).
+  user: { http: 18448, admin: 19948, baseId: 18448, config: 'bench/envoy.user.yaml' },
 };
 const ETCD_BASE = 24790;
-/** Connect to another local port than the URL's (the fleet Envoys answer for 18443's origin). */
-const PORT_MAP = new Map();
+const ETCD_PORTS = [0, 1, 2].map((i) => ETCD_BASE + 2 * i);
+/** Where to connect for a URL's host:port: { port, tls } (the fleet Envoys answer for 18443's
+ * origin; case u's origin is https but its listener plain HTTP, as behind a TLS front). */
+const CONNECT = new Map([['127.0.0.1:18448', { port: 18448, tls: false }]]);
 const NOOP_WASM = 'bench/noop/target/wasm32-wasip1/release/bench_noop.wasm';
 const IDPS = {
   bffgate: { port: 19000, origin: 'https://localhost:18443' },
   oauth2: { port: 19001, origin: 'https://localhost:18442' },
   renew: { port: 19002, origin: 'https://localhost:18447', ttl: 2 },
+  // A provider like a user's: issuer on 127.0.0.1, client `bff`, ES256 JWTs for api://orders.
+  user: {
+    port: 19003, origin: 'https://127.0.0.1:18448', issuer: 'http://127.0.0.1:19003',
+    env: { BFFGATE_IDP_CLIENT_ID: 'bff', BFFGATE_IDP_RESOURCES: 'api://orders=orders.read' },
+  },
 };
 const SESSION_COOKIE = '__Host-bff-session';
 
 // ---------------------------------------------------------------------------------------------
 // options
 
+const ALL_CASES = 'abcdefghijklmnopu';
+const QUICK_CASES = 'a,b,c,f,i,j,k,l';
+const INSTR_CASES = 'a,b,c,d,e,f,i,j,k,l,u,m,n,o,p';
+
 function parseOptions() {
   const env = process.env;
   const o = {
-    duration: Number(env.BENCH_DURATION || 10),
+    duration: Number(env.BENCH_DURATION || 6),
     connections: Number(env.BENCH_CONNECTIONS || 32),
     threads: Number(env.BENCH_THREADS || 2),
-    rounds: Number(env.BENCH_ROUNDS || 2),
-    warmup: Number(env.BENCH_WARMUP || 3),
+    rounds: Number(env.BENCH_ROUNDS || 3),
+    warmup: Number(env.BENCH_WARMUP || 2),
     sessions: Number(env.BENCH_SESSIONS || 100),
     vmStarts: Number(env.BENCH_VM_STARTS || 3),
     renewal: env.BENCH_RENEWAL !== '0',
-    cases: (env.BENCH_CASES || 'a,b,c,d,e,f,g,h').split(',').map((s) => s.trim()).filter(Boolean),
+    cases: (env.BENCH_CASES || ALL_CASES.split('').join(',')).split(',').map((s) => s.trim()).filter(Boolean),
     core: env.BENCH_CORE !== '0',
+    quick: false,
   };
   const argv = process.argv.slice(2);
+  // --quick and --instructions first, so that explicit options after them still apply.
+  if (argv.includes('--instructions')) {
+    Object.assign(o, { instructions: true, cases: INSTR_CASES.split(','), core: false, renewal: false });
+  }
+  if (argv.includes('--quick')) {
+    Object.assign(o, {
+      quick: true, duration: 3, rounds: 3, warmup: 1, cases: QUICK_CASES.split(','), core: false, renewal: false,
+    });
+  }
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     const val = () => {
@@ -120,20 +154,23 @@ function parseOptions() {
     else if (a === '--sessions') o.sessions = Number(val());
     else if (a === '--cases') o.cases = val().split(',').map((s) => s.trim()).filter(Boolean);
     else if (a === '--no-core') o.core = false;
+    else if (a === '--pin') o.pin = { envoy: 0, wrk: 1 };
+    else if (a === '--no-pin') o.pin = false;
     else if (a === '--no-renewal') o.renewal = false;
     else if (a === '--probe') o.probe = true;
-    else if (a === '--quick') Object.assign(o, { duration: 3, rounds: 1, warmup: 1, sessions: 20, vmStarts: 1 });
-    else if (a === '-h' || a === '--help') {
+    else if (a === '--quick' || a === '--instructions') { /* applied above */ } else if (a === '-h' || a === '--help') {
       process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n')
-        .slice(1, 8).map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
+        .slice(1, 9).map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
       process.exit(0);
     } else throw new Error(`unknown option ${a} (--help)`);
   }
   for (const k of ['duration', 'connections', 'threads', 'rounds', 'sessions']) {
     if (!Number.isInteger(o[k]) || o[k] < 1) throw new Error(`--${k} must be a positive integer`);
   }
-  if (o.duration > 60 || o.rounds > 5) throw new Error('bounded: --duration <= 60 and --rounds <= 5');
-  for (const c of o.cases) if (!'abcdefgh'.includes(c) || c.length !== 1) throw new Error(`unknown case ${c}`);
+  if (!Number.isFinite(o.warmup) || o.warmup < 0) throw new Error('--warmup must be >= 0');
+  // Bounded: at most 17 cases x 9 rounds x 30 s of load.
+  if (o.duration > 30 || o.rounds > 9 || o.warmup > 10) throw new Error('bounded: --duration <= 30, --rounds <= 9, --warmup <= 10');
+  for (const c of o.cases) if (c.length !== 1 || !ALL_CASES.includes(c)) throw new Error(`unknown case ${c} (cases: ${ALL_CASES})`);
   return o;
 }
 
@@ -211,15 +248,16 @@ function run(cmd, args, { env = {}, quiet = false, allowFail = false, timeoutMs 
 
 let caPem;
 /** One request, never following redirects. */
-function request(method, url, { headers = {}, body, timeoutMs = 15_000 } = {}) {
+function request(method, url, { headers = {}, body, timeoutMs = 15_000, agent = false } = {}) {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
-    const isHttps = u.protocol === 'https:';
+    const via = CONNECT.get(u.host);
+    const isHttps = via ? via.tls : u.protocol === 'https:';
     const h = { ...headers };
     if (body !== undefined) h['content-length'] = String(Buffer.byteLength(body));
     const opts = {
-      method, hostname: '127.0.0.1', port: PORT_MAP.get(u.port) ?? u.port, path: `${u.pathname}${u.search}`,
-      headers: { host: u.host, ...h }, timeout: timeoutMs, agent: false,
+      method, hostname: '127.0.0.1', port: via?.port ?? u.port, path: `${u.pathname}${u.search}`,
+      headers: { host: u.host, ...h }, timeout: timeoutMs, agent,
     };
     if (isHttps) Object.assign(opts, { ca: caPem, servername: u.hostname });
     const req = (isHttps ? https : http).request(opts, (res) => {
@@ -360,7 +398,12 @@ async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
   const args = ['-c', e.config, '--concurrency', '1', '--base-id', String(e.baseId), '--disable-hot-restart',
     '-l', 'info', '--log-path', logFile, ...extraArgs];
   const started = Date.now();
-  const child = startChild(`envoy-${name}`, ENVOY_BIN, args, { env, logFile: `${LOGS}/envoy-${logName}.out` });
+  let [bin, argv] = OPT.pin ? ['taskset', ['-c', String(OPT.pin.envoy), ENVOY_BIN, ...args]] : [ENVOY_BIN, args];
+  if (OPT.instructions) {
+    fs.mkdirSync(CALLGRIND_DIR, { recursive: true });
+    [bin, argv] = ['valgrind', [...valgrindArgs(logName), bin, ...argv]];
+  }
+  const child = startChild(`envoy-${name}`, bin, argv, { env, logFile: `${LOGS}/envoy-${logName}.out` });
   await waitFor(`envoy ${name} (see ${logFile})`, async () => {
     if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}; see ${logFile}`);
     const r = await request('GET', `http://127.0.0.1:${e.admin}/ready`, { timeoutMs: 1000 });
@@ -369,12 +412,64 @@ async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
   return { name, child, pid: child.pid, ...e, logFile, readyMs: Date.now() - started };
 }
 
+/**
+ * `yaml` (one of the bench's Envoy configs) with a second listener, `http` on `httpPort`: a copy
+ * of its `https` listener (same connection manager, filters and routes) without the TLS
+ * transport socket. Throws if the config does not have the expected shape.
+ */
+function withPlainListener(yaml, tlsPort, httpPort, what) {
+  const lines = yaml.split('\n');
+  const start = lines.indexOf('    - name: https');
+  if (start < 0) throw new Error(`${what}: no \`    - name: https\` listener`);
+  let end = start + 1;
+  while (end < lines.length && !(lines[end].trim() !== '' && /^ {0,4}\S/.test(lines[end]))) end += 1;
+  const block = lines.slice(start, end);
+  const ts = block.indexOf('        - transport_socket:');
+  const filters = block.indexOf('          filters:');
+  const addr = block.findIndex((l) => l.includes(`port_value: ${tlsPort} `) || l.endsWith(`port_value: ${tlsPort} } }`));
+  if (ts < 0 || filters < ts || addr < 0) throw new Error(`${what}: the https listener is not as expected (port ${tlsPort}, transport_socket, filters)`);
+  const plain = [
+    '    - name: http',
+    ...block.slice(1, ts).map((l, i) => (i + 1 === addr ? l.replace(`port_value: ${tlsPort}`, `port_value: ${httpPort}`) : l)),
+    '        - filters:',
+    ...block.slice(filters + 1),
+  ];
+  return [...lines.slice(0, end), ...plain, ...lines.slice(end)].join('\n');
+}
+
+/** Waits (bounded) until every etcd member reports the same elected leader. */
+async function waitEtcdLeader(endpoints, timeoutMs = 30_000) {
+  let seen = [];
+  await waitFor(`etcd ${endpoints.join(' ')} electing a leader (see ${LOGS}/etcd-*.log)`, async () => {
+    const st = await Promise.all(endpoints.map((e) => gatewayCall(e, '/v3/maintenance/status', {}, { timeoutMs: 1000 })));
+    seen = st.map((r) => (r.status === 200 ? `leader ${r.json?.leader ?? '?'}` : `${r.status} ${r.error ?? ''}`.trim()));
+    const leaders = st.map((r) => (r.status === 200 ? String(r.json?.leader ?? '0') : '0'));
+    if (leaders.every((l) => l !== '0' && l === leaders[0])) return true;
+    throw new Error(`members: ${seen.join(', ')}`);
+  }, timeoutMs);
+}
+
+/** Waits (bounded) until Envoy `envoy` sees every host of `cluster` (on `ports`) healthy. */
+async function waitClusterHealthy(envoy, cluster, ports, timeoutMs = 30_000) {
+  let flags = [];
+  await waitFor(`envoy ${envoy.name} seeing every host of cluster ${cluster} healthy (see ${envoy.logFile})`, async () => {
+    const r = await request('GET', `http://127.0.0.1:${envoy.admin}/clusters`, { timeoutMs: 1000 });
+    flags = ports.map((port) => new RegExp(`^${cluster}::127\\.0\\.0\\.1:${port}::health_flags::(.*)$`, 'm').exec(r.text)?.[1]?.trim() ?? 'absent');
+    if (flags.every((f) => f === 'healthy')) return true;
+    throw new Error(`health flags of ${ports.join('/')}: ${flags.join(', ')}`);
+  }, timeoutMs);
+}
+
+/** The connection manager's response counters, and bffgate's fast-path counters (`fp_*`). */
 async function stats(envoy) {
-  const r = await request('GET', `http://127.0.0.1:${envoy.admin}/stats?filter=${encodeURIComponent('^http\\.bench\\.downstream_rq_')}`);
+  const filter = '^(http\\.bench\\.downstream_rq_|wasmcustom\\.bffgate_fast_path_)';
+  const r = await request('GET', `http://127.0.0.1:${envoy.admin}/stats?filter=${encodeURIComponent(filter)}`);
   const out = {};
   for (const line of r.text.split('\n')) {
     const m = /^http\.bench\.downstream_rq_(\w+): (\d+)$/.exec(line.trim());
     if (m) out[m[1]] = Number(m[2]);
+    const f = /^wasmcustom\.bffgate_fast_path_(\w+): (\d+)$/.exec(line.trim());
+    if (f) out[`fp_${f[1]}`] = (out[`fp_${f[1]}`] ?? 0) + Number(f[2]);
   }
   return out;
 }
@@ -421,18 +516,30 @@ function parseWrk(out) {
   return { rps, total, p50: lat[50], p99: lat[99], non2xx3xx, socketErrors };
 }
 
+/** Where a case's load goes: { url, host }. Plain-HTTP cases connect to 127.0.0.1. */
+function target(c) {
+  const e = ENVOYS[c.envoy];
+  if (c.scheme === 'http') {
+    const port = c.port ?? e.http;
+    return { url: `http://127.0.0.1:${port}${c.path}`, host: c.host ?? `localhost:${e.tls ?? port}` };
+  }
+  const port = c.port ?? e.tls;
+  return { url: `https://localhost:${port}${c.path}`, host: c.host ?? `localhost:${port}` };
+}
+
 function wrkArgs(c, seconds) {
-  const port = c.tls ?? ENVOYS[c.envoy].tls;
+  const t = target(c);
   const args = [`-t${OPT.threads}`, `-c${OPT.connections}`, `-d${seconds}s`, '--latency', '--timeout', '5s',
-    '-H', `Host: localhost:${port}`];
+    '-H', `Host: ${t.host}`];
   if (c.cookie()) args.push('-H', `Cookie: ${c.cookie()}`);
-  args.push(`https://localhost:${port}${c.path}`);
+  args.push(t.url);
   return args;
 }
 
 function wrk(args) {
   return new Promise((resolve, reject) => {
-    const child = spawn('wrk', args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const [bin, argv] = OPT.pin ? ['taskset', ['-c', String(OPT.pin.wrk), 'wrk', ...args]] : ['wrk', args];
+    const child = spawn(bin, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => { out += d; });
@@ -461,6 +568,11 @@ async function measure(c) {
   const status = { '2xx': d('2xx'), '3xx': d('3xx'), '4xx': d('4xx'), '5xx': d('5xx') };
   const requests = d('completed') || (status['2xx'] + status['3xx'] + status['4xx'] + status['5xx']);
   const expected = status[c.expect] / Math.max(requests, 1);
+  // Which path bffgate's requests took (counters of bffgate builds that have them).
+  const fp = {};
+  for (const k of new Set([...Object.keys(before), ...Object.keys(after)].filter((x) => x.startsWith('fp_')))) {
+    if (d(k) > 0) fp[k.slice(3)] = d(k);
+  }
   return {
     rps: w.rps,
     p50_ms: w.p50,
@@ -472,8 +584,130 @@ async function measure(c) {
     status,
     expected_share: expected,
     socket_errors: w.socketErrors,
+    fast_path: Object.keys(fp).length ? fp : undefined,
     ok: expected >= 0.999 && requests > 0,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// --instructions: Envoy's instructions per request, counted by callgrind. Deterministic (the
+// same within a fraction of a percent run to run) and blind to neighbours, unlike CPU time on a
+// shared machine; it does not see what makes an instruction slow (cache misses, V8's generated
+// code being larger), so it complements CPU time rather than replacing it.
+
+const CALLGRIND_DIR = `${WORK}/callgrind`;
+/** Requests per measured window: the difference of two windows cancels per-window overhead. */
+const INSTR_WINDOWS = [250, 1250];
+
+function valgrindArgs(name) {
+  return ['--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', `--callgrind-out-file=${CALLGRIND_DIR}/${name}.%p.out`];
+}
+
+function callgrindControl(pid, ...args) {
+  run('callgrind_control', [...args, String(pid)], { quiet: true, timeoutMs: 120_000 });
+}
+
+/** Instructions of process `pid` between now and the end of `fn()`, and the wall time it took. */
+async function counted(envoy, fn, keepAs) {
+  const prefix = `${envoy.name}.${envoy.pid}.out.`;
+  const dumps = () => fs.readdirSync(CALLGRIND_DIR).filter((f) => f.startsWith(prefix));
+  for (const f of dumps()) fs.rmSync(`${CALLGRIND_DIR}/${f}`);
+  callgrindControl(envoy.pid, '-z');
+  callgrindControl(envoy.pid, '-i', 'on');
+  const t0 = Date.now();
+  const out = await fn();
+  const ms = Date.now() - t0;
+  callgrindControl(envoy.pid, '-i', 'off');
+  callgrindControl(envoy.pid, '-d');
+  const files = dumps();
+  if (files.length !== 1) throw new Error(`callgrind: expected one dump of ${envoy.name}, found ${files.length}`);
+  const r = run('callgrind_annotate', [`${CALLGRIND_DIR}/${files[0]}`], { quiet: true });
+  const m = /([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS/.exec(r.stdout);
+  if (!m) throw new Error(`callgrind_annotate: no program totals in ${files[0]}`);
+  if (keepAs) fs.renameSync(`${CALLGRIND_DIR}/${files[0]}`, `${CALLGRIND_DIR}/${keepAs}`);
+  else fs.rmSync(`${CALLGRIND_DIR}/${files[0]}`);
+  return { ir: Number(m[1].replace(/,/g, '')), ms, out };
+}
+
+/** `n` requests of case `c`, 4 at a time over keep-alive connections; their status counts. */
+async function drive(c, n) {
+  const t = target(c);
+  const agent = new (t.url.startsWith('https:') ? https : http).Agent({ keepAlive: true, maxSockets: 4 });
+  const statuses = {};
+  let sent = 0;
+  const worker = async () => {
+    while (sent < n) {
+      sent += 1;
+      const h = { host: t.host };
+      if (c.cookie()) h.cookie = c.cookie();
+      const r = await request('GET', t.url, { headers: h, agent, timeoutMs: 60_000 });
+      statuses[r.status] = (statuses[r.status] ?? 0) + 1;
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: 4 }, worker));
+  } finally {
+    agent.destroy();
+  }
+  return statuses;
+}
+
+/** Instructions per request of each case, and each Envoy's idle rate (timers), subtracted. */
+async function instructionsMain(R, CASES) {
+  const idle = {};
+  for (const name of new Set(CASES.map((c) => c.envoy))) {
+    // What an Envoy executes with no requests (its timers; bffgate's 20 ms tick and 1 s sweep).
+    const w = await counted(STACK[name], () => sleep(4000));
+    idle[name] = w.ir / w.ms;
+    say(`instructions: envoy ${name} idle: ${fmt(idle[name] * 1000 / 1e6, 2)} M/s`);
+  }
+  R.idle_ir_per_s = Object.fromEntries(Object.entries(idle).map(([k, v]) => [k, Math.round(v * 1000)]));
+  const [n1, n2] = INSTR_WINDOWS;
+  for (const c of CASES) {
+    const envoy = STACK[c.envoy];
+    await drive(c, 100); // warm: connections, V8 tier-up, the memo of verified cookies
+    const w1 = await counted(envoy, () => drive(c, n1));
+    // The larger window's profile is kept (callgrind_annotate bench/.work/callgrind/case-<id>.out).
+    const w2 = await counted(envoy, () => drive(c, n2), `case-${c.id}.out`);
+    const perReq = (w2.ir - w1.ir - idle[c.envoy] * (w2.ms - w1.ms)) / (n2 - n1);
+    const st = {};
+    for (const [k, v] of [...Object.entries(w1.out), ...Object.entries(w2.out)]) st[k] = (st[k] ?? 0) + v;
+    const ok = st[c.status] === n1 + n2;
+    R.cases.push({
+      id: c.id, name: c.name, envoy: c.envoy, scheme: c.scheme ?? 'https', base: c.base, cookie_bytes: c.cookie()?.length ?? 0,
+      instructions_per_request: perReq, windows: [{ n: n1, ir: w1.ir, ms: w1.ms }, { n: n2, ir: w2.ir, ms: w2.ms }], statuses: st, ok,
+    });
+    say(`instructions: case ${c.id}: ${fmt(perReq / 1000, 1)} k per request (windows of ${n1} and ${n2} requests: `
+      + `${fmt(w1.ir / 1e6, 1)} M in ${w1.ms} ms, ${fmt(w2.ir / 1e6, 1)} M in ${w2.ms} ms), statuses ${JSON.stringify(st)}`);
+    if (!ok) R.problems.push(`case ${c.id}: statuses ${JSON.stringify(st)}, expected ${n1 + n2} x ${c.status}`);
+  }
+  await stopAll();
+  const byId = Object.fromEntries(R.cases.map((c) => [c.id, c]));
+  const added = (id) => (byId[id] && byId[byId[id].base] ? byId[id].instructions_per_request - byId[byId[id].base].instructions_per_request : NaN);
+  const L = [`# Envoy instructions per request (callgrind): ${R.date}`, '',
+    `Envoy ${R.machine.envoy} --concurrency 1 under \`valgrind --tool=callgrind\`, counting only while requests are sent: `
+    + `windows of ${n1} and ${n2} requests (4 keep-alive connections), per request = the difference / ${n2 - n1}, less what the `
+    + 'Envoy executes idle in the extra time (its timers). Counts are deterministic to a fraction of a percent and blind to '
+    + 'other load on the machine; they do not weigh what makes an instruction slow (cache and TLB misses).', '',
+    '| case | instructions / request | added over bare | status |', '|---|---:|---:|---|'];
+  for (const c of R.cases) {
+    const a = added(c.id);
+    L.push(`| ${c.id}. ${c.name} | ${fmt(c.instructions_per_request / 1000, 1)} k | ${Number.isFinite(a) ? `${signed(a / 1000)} k over ${c.base}` : ''} `
+      + `| ${c.ok ? 'ok' : '**FAILED**'} ${JSON.stringify(c.statuses)} |`);
+  }
+  const pairs = [['c', 'b', 'f', 'HTTPS, own cookies'], ['k', 'j', 'l', 'plain HTTP'], ['u', 'j', 'l', 'user configuration, plain HTTP'],
+    ['o', 'n', 'p', `${BIG_COOKIE_BYTES} B Cookie`]].filter(([x]) => byId[x]);
+  if (pairs.length) {
+    L.push('', '| bffgate, added instructions | / oauth2 filter\'s | / no-op filter\'s |', '|---|---:|---:|');
+    for (const [x, b, f, what] of pairs) L.push(`| ${what} (${x}) | ${fmt(ratio(added(x), added(b)), 2)} | ${fmt(ratio(added(x), added(f)), 2)} |`);
+  }
+  L.push('', `Idle instructions per second under callgrind (subtracted): ${Object.entries(R.idle_ir_per_s).map(([k, v]) => `${k} ${fmt(v / 1e6, 2)} M`).join(', ')}.`);
+  if (R.problems.length) L.push('', '## Problems', '', ...R.problems.map((p) => `- ${p}`));
+  L.push('');
+  fs.writeFileSync(`${RESULTS}/instructions.json`, `${JSON.stringify(R, null, 2)}\n`);
+  fs.writeFileSync(`${RESULTS}/instructions.md`, L.join('\n'));
+  process.stdout.write(`\n${L.join('\n')}\n`);
+  if (R.problems.length) throw new Error(`${R.problems.length} problem(s), listed under "Problems" above`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,30 +764,194 @@ function machine() {
 const CORE_ORDER = ['hmac_sha256_cookie', 'cookie_verify', 'session_decode', 'store_get_session', 'policy_decide',
   'engine_fast_path', 'engine_fast_path_first_seen', 'engine_second_audience', 'engine_forged_cookie'];
 
+/** min / median / max of the finite values of `xs` (and the values, in round order). */
+function spread(xs) {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  return { min: s.length ? s[0] : NaN, median: median(s), max: s.length ? s[s.length - 1] : NaN, values: xs };
+}
+/** "12.3 (11.9–13.0)": median and range. */
+const mmm = (sp, d = 1) => (Number.isFinite(sp?.median)
+  ? `${fmt(sp.median, d)} (${fmt(sp.min, d)}–${fmt(sp.max, d)})` : 'n/a');
+const signed = (x, d = 1) => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${x.toFixed(d)}` : 'n/a');
+const mmmSigned = (sp, d = 1) => (Number.isFinite(sp?.median)
+  ? `${signed(sp.median, d)} (${signed(sp.min, d)}–${signed(sp.max, d)})` : 'n/a');
+
+function fastPathSummary(fp) {
+  if (!fp) return 'n/a';
+  const missed = Object.entries(fp).filter(([k]) => k.startsWith('missed_'));
+  const total = (fp.taken ?? 0) + missed.reduce((a, [, v]) => a + v, 0);
+  const pct = total ? ((fp.taken ?? 0) / total) * 100 : NaN;
+  return `taken ${pct >= 99.995 && pct < 100 ? '99.99' : fmt(pct, 2)}%`
+    + (missed.length ? ` (left it: ${missed.map(([k, v]) => `${k.slice(7)} ${v}`).join(', ')})` : '');
+}
+
+/** One case over its rounds: medians and ranges, CPU added over its group's bare Envoy per round. */
+function summarize(c, runs) {
+  const rs = runs[c.id];
+  const base = c.base ? runs[c.base] : undefined;
+  const added = base ? rs.map((r) => {
+    const b = base.find((x) => x.round === r.round);
+    return b ? r.cpu_us_per_req - b.cpu_us_per_req : NaN;
+  }) : undefined;
+  const sum = (k) => rs.reduce((a, r) => a + r.status[k], 0);
+  const st = { '2xx': sum('2xx'), '3xx': sum('3xx'), '4xx': sum('4xx'), '5xx': sum('5xx') };
+  const total = st['2xx'] + st['3xx'] + st['4xx'] + st['5xx'];
+  let fp;
+  for (const r of rs) {
+    for (const [k, v] of Object.entries(r.fast_path ?? {})) {
+      fp ??= {};
+      fp[k] = (fp[k] ?? 0) + v;
+    }
+  }
+  const rps = spread(rs.map((r) => r.rps));
+  const cpu = spread(rs.map((r) => r.cpu_us_per_req));
+  return {
+    id: c.id, name: c.name, envoy: c.envoy, scheme: c.scheme ?? 'https', path: c.path, expect: c.expect, base: c.base,
+    cookie_bytes: c.cookie()?.length ?? 0,
+    rps: rps.median, rps_spread: rps,
+    cpu_us_per_req: cpu.median, cpu_spread: cpu,
+    added_cpu_us: added ? spread(added) : undefined,
+    p50_ms: median(rs.map((r) => r.p50_ms)),
+    p99_ms: median(rs.map((r) => r.p99_ms)),
+    etcd_cpu_us_per_req: median(rs.map((r) => r.etcd_cpu_us_per_req)),
+    fast_path: fp,
+    ok: rs.every((r) => r.ok),
+    status: st,
+    status_summary: `${((st[c.expect] / Math.max(total, 1)) * 100).toFixed(2)}% ${c.expect === '4xx' ? '401' : c.expect} of ${total}`,
+    runs: rs,
+  };
+}
+
+// Comparisons, each computed within a round (the cases of one round ran minutes apart at most),
+// then summarized over the rounds. `added`: (x - base) / (y - base) of CPU per request, base
+// being the group's bare Envoy; `rps`: x / y of requests per second.
+const COMPARISONS = [
+  { x: 'c', y: 'b', kind: 'added', dir: '<=', target: 1, issue: 'target', label: 'HTTPS, own cookie: bffgate fast path added CPU / oauth2 filter added CPU' },
+  { x: 'k', y: 'j', kind: 'added', dir: '<=', target: 1, issue: 'target', label: 'plain HTTP: bffgate fast path added CPU / oauth2 filter added CPU' },
+  { x: 'o', y: 'n', kind: 'added', dir: '<=', target: 1, issue: 'target', label: '2 KB Cookie: bffgate fast path added CPU / oauth2 filter added CPU' },
+  { x: 'u', y: 'j', kind: 'added', dir: '<=', target: 1, issue: 'target', label: 'user configuration (plain HTTP): bffgate added CPU / oauth2 filter added CPU' },
+  { x: 'c', y: 'f', kind: 'added', dir: '<=', target: 2, issue: 'stretch target', label: 'HTTPS, own cookie: bffgate added CPU / no-op filter added CPU' },
+  { x: 'k', y: 'l', kind: 'added', dir: '<=', target: 2, issue: 'stretch target', label: 'plain HTTP: bffgate added CPU / no-op filter added CPU' },
+  { x: 'o', y: 'p', kind: 'added', dir: '<=', target: 2, issue: 'stretch target', label: '2 KB Cookie: bffgate added CPU / no-op filter added CPU' },
+  { x: 'u', y: 'l', kind: 'added', dir: '<=', target: 2, issue: 'stretch target', label: 'user configuration: bffgate added CPU / no-op filter added CPU (plain HTTP)' },
+  { x: 'c', y: 'a', kind: 'rps', dir: '>=', target: 0.75, issue: 'target', label: 'HTTPS: bffgate fast path req/s / bare Envoy req/s' },
+  { x: 'c', y: 'b', kind: 'rps', dir: '>=', target: 1, issue: 'target', label: 'HTTPS: bffgate fast path req/s / oauth2 filter req/s' },
+  { x: 'g', y: 'c', kind: 'rps', label: 'fleet, cached: req/s / shared-data store (case c) req/s' },
+  { x: 'h', y: 'c', kind: 'rps', label: 'fleet, uncached: req/s / shared-data store (case c) req/s' },
+];
+
+function compare(cases) {
+  const byId = Object.fromEntries(cases.map((c) => [c.id, c]));
+  const out = [];
+  for (const k of COMPARISONS) {
+    const x = byId[k.x]; const y = byId[k.y];
+    if (!x || !y || (k.kind === 'added' && (!x.added_cpu_us || x.base !== y.base))) continue;
+    const values = x.runs.map((rx) => {
+      const ry = y.runs.find((r) => r.round === rx.round);
+      if (!ry) return NaN;
+      if (k.kind === 'rps') return ratio(rx.rps, ry.rps);
+      const b = byId[x.base].runs.find((r) => r.round === rx.round);
+      if (!b) return NaN;
+      const dy = ry.cpu_us_per_req - b.cpu_us_per_req;
+      return dy > 0 ? (rx.cpu_us_per_req - b.cpu_us_per_req) / dy : NaN;
+    });
+    const sp = spread(values);
+    const c = { ...k, values, min: sp.min, median: sp.median, max: sp.max };
+    if (k.target !== undefined) {
+      const pass = (v) => (k.dir === '<=' ? v <= k.target : v >= k.target);
+      const range = `per round ${values.map((v) => fmt(v, 2)).join(', ')}`;
+      if (!x.ok || !y.ok || (k.kind === 'added' && !byId[x.base].ok)) {
+        c.met = false; c.verdict_text = `status check FAILED; ${range}`;
+      } else if (!values.length || !values.every((v) => Number.isFinite(v))) {
+        c.met = undefined;
+        c.verdict_text = `no verdict: in a round the reference (${k.y}) added no CPU over ${x.base ?? k.y}, i.e. the noise was larger `
+          + `than the difference measured; ${range}`;
+      } else if (values.every(pass)) {
+        c.met = true; c.verdict_text = `met in every round (${range})`;
+      } else if (!values.some(pass)) {
+        c.met = false; c.verdict_text = `not met in any round (${range})`;
+      } else {
+        c.met = undefined; c.disagree = true;
+        c.verdict_text = `NO VERDICT: the rounds disagree (${range}: ${fmt(sp.min, 2)}–${fmt(sp.max, 2)} straddles ${k.target})`;
+      }
+    }
+    out.push(c);
+  }
+  return out;
+}
+
 function markdown(R) {
   const L = [];
   const m = R.machine;
+  const s = R.settings;
   const byId = Object.fromEntries(R.cases.map((c) => [c.id, c]));
-  L.push(`# bffgate benchmark: ${R.date}`, '');
+  L.push(`# bffgate benchmark${s.quick ? ' (quick)' : ''}: ${R.date}`, '');
   L.push(`Machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gb} GiB, Linux ${m.kernel}; Envoy ${m.envoy}, wrk ${m.wrk}, `
     + `load average at start ${m.loadavg_at_start.join(' / ')}.`);
-  L.push(`Load: wrk -t${R.settings.threads} -c${R.settings.connections} -d${R.settings.duration}s over HTTPS (HTTP/1.1, `
-    + `keep-alive), ${R.settings.rounds} interleaved round(s) per case after a ${R.settings.warmup}s warm-up; `
-    + 'Envoy --concurrency 1; every route a direct_response 200. CPU = Envoy process CPU time / requests '
-    + '(the steadier number when the machine is shared: wrk and Envoy share its cores).', '');
-  L.push('| case | req/s | p50 ms | p99 ms | CPU µs/req | CPU µs over a | req/s vs a | req/s vs b | CPU vs a | CPU vs b | status check |');
-  L.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|');
+  L.push(`Load: wrk -t${s.threads} -c${s.connections} -d${s.duration}s (HTTP/1.1, keep-alive), ${s.rounds} interleaved rounds `
+    + `after a ${s.warmup}s warm-up per case; Envoy --concurrency 1; every route a direct_response 200. CPU = Envoy process CPU time / `
+    + 'requests (the steadier number when the machine is shared). Figures are the median over the rounds, (min–max) in brackets. '
+    + '"Added CPU" is a case\'s CPU per request minus its bare Envoy\'s (a: HTTPS, i: plain HTTP, m: 2 KB Cookie) in the same round.', '');
+  L.push('| case | req/s | CPU µs/req | added CPU µs | p50 ms | p99 ms | bffgate fast path | status check |');
+  L.push('|---|---:|---:|---:|---:|---:|---|---|');
   for (const c of R.cases) {
-    const over = c.cpu_us_per_req - (byId.a?.cpu_us_per_req ?? NaN);
-    L.push(`| ${c.id}. ${c.name} | ${fmt(c.rps)} | ${fmt(c.p50_ms, 2)} | ${fmt(c.p99_ms, 2)} | ${fmt(c.cpu_us_per_req, 1)} `
-      + `| ${c.id === 'a' ? '' : `+${fmt(over, 1)}`} | ${fmt(c.rps_vs_a, 2)} | ${fmt(c.rps_vs_b, 2)} | ${fmt(c.cpu_vs_a, 2)} | ${fmt(c.cpu_vs_b, 2)} `
-      + `| ${c.ok ? 'ok' : '**FAILED**'}: ${c.status_summary} |`);
+    L.push(`| ${c.id}. ${c.name} | ${mmm(c.rps_spread, 0)} | ${mmm(c.cpu_spread)} | ${c.added_cpu_us ? `${mmmSigned(c.added_cpu_us)} over ${c.base}` : ''} `
+      + `| ${fmt(c.p50_ms, 2)} | ${fmt(c.p99_ms, 2)} | ${c.fast_path ? fastPathSummary(c.fast_path) : ''} | ${c.ok ? 'ok' : '**FAILED**'}: ${c.status_summary} |`);
   }
-  L.push('', 'Per run (req/s | CPU µs/req): '
+  L.push('', 'Per round (req/s | CPU µs/req): '
     + R.cases.map((c) => `${c.id} ${c.runs.map((r) => `${fmt(r.rps)} | ${fmt(r.cpu_us_per_req, 1)}`).join(', ')}`).join('; ') + '.');
-  L.push(`Cookie header sent: bffgate ${R.cookie_bytes?.bffgate} bytes (also sent in cases a and f); Envoy oauth2 filter `
-    + `${R.cookie_bytes?.oauth2 ?? 'n/a'} bytes (its BearerToken, IdToken, RefreshToken, OauthHMAC, OauthExpires cookies; the demo IdP `
-    + 'gives it an opaque access token, since it sends no `resource` at the token endpoint).', '');
+  const cb = R.cookie_bytes ?? {};
+  const sent = [`bffgate ${cb.bffgate} bytes (also sent to bare Envoy and the no-op filter)`];
+  if (cb.oauth2) {
+    sent.push(`Envoy oauth2 filter ${cb.oauth2} bytes (its BearerToken, IdToken, RefreshToken, OauthHMAC, OauthExpires cookies; the demo `
+      + 'IdP gives it an opaque access token, since it sends no `resource` at the token endpoint)');
+  }
+  if (byId.u) sent.push(`case u ${cb.user} bytes`);
+  if (['m', 'n', 'o', 'p'].some((id) => byId[id])) {
+    sent.push(`cases m-p ${cb.big} bytes (n: ${cb.big_oauth2}): the filter's own cookies among a site's other cookies`);
+  }
+  L.push(`Cookie header sent: ${sent.join('; ')}.`, '');
+  if (R.comparisons.length) {
+    L.push('## Comparisons, computed within each round', '');
+    L.push('| comparison | per round | min | median | max | target | verdict |', '|---|---|---:|---:|---:|---|---|');
+    for (const k of R.comparisons) {
+      const v = k.target === undefined ? 'for information'
+        : k.met === true ? 'MET' : k.met === false ? 'NOT MET' : k.disagree ? '**NO VERDICT: rounds disagree**'
+          : '**NO VERDICT: a round has no value**';
+      L.push(`| ${k.label} | ${k.values.map((x) => fmt(x, 2)).join(', ')} | ${fmt(k.min, 2)} | ${fmt(k.median, 2)} | ${fmt(k.max, 2)} `
+        + `| ${k.target === undefined ? '' : `${k.dir} ${k.target} (${k.issue})`} | ${v} |`);
+    }
+    L.push('');
+    if (R.comparisons.some((k) => k.kind === 'added' && k.target === 2)) {
+      L.push('A ratio to the no-op filter\'s added CPU divides by a few µs, less than the rounds\' spread on a shared machine: '
+        + 'it is noise-bound. `make bench-instr` compares the same work in instructions, without that noise.', '');
+    }
+    if (R.comparisons.some((k) => k.disagree)) {
+      L.push('Where the rounds disagree, the difference is within this run\'s noise: no verdict is given for it. '
+        + 'Run again on a quieter machine, or with more rounds (`--rounds`).', '');
+    }
+  }
+
+  const added = (id) => byId[id]?.added_cpu_us;
+  const groups = [
+    ['HTTPS, own cookies', 'b', 'c', 'f'], ['plain HTTP', 'j', 'k', 'l'], [`${BIG_COOKIE_BYTES} B Cookie header`, 'n', 'o', 'p'],
+  ].filter(([, , x]) => byId[x]);
+  if (groups.length) {
+    L.push('## Where the time goes (Envoy CPU per request over bare Envoy, median of rounds)', '');
+    for (const [what, b, x, f] of groups) {
+      L.push(`- ${what}: bffgate fast path (${x}) ${mmmSigned(added(x))} µs; Envoy's oauth2 filter (${b}) ${mmmSigned(added(b))} µs; `
+        + `a proxy-wasm filter that does nothing (${f}) ${mmmSigned(added(f))} µs.`);
+    }
+    if (byId.u) L.push(`- user configuration, plain HTTP (u): ${mmmSigned(added('u'))} µs (compare k: ${mmmSigned(added('k'))} µs).`);
+    if (byId.e) L.push(`- bffgate rejecting a forged cookie (e): ${mmmSigned(added('e'))} µs.`);
+    if (R.core && byId.c) {
+      L.push(`- the fast-path decision natively: ${fmt(R.core.estimates_ns?.engine_fast_path / 1000, 2)} µs with the VM's memo of `
+        + `verified cookies, ${fmt(R.core.estimates_ns?.engine_fast_path_first_seen / 1000, 2)} µs for a cookie the VM has not verified yet `
+        + `(the full path's session read with JSON: ${fmt(R.core.estimates_ns?.store_get_session / 1000, 2)} µs).`);
+    }
+    L.push('- "bffgate fast path" shows bffgate\'s own counters (`bffgate_fast_path_taken`, `bffgate_fast_path_missed_<reason>`) '
+      + 'over the measured runs: which share of the requests took the fast path, and why the others left it.', '');
+  }
   if (R.core) {
     L.push('## Core, natively (criterion, `cargo bench --bench core`)', '');
     L.push('| measurement | ns | x HMAC |', '|---|---:|---:|');
@@ -567,53 +965,43 @@ function markdown(R) {
   } else if (R.core_error) {
     L.push('## Core, natively', '', `Not measured: ${R.core_error}`, '');
   }
-  const cpuOver = (id) => (byId[id] && byId.a ? byId[id].cpu_us_per_req - byId.a.cpu_us_per_req : NaN);
-  if (byId.a && (byId.c || byId.f)) {
-    L.push('## Where the time goes (Envoy CPU per request over bare Envoy)', '');
-    if (byId.f) L.push(`- any Rust proxy-wasm filter (case f, does nothing): +${fmt(cpuOver('f'), 1)} µs`);
-    if (byId.b) L.push(`- Envoy's oauth2 filter (case b): +${fmt(cpuOver('b'), 1)} µs`);
-    if (byId.c) {
-      L.push(`- bffgate fast path (case c): +${fmt(cpuOver('c'), 1)} µs`
-        + `${byId.f ? `, i.e. +${fmt(byId.c.cpu_us_per_req - byId.f.cpu_us_per_req, 1)} µs over the no-op filter` : ''}`
-        + `${R.core ? `; the same decision natively: ${fmt(R.core.estimates_ns?.engine_fast_path / 1000, 2)} µs with the VM's memo of `
-          + `verified cookies, ${fmt(R.core.estimates_ns?.engine_fast_path_first_seen / 1000, 2)} µs for a cookie the VM has not verified yet `
-          + `(the full path's session read with JSON: ${fmt(R.core.estimates_ns?.store_get_session / 1000, 2)} µs)` : ''}`);
-    }
-    if (byId.e) L.push(`- bffgate rejecting a forged cookie (case e): +${fmt(cpuOver('e'), 1)} µs`);
-    L.push('');
-  }
   if (byId.g || byId.h) {
-    L.push('## Fleet mode: sessions in etcd, next to the shared-data store (case c)', '');
+    L.push('## Fleet mode (docs/fleet.md): sessions in etcd, next to the shared-data store (case c)', '');
     for (const x of [byId.g, byId.h].filter(Boolean)) {
-      L.push(`- ${x.id}. ${x.name}: ${fmt(x.rps)} req/s = ${fmt(ratio(x.rps, byId.c?.rps), 2)}x case c; `
-        + `Envoy CPU ${fmt(x.cpu_us_per_req, 1)} µs/req (${fmt(ratio(x.cpu_us_per_req, byId.c?.cpu_us_per_req), 2)}x case c), `
-        + `plus etcd ${fmt(x.etcd_cpu_us_per_req, 1)} µs/req (three members); p50 ${fmt(x.p50_ms, 2)} ms, p99 ${fmt(x.p99_ms, 2)} ms.`);
+      const k = R.comparisons.find((q) => q.x === x.id && q.y === 'c');
+      L.push(`- ${x.id}. ${x.name}: ${mmm(x.rps_spread, 0)} req/s = ${fmt(k?.median, 2)}x case c (per round ${k ? k.values.map((v) => fmt(v, 2)).join(', ') : 'n/a'}); `
+        + `Envoy CPU ${mmm(x.cpu_spread)} µs/req, plus etcd ${fmt(x.etcd_cpu_us_per_req, 1)} µs/req (three members); `
+        + `p50 ${fmt(x.p50_ms, 2)} ms, p99 ${fmt(x.p99_ms, 2)} ms.`);
     }
     L.push('- g reads etcd once per `cache_ttl_ms` (1 s) per session and Envoy, so it is the fleet\'s common case; h '
       + '(`cache_ttl_ms: 0`) pays one etcd range read per request: the cost of every cache miss.', '');
   }
-  L.push('## Also measured', '');
-  L.push(`- .wasm size: ${R.wasm_bytes} bytes (${fmt(R.wasm_bytes / 1024, 0)} KiB).`);
+  const also = [];
+  if (!s.quick) also.push(`- .wasm size: ${R.wasm_bytes} bytes (${fmt(R.wasm_bytes / 1024, 0)} KiB).`);
   if (R.vm) {
-    L.push(`- VM start: base VM (load + compile, once per Envoy) ${fmt(R.vm.base_vm_ms)} ms; per worker (clone + on_configure) `
+    also.push(`- VM start: base VM (load + compile, once per Envoy) ${fmt(R.vm.base_vm_ms)} ms; per worker (clone + on_configure) `
       + `${fmt(R.vm.worker_vm_ms)} ms (median of ${R.vm.samples.length} starts, base/worker ms: ${R.vm.samples.map((x) => `${x.base_vm_ms}/${x.worker_vm_ms}`).join(', ')}).`);
   }
   if (R.renewal) {
     const x = R.renewal;
-    L.push(`- Refresh coalescing under load (access tokens living ${x.token_ttl_s} s, renewed at expiry, wrk -c${OPT.connections} `
+    also.push(`- Refresh coalescing under load (access tokens living ${x.token_ttl_s} s, renewed at expiry, wrk -c${s.connections} `
       + `for ${x.seconds} s on one session): ${x.summary}; ${fmt(x.rps)} req/s, p50 ${fmt(x.p50_ms, 2)} ms, p99 ${fmt(x.p99_ms, 2)} ms `
-      + `(a waiting request is woken by a 20 ms timer).`);
+      + '(a waiting request is woken by a 20 ms timer).');
   }
   if (R.logins) {
-    L.push(`- Login throughput (full code flow + PKCE through the demo IdP, ${R.logins.concurrency} at a time): `
+    also.push(`- Login throughput (full code flow + PKCE through the demo IdP, ${R.logins.concurrency} at a time): `
       + `${fmt(R.logins.per_second, 1)} logins/s (${R.logins.count} in ${fmt(R.logins.seconds, 1)} s, ${R.logins.failed} failed).`);
-    L.push(`- Memory per session in shared data: Envoy /memory "allocated" grew ${fmt(R.logins.memory_delta_bytes / 1024, 0)} KiB over `
+    also.push(`- Memory per session in shared data: Envoy /memory "allocated" grew ${fmt(R.logins.memory_delta_bytes / 1024, 0)} KiB over `
       + `${R.logins.count} sessions = ${fmt(R.logins.bytes_per_session)} bytes/session (allocator rounding and noise included); `
       + `the native bench's record is ${R.core?.session_record_bytes ?? 'n/a'} bytes of JSON.`);
   }
-  L.push('', '## Verdict (performance targets)', '');
-  for (const v of R.verdict) L.push(`- ${v.met === true ? 'MET' : v.met === false ? 'NOT MET' : 'UNKNOWN'}: ${v.target} (${v.value})`);
-  for (const v of R.verdict_info || []) L.push(`- for information: ${v}`);
+  if (also.length) L.push('## Also measured', '', ...also);
+  if (R.verdict.length && !s.quick) {
+    L.push('', '## Verdict', '');
+    for (const v of R.verdict) {
+      L.push(`- ${v.met === true ? 'MET' : v.met === false ? 'NOT MET' : 'NO VERDICT'}: ${v.target}: ${v.value}`);
+    }
+  }
   if (R.problems.length) {
     L.push('', '## Problems', '');
     for (const p of R.problems) L.push(`- ${p}`);
@@ -662,12 +1050,20 @@ async function preflight() {
       run('apt-get', ['install', '-y', '-q', 'wrk'], { quiet: true });
     }
   }
-  if (OPT.cases.includes('f')) {
+  if (OPT.instructions) {
+    for (const tool of ['valgrind', 'callgrind_control', 'callgrind_annotate']) {
+      if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) {
+        throw new Error(`--instructions needs ${tool}: apt-get install valgrind (outside a network namespace)`);
+      }
+    }
+  }
+  if (OPT.cases.some((c) => 'flp'.includes(c))) {
     say('building the no-op proxy-wasm filter (bench/noop)');
     run('cargo', ['build', '--quiet', '--release', '--target', 'wasm32-wasip1', '--manifest-path', 'bench/noop/Cargo.toml']);
   }
   const busy = [];
-  for (const p of [...Object.values(ENVOYS).flatMap((e) => [e.tls, e.admin]), ...Object.values(IDPS).map((i) => i.port)]) {
+  const ports = [...Object.values(ENVOYS).flatMap((e) => [e.tls, e.http, e.admin]), ...Object.values(IDPS).map((i) => i.port)];
+  for (const p of ports.filter(Boolean)) {
     if (await portBusy(p)) busy.push(p);
   }
   if (busy.length) throw new Error(`ports in use: ${busy.join(', ')} (another bench running?)`);
@@ -680,12 +1076,20 @@ async function preflight() {
     fs.chmodSync(KEY, 0o600);
   }
   caPem = fs.readFileSync(CERT);
+  // The static configs with their plain-HTTP listener (the rendered bffgate one: in main).
+  for (const name of ['bare', 'oauth2', 'noop']) {
+    const e = ENVOYS[name];
+    fs.writeFileSync(e.config, withPlainListener(fs.readFileSync(e.source, 'utf8'), e.tls, e.http, e.source));
+  }
 }
 
 function secrets() {
   const r = () => crypto.randomBytes(32).toString('base64url');
+  const clientSecret = r();
   return {
-    BFFGATE_CLIENT_SECRET: r(), BFFGATE_COOKIE_KEYS: `k1:${r()}`, BFFGATE_STORE_KEYS: `s1:${r()}`, BENCH_OAUTH2_HMAC: r(),
+    BFFGATE_CLIENT_SECRET: clientSecret, BFFGATE_COOKIE_KEYS: `k1:${r()}`, BFFGATE_STORE_KEYS: `s1:${r()}`, BENCH_OAUTH2_HMAC: r(),
+    // Case u (bench/envoy.user.yaml) names its secrets as a user's configuration did.
+    PEER_CLIENT_SECRET: clientSecret, PEER_COOKIE_KEYS: `p1:${r()}`,
   };
 }
 
@@ -695,6 +1099,8 @@ async function startIdp(which, env) {
     logFile: `${LOGS}/idp-${which}.log`,
     env: {
       ...env,
+      ...(IDPS[which].env ?? {}),
+      ...(IDPS[which].issuer ? { BFFGATE_IDP_ISSUER: IDPS[which].issuer } : {}),
       BFFGATE_IDP_PORT: String(port),
       BFFGATE_PUBLIC_ORIGIN: origin,
       BFFGATE_BACKCHANNEL_LOGOUT_URI: 'off',
@@ -747,14 +1153,44 @@ async function signInBoth() {
     if (r.status !== 200) throw new Error(`oauth2 filter with its own cookies: ${r.status} (Host binding?)`);
     out.oauth2 = cookie;
   }
+  // Case u: bffgate as a user configured it (bench/envoy.user.yaml), plain HTTP behind an https origin.
+  if (STACK.user) {
+    const app = IDPS.user.origin;
+    out.user = await bffgateSession(app, IDPS.user.issuer, 'case u (user configuration)');
+    const r = await request('GET', `${app}/api/fast`, { headers: { ...FETCH, cookie: out.user } });
+    if (r.status !== 200) throw new Error(`case u warm-up /api/fast: ${r.status} ${r.text.slice(0, 200)}`);
+  }
+  // Cases m-p: the same filters with a ~2 KB Cookie header, the filter's own cookies among a
+  // site's other cookies (analytics, consent, preferences), as a browser sends them.
+  out.big = bigCookie(out.bffgate);
+  if (out.oauth2) out.bigOauth2 = bigCookie(out.oauth2);
   return out;
 }
 
+/** A Cookie header of BIG_COOKIE_BYTES: other cookies around `own` (half before, half after). */
+const BIG_COOKIE_BYTES = 2048;
+function bigCookie(own) {
+  const names = ['_ga', '_gid', '_fbp', 'OptanonConsent', 'theme', 'lang', 'ab_bucket', 'csrftoken', '_hjSessionUser',
+    'intercom-session', 'ajs_anonymous_id', '_gcl_au', 'recently_viewed', 'cart', 'tz', 'currency'];
+  const others = [];
+  let left = BIG_COOKIE_BYTES - own.length;
+  for (let i = 0; left > 0; i += 1) {
+    const name = `${names[i % names.length]}${i >= names.length ? i : ''}`;
+    const room = left - name.length - 1 - 2; // "name=" and "; "
+    if (room < 8) break;
+    const len = Math.min(room, 64 + ((i * 37) % 96));
+    others.push(`${name}=${crypto.randomBytes(len).toString('base64url').slice(0, len)}`);
+    left -= name.length + 1 + len + 2;
+  }
+  const half = Math.ceil(others.length / 2);
+  return [...others.slice(0, half), own, ...others.slice(half)].join('; ');
+}
+
 async function probe(c) {
-  const e = ENVOYS[c.envoy];
-  const h = { host: `localhost:${e.tls}` };
+  const t = target(c);
+  const h = { host: t.host };
   if (c.cookie()) h.cookie = c.cookie();
-  const r = await request('GET', `https://localhost:${e.tls}${c.path}`, { headers: h });
+  const r = await request('GET', t.url, { headers: h });
   if (r.status !== c.status) throw new Error(`case ${c.id}: probe got ${r.status}, expected ${c.status}: ${r.text.slice(0, 200)}`);
 }
 
@@ -922,7 +1358,7 @@ function probeConfig() {
 async function probeMain() {
   say(`probe: host-call prices, ${PROBES.length} variants of the no-op filter: ${JSON.stringify(OPT)}`);
   await preflight();
-  if (!OPT.cases.includes('f')) run('cargo', ['build', '--quiet', '--release', '--target', 'wasm32-wasip1', '--manifest-path', 'bench/noop/Cargo.toml']);
+  if (!OPT.cases.some((c) => 'flp'.includes(c))) run('cargo', ['build', '--quiet', '--release', '--target', 'wasm32-wasip1', '--manifest-path', 'bench/noop/Cargo.toml']);
   const cfgFile = `${WORK}/envoy.probe.json`;
   fs.writeFileSync(cfgFile, JSON.stringify(probeConfig(), null, 1));
   ENVOYS.probe = { tls: PROBE.port0, admin: PROBE.admin, baseId: PROBE.baseId, config: cfgFile };
@@ -930,8 +1366,14 @@ async function probeMain() {
   const cookie = `${SESSION_COOKIE}=k1.${crypto.randomBytes(20).toString('base64url')}.${crypto.randomBytes(32).toString('base64url')}`;
   const cases = PROBES.map(([name], i) => {
     const local = name === 'local_reply';
-    return { id: name, name, envoy: 'probe', tls: PROBE.port0 + i, path: '/api/orders', expect: local ? '4xx' : '2xx', cookie: () => cookie };
+    return {
+      id: name, name, envoy: 'probe', port: PROBE.port0 + i, path: '/api/orders', expect: local ? '4xx' : '2xx', status: local ? 401 : 200, cookie: () => cookie,
+    };
   });
+  if (OPT.instructions) {
+    await probeInstructions(cases);
+    return;
+  }
   for (const c of cases) await wrk(wrkArgs(c, OPT.warmup));
   const runs = Object.fromEntries(cases.map((c) => [c.id, []]));
   for (let round = 1; round <= OPT.rounds; round += 1) {
@@ -958,14 +1400,47 @@ async function probeMain() {
   process.stdout.write(`\n${L.join('\n')}\n`);
 }
 
+/** --probe --instructions: the host calls priced in instructions (callgrind), not CPU time. */
+async function probeInstructions(cases) {
+  const envoy = STACK.probe;
+  const idle = await counted(envoy, () => sleep(4000));
+  const idlePerMs = idle.ir / idle.ms;
+  const [n1, n2] = INSTR_WINDOWS;
+  const rows = [];
+  for (const c of cases) {
+    await drive(c, 100);
+    const w1 = await counted(envoy, () => drive(c, n1));
+    const w2 = await counted(envoy, () => drive(c, n2));
+    const perReq = (w2.ir - w1.ir - idlePerMs * (w2.ms - w1.ms)) / (n2 - n1);
+    const ok = (w1.out[c.status] ?? 0) + (w2.out[c.status] ?? 0) === n1 + n2;
+    rows.push({ variant: c.id, ops: PROBES.find(([n]) => n === c.id)[1], instructions_per_request: perReq, ok });
+    say(`probe ${c.id}: ${fmt(perReq / 1000, 1)} k instructions per request${ok ? '' : ' (status check FAILED)'}`);
+  }
+  await stopAll();
+  const base = rows.find((r) => r.variant === 'nothing').instructions_per_request;
+  const L = [`# proxy-wasm host-call prices in instructions (callgrind): ${new Date().toISOString()}`, '',
+    `Envoy ${machine().envoy} --concurrency 1, V8, under \`valgrind --tool=callgrind\`; bench/noop performing the listed host calls on `
+    + `every request (HTTPS); windows of ${n1} and ${n2} requests, per request = the difference / ${n2 - n1}, idle timers subtracted.`, '',
+    '| variant | host calls per request | instructions / request | over doing nothing |', '|---|---|---:|---:|'];
+  for (const r of rows) {
+    L.push(`| ${r.variant} | ${r.ops || '(none)'} | ${fmt(r.instructions_per_request / 1000, 1)} k | `
+      + `${r.variant === 'nothing' ? '' : `${signed((r.instructions_per_request - base) / 1000)} k`}${r.ok ? '' : ' (status check FAILED)'} |`);
+  }
+  L.push('');
+  fs.writeFileSync(`${RESULTS}/probe-instructions.json`, `${JSON.stringify({ date: new Date().toISOString(), rows }, null, 2)}\n`);
+  fs.writeFileSync(`${RESULTS}/probe-instructions.md`, L.join('\n'));
+  process.stdout.write(`\n${L.join('\n')}\n`);
+}
+
 async function main() {
   say(`options: ${JSON.stringify(OPT)}`);
   await preflight();
   const env = secrets();
   const R = {
     date: new Date().toISOString(), settings: OPT, machine: machine(), wasm_bytes: fs.statSync(WASM).size,
-    cases: [], problems: [], verdict: [],
+    cases: [], comparisons: [], problems: [], verdict: [],
   };
+  const has = (ids) => [...ids].some((c) => OPT.cases.includes(c));
 
   say('rendering the bffgate bench config (bffgate-config render)');
   // BENCH_CONFIG_TOOL: a prebuilt bffgate-config (e.g. while the tree is being edited).
@@ -975,9 +1450,12 @@ async function main() {
   run(tool[0], [...tool[1], 'render',
     '--settings', 'bench/bffgate.yaml', '--policies', 'bench/policies', '--template', 'bench/envoy.bffgate.template.yaml',
     '--out', ENVOYS.bffgate.config], { env });
+  {
+    const e = ENVOYS.bffgate;
+    fs.writeFileSync(e.config, withPlainListener(fs.readFileSync(e.config, 'utf8'), e.tls, e.http, e.config));
+  }
 
-  const fleetCases = ['g', 'h'].filter((c) => OPT.cases.includes(c));
-  if (fleetCases.length) {
+  if (has('gh')) {
     // The bench template with the fleet's etcd cluster (scripts/fleet.mjs, the same insertion as
     // `make config` does for envoy/envoy.fleet.yaml) on the bench's ports, and a store overlay.
     const base = fleetTemplate(fs.readFileSync('bench/envoy.bffgate.template.yaml', 'utf8'),
@@ -994,8 +1472,10 @@ async function main() {
       run(tool[0], [...tool[1], 'render', '--settings', 'bench/bffgate.yaml', '--overlay', `${WORK}/fleet-${name}.yaml`,
         '--policies', 'bench/policies', '--template', `${WORK}/envoy.${name}.template.yaml`, '--out', e.config], { env });
     }
-    say(`starting a 3-member etcd on 127.0.0.1:${ETCD_BASE}/${ETCD_BASE + 2}/${ETCD_BASE + 4}`);
+    say(`starting a 3-member etcd on 127.0.0.1:${ETCD_PORTS.join('/')}`);
     STACK.etcd = await startEtcdCluster({ basePort: ETCD_BASE, dataDir: `${WORK}/etcd`, logDir: LOGS });
+    await waitEtcdLeader(STACK.etcd.endpoints);
+    say('etcd: every member healthy and agreeing on a leader');
   }
 
   if (OPT.renewal) {
@@ -1020,31 +1500,43 @@ async function main() {
       '--policies', 'bench/policies', '--template', `${WORK}/envoy.renew.template.yaml`, '--out', e.config], { env });
   }
 
-  say(`VM start time: ${OPT.vmStarts} start(s) of the bffgate Envoy with wasm debug logs`);
-  R.vm = await vmStart(env);
+  if (!OPT.quick && !OPT.instructions) {
+    say(`VM start time: ${OPT.vmStarts} start(s) of the bffgate Envoy with wasm debug logs`);
+    R.vm = await vmStart(env);
+  }
 
-  const need = new Set(['bffgate']); // always: logins and memory per session
-  if (OPT.cases.includes('a')) need.add('bare');
-  if (OPT.cases.includes('b')) need.add('oauth2');
-  if (OPT.cases.includes('f')) need.add('noop');
-  if (OPT.cases.includes('g')) need.add('fleet');
-  if (OPT.cases.includes('h')) need.add('fleetnc');
+  const need = new Set(['bffgate']); // always: sessions for cases a, f, i, l, m, p too; logins and memory
+  if (has('bjn')) need.add('oauth2');
+  if (has('aim')) need.add('bare');
+  if (has('flp')) need.add('noop');
+  if (has('g')) need.add('fleet');
+  if (has('h')) need.add('fleetnc');
+  if (has('u')) need.add('user');
   say(`starting the demo IdP(s) and Envoys: ${[...need].join(', ')}`);
   await startIdp('bffgate', env);
   if (need.has('oauth2')) await startIdp('oauth2', env);
+  if (need.has('user')) await startIdp('user', env);
   for (const n of need) STACK[n] = await startEnvoy(n, env);
+  for (const n of ['fleet', 'fleetnc'].filter((x) => STACK[x])) {
+    // Before any sign-in: the fleet Envoy must see the etcd members its health checks found
+    // (until then its callouts have no healthy host and every request fails closed).
+    await waitClusterHealthy(STACK[n], 'bffgate_etcd', ETCD_PORTS);
+    say(`envoy ${n}: every etcd member healthy in cluster bffgate_etcd`);
+  }
 
   say('signing in through bffgate and through Envoy\'s oauth2 filter');
   const S = await signInBoth();
-  R.cookie_bytes = { bffgate: S.bffgate.length, oauth2: S.oauth2?.length };
+  R.cookie_bytes = {
+    bffgate: S.bffgate.length, oauth2: S.oauth2?.length, user: S.user?.length, big: S.big.length, big_oauth2: S.bigOauth2?.length,
+  };
   if (STACK.fleet || STACK.fleetnc) {
     // A session in etcd, made through a fleet Envoy (its origin is 18443's: same IdP).
     const via = STACK.fleet ?? STACK.fleetnc;
-    PORT_MAP.set(String(ENVOYS.bffgate.tls), via.tls);
+    CONNECT.set(`localhost:${ENVOYS.bffgate.tls}`, { port: via.tls, tls: true });
     try {
       S.fleet = await bffgateSession(`https://localhost:${ENVOYS.bffgate.tls}`, `http://localhost:${IDPS.bffgate.port}`, 'fleet');
     } finally {
-      PORT_MAP.clear();
+      CONNECT.delete(`localhost:${ENVOYS.bffgate.tls}`);
     }
     for (const n of ['fleet', 'fleetnc'].filter((x) => STACK[x])) {
       for (const p of ['/api/orders', '/api/profile']) {
@@ -1053,58 +1545,55 @@ async function main() {
       }
     }
   }
-  say(`Cookie header bytes: bffgate ${S.bffgate.length}, oauth2 filter ${S.oauth2?.length ?? 'n/a'}`);
+  say(`Cookie header bytes: ${Object.entries(R.cookie_bytes).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ')}`);
 
+  const ok200 = { path: '/api/orders', expect: '2xx', status: 200 };
+  // group: the cases measured against the same bare Envoy (base), oauth2 filter (peer) and
+  // no-op filter (floor); ordered so that each group's cases run one after the other.
   const CASES = [
-    { id: 'a', name: 'bare Envoy (router only)', envoy: 'bare', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.bffgate },
-    { id: 'b', name: 'Envoy oauth2 filter (AES-GCM)', envoy: 'oauth2', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.oauth2 },
-    { id: 'c', name: 'bffgate fast path', envoy: 'bffgate', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.bffgate },
-    { id: 'd', name: 'bffgate second audience', envoy: 'bffgate', path: '/api/profile', expect: '2xx', status: 200, cookie: () => S.bffgate },
-    { id: 'e', name: 'bffgate forged cookie (401)', envoy: 'bffgate', path: '/api/orders', expect: '4xx', status: 401, cookie: () => S.forged },
-    { id: 'f', name: 'no-op proxy-wasm filter', envoy: 'noop', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.bffgate },
-    { id: 'g', name: 'bffgate fleet (etcd), cached', envoy: 'fleet', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.fleet },
-    { id: 'h', name: 'bffgate fleet (etcd), uncached', envoy: 'fleetnc', path: '/api/orders', expect: '2xx', status: 200, cookie: () => S.fleet },
+    { id: 'a', name: 'bare Envoy (router only)', envoy: 'bare', ...ok200, cookie: () => S.bffgate },
+    { id: 'b', name: 'Envoy oauth2 filter (AES-GCM)', envoy: 'oauth2', ...ok200, cookie: () => S.oauth2, base: 'a' },
+    { id: 'c', name: 'bffgate fast path', envoy: 'bffgate', ...ok200, cookie: () => S.bffgate, base: 'a' },
+    { id: 'd', name: 'bffgate second audience', envoy: 'bffgate', path: '/api/profile', expect: '2xx', status: 200, cookie: () => S.bffgate, base: 'a' },
+    { id: 'e', name: 'bffgate forged cookie (401)', envoy: 'bffgate', path: '/api/orders', expect: '4xx', status: 401, cookie: () => S.forged, base: 'a' },
+    { id: 'f', name: 'no-op proxy-wasm filter', envoy: 'noop', ...ok200, cookie: () => S.bffgate, base: 'a' },
+    { id: 'i', name: 'bare Envoy, plain HTTP', envoy: 'bare', scheme: 'http', ...ok200, cookie: () => S.bffgate },
+    { id: 'j', name: 'Envoy oauth2 filter, plain HTTP', envoy: 'oauth2', scheme: 'http', ...ok200, cookie: () => S.oauth2, base: 'i' },
+    { id: 'k', name: 'bffgate fast path, plain HTTP', envoy: 'bffgate', scheme: 'http', ...ok200, cookie: () => S.bffgate, base: 'i' },
+    { id: 'l', name: 'no-op proxy-wasm filter, plain HTTP', envoy: 'noop', scheme: 'http', ...ok200, cookie: () => S.bffgate, base: 'i' },
+    {
+      id: 'u', name: 'bffgate, user configuration, plain HTTP', envoy: 'user', scheme: 'http', path: '/api/fast',
+      expect: '2xx', status: 200, host: '127.0.0.1:18448', cookie: () => S.user, base: 'i',
+    },
+    { id: 'm', name: `bare Envoy, ${BIG_COOKIE_BYTES} B Cookie`, envoy: 'bare', ...ok200, cookie: () => S.big },
+    { id: 'n', name: `Envoy oauth2 filter, ${BIG_COOKIE_BYTES} B Cookie`, envoy: 'oauth2', ...ok200, cookie: () => S.bigOauth2, base: 'm' },
+    { id: 'o', name: `bffgate fast path, ${BIG_COOKIE_BYTES} B Cookie`, envoy: 'bffgate', ...ok200, cookie: () => S.big, base: 'm' },
+    { id: 'p', name: `no-op proxy-wasm filter, ${BIG_COOKIE_BYTES} B Cookie`, envoy: 'noop', ...ok200, cookie: () => S.big, base: 'm' },
+    { id: 'g', name: 'bffgate fleet (etcd), cached', envoy: 'fleet', ...ok200, cookie: () => S.fleet, base: 'a' },
+    { id: 'h', name: 'bffgate fleet (etcd), uncached', envoy: 'fleetnc', ...ok200, cookie: () => S.fleet, base: 'a' },
   ].filter((c) => OPT.cases.includes(c.id));
 
   for (const c of CASES) await probe(c);
+  if (OPT.instructions) {
+    await instructionsMain(R, CASES);
+    return;
+  }
   say(`warm-up: ${OPT.warmup}s per case`);
-  for (const c of CASES) await wrk(wrkArgs(c, OPT.warmup));
+  if (OPT.warmup > 0) for (const c of CASES) await wrk(wrkArgs(c, OPT.warmup));
 
   const runs = Object.fromEntries(CASES.map((c) => [c.id, []]));
   for (let round = 1; round <= OPT.rounds; round += 1) {
     for (const c of CASES) {
       const m = await measure(c);
       runs[c.id].push({ round, ...m });
-      say(`round ${round} case ${c.id}: ${fmt(m.rps)} req/s, p50 ${fmt(m.p50_ms, 2)} ms, p99 ${fmt(m.p99_ms, 2)} ms, `
-        + `${fmt(m.cpu_us_per_req, 1)} µs CPU/req, ${c.expect} ${(m.expected_share * 100).toFixed(2)}% ${m.ok ? '' : ' <-- STATUS MIX WRONG'}`);
+      const fp = m.fast_path ? `, fast path ${fastPathSummary(m.fast_path)}` : '';
+      say(`round ${round} case ${c.id}: ${fmt(m.rps)} req/s, ${fmt(m.cpu_us_per_req, 1)} µs CPU/req, p50 ${fmt(m.p50_ms, 2)} ms, `
+        + `p99 ${fmt(m.p99_ms, 2)} ms, ${c.expect} ${(m.expected_share * 100).toFixed(2)}%${fp}${m.ok ? '' : '  <-- STATUS MIX WRONG'}`);
       if (!m.ok) R.problems.push(`case ${c.id} round ${round}: only ${(m.expected_share * 100).toFixed(2)}% ${c.expect} (${JSON.stringify(m.status)})`);
     }
   }
-  for (const c of CASES) {
-    const rs = runs[c.id];
-    const sum = (k) => rs.reduce((a, r) => a + r.status[k], 0);
-    const st = { '2xx': sum('2xx'), '3xx': sum('3xx'), '4xx': sum('4xx'), '5xx': sum('5xx') };
-    const total = st['2xx'] + st['3xx'] + st['4xx'] + st['5xx'];
-    R.cases.push({
-      id: c.id, name: c.name, path: c.path, expect: c.expect,
-      rps: mean(rs.map((r) => r.rps)),
-      p50_ms: median(rs.map((r) => r.p50_ms)),
-      p99_ms: median(rs.map((r) => r.p99_ms)),
-      cpu_us_per_req: mean(rs.map((r) => r.cpu_us_per_req)),
-      etcd_cpu_us_per_req: mean(rs.map((r) => r.etcd_cpu_us_per_req)),
-      ok: rs.every((r) => r.ok),
-      status: st,
-      status_summary: `${((st[c.expect] / Math.max(total, 1)) * 100).toFixed(2)}% ${c.expect === '4xx' ? '401' : c.expect} of ${total}`,
-      runs: rs,
-    });
-  }
-  const byId = Object.fromEntries(R.cases.map((c) => [c.id, c]));
-  for (const c of R.cases) {
-    c.rps_vs_a = ratio(c.rps, byId.a?.rps);
-    c.rps_vs_b = ratio(c.rps, byId.b?.rps);
-    c.cpu_vs_a = ratio(c.cpu_us_per_req, byId.a?.cpu_us_per_req);
-    c.cpu_vs_b = ratio(c.cpu_us_per_req, byId.b?.cpu_us_per_req);
-  }
+  for (const c of CASES) R.cases.push(summarize(c, runs));
+  R.comparisons = compare(R.cases);
 
   if (OPT.renewal) {
     say(`refresh coalescing under load: ${OPT.duration}s of wrk on a session whose token lives ${IDPS.renew.ttl} s`);
@@ -1112,9 +1601,11 @@ async function main() {
     if (!R.renewal.ok) R.problems.push(`renewal under load: ${R.renewal.summary}`);
   }
 
-  say(`login throughput and memory per session: ${OPT.sessions} logins`);
-  R.logins = await loginsAndMemory();
-  if (R.logins.failed) R.problems.push(`${R.logins.failed} of ${R.logins.count} logins failed (first: ${R.logins.first_error})`);
+  if (!OPT.quick) {
+    say(`login throughput and memory per session: ${OPT.sessions} logins`);
+    R.logins = await loginsAndMemory();
+    if (R.logins.failed) R.problems.push(`${R.logins.failed} of ${R.logins.count} logins failed (first: ${R.logins.first_error})`);
+  }
 
   say('stopping Envoys, IdPs and etcd');
   await stopAll();
@@ -1135,46 +1626,44 @@ async function main() {
     }
   }
 
-  // Verdict.
-  const c = byId.c; const a = byId.a; const b = byId.b;
-  const vs = (x, y, min, what) => {
-    const r = ratio(x?.rps, y?.rps);
-    R.verdict.push({ target: `bffgate fast path req/s >= ${min} x ${what}`, met: Number.isFinite(r) && x.ok && y.ok ? r >= min : undefined, value: `${fmt(r, 2)}x` });
-  };
-  vs(c, a, 0.75, 'bare Envoy');
-  vs(c, b, 1.0, 'Envoy oauth2 filter');
-  const dr = R.core?.decision_over_hmac;
-  R.verdict.push({ target: 'core decision natively <= 2 x one HMAC-SHA256 of the cookie', met: Number.isFinite(dr) ? dr <= 2 : undefined, value: `${fmt(dr, 2)}x` });
-  const t = R.core?.fast_path_shared_data;
-  R.verdict.push({
-    target: 'shared data on the fast path: at most one get (of the session record), no set',
-    met: t ? t.gets <= 1 && t.sets === 0 : undefined,
-    value: t ? `${t.gets} get(s) of ${t.bytes_read} bytes, ${t.sets} set(s)` : 'n/a',
-  });
-  // CPU-based equivalents: the throughput ratio if Envoy's one worker were the only bottleneck.
-  R.verdict_info = [];
-  const cpuRatio = (x, y) => ratio(y?.cpu_us_per_req, x?.cpu_us_per_req);
-  if (c && a) R.verdict_info.push(`by CPU per request, fast path = ${fmt(cpuRatio(c, a), 2)}x bare Envoy (target 0.75x)`);
-  if (c && b) R.verdict_info.push(`by CPU per request, fast path = ${fmt(cpuRatio(c, b), 2)}x Envoy oauth2 filter (target 1.0x)`);
-  for (const x of [byId.g, byId.h].filter(Boolean)) {
-    if (c) R.verdict_info.push(`fleet mode, case ${x.id} (${x.name}): ${fmt(ratio(x.rps, c.rps), 2)}x the shared-data store's req/s`);
+  // Verdicts: the per-round comparisons that have a target, and the core's.
+  for (const x of R.comparisons.filter((k) => k.target !== undefined)) {
+    R.verdict.push({ target: `${x.label} ${x.dir} ${x.target} (${x.issue})`, met: x.met, value: x.verdict_text });
+  }
+  if (R.core) {
+    const dr = R.core.decision_over_hmac;
+    R.verdict.push({
+      target: 'core decision natively <= 2 x one HMAC-SHA256 of the cookie',
+      met: Number.isFinite(dr) ? dr <= 2 : undefined, value: `${fmt(dr, 2)}x (criterion estimate, one run)`,
+    });
+    const t = R.core.fast_path_shared_data;
+    R.verdict.push({
+      target: 'shared data on the fast path: at most one get (of the session record), no set',
+      met: t ? t.gets <= 1 && t.sets === 0 : undefined,
+      value: t ? `${t.gets} get(s) of ${t.bytes_read} bytes, ${t.sets} set(s)` : 'n/a',
+    });
   }
   for (const x of R.cases) {
     if (!x.ok) R.verdict.push({ target: `case ${x.id} status mix (${x.expect})`, met: false, value: x.status_summary });
   }
 
-  fs.writeFileSync(`${RESULTS}/latest.json`, `${JSON.stringify(R, null, 2)}\n`);
-  try {
-    chart(R);
-  } catch (err) {
-    R.problems.push(`chart: ${err.message.split('\n')[0]}`);
-    say(`chart not drawn: ${err.message.split('\n')[0]}`);
-    fs.writeFileSync(`${RESULTS}/latest.json`, `${JSON.stringify(R, null, 2)}\n`);
+  const out = OPT.quick ? `${WORK}/quick` : `${RESULTS}/latest`;
+  fs.writeFileSync(`${out}.json`, `${JSON.stringify(R, null, 2)}\n`);
+  if (!OPT.quick) {
+    try {
+      chart(R);
+    } catch (err) {
+      // Not a measurement problem (e.g. no registry inside a network namespace for matplotlib).
+      R.chart_error = err.message.split('\n')[0];
+      say(`chart not drawn (the results are complete without it): ${R.chart_error}`);
+      fs.writeFileSync(`${out}.json`, `${JSON.stringify(R, null, 2)}\n`);
+    }
   }
   const md = markdown(R);
-  fs.writeFileSync(`${RESULTS}/latest.md`, md);
+  fs.writeFileSync(`${out}.md`, md);
   process.stdout.write(`\n${md}\n`);
-  say(`written: ${RESULTS}/latest.md, latest.json${fs.existsSync(`${RESULTS}/latest.png`) ? ', latest.png' : ''}`);
+  say(`written: ${out}.md, ${out}.json${!OPT.quick && fs.existsSync(`${RESULTS}/latest.png`) ? `, ${RESULTS}/latest.png` : ''}`);
+  if (R.problems.length) throw new Error(`${R.problems.length} problem(s), listed under "Problems" above`);
 }
 
 (OPT.probe ? probeMain : main)().then(async () => {
