@@ -19,6 +19,19 @@ pub enum JoseError {
     BadSignature,
 }
 
+impl std::fmt::Display for JoseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JoseError::Malformed => "not a compact JWS with a JSON header and payload",
+            JoseError::Algorithm => "algorithm not accepted",
+            JoseError::UnknownKey => "no key in the set has the token's `kid`",
+            JoseError::BadSignature => "the signature does not verify",
+        })
+    }
+}
+
+impl std::error::Error for JoseError {}
+
 /// A verification key from a JWKS.
 #[derive(Clone)]
 pub enum Key {

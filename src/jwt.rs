@@ -25,6 +25,21 @@ pub enum IdTokenError {
     Subject,
 }
 
+impl std::fmt::Display for IdTokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdTokenError::Malformed => "not a JWT with a JSON object payload",
+            IdTokenError::Issuer => "`iss` is not the configured issuer",
+            IdTokenError::Audience => "`aud` does not contain the client id",
+            IdTokenError::Expired => "`exp` missing or in the past",
+            IdTokenError::Nonce => "`nonce` is not the one sent at login",
+            IdTokenError::Subject => "`sub` missing or not a string",
+        })
+    }
+}
+
+impl std::error::Error for IdTokenError {}
+
 /// Longest JWT considered.
 pub const MAX_JWT_LEN: usize = 16 * 1024;
 

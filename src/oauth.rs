@@ -172,6 +172,19 @@ pub enum TokenError {
     Malformed(&'static str),
 }
 
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::InvalidGrant => f.write_str("invalid_grant"),
+            TokenError::OAuth(code) => write!(f, "OAuth error `{code}`"),
+            TokenError::Unavailable(status) => write!(f, "the provider answered {status}"),
+            TokenError::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
 impl TokenError {
     /// Whether the session's grant is dead (as opposed to the provider being unwell).
     pub fn is_terminal(&self) -> bool {

@@ -30,6 +30,18 @@ pub enum SealError {
     BadMac,
 }
 
+impl std::fmt::Display for SealError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SealError::Malformed => "not a sealed value",
+            SealError::UnknownKey => "the key id is not in the key ring",
+            SealError::BadMac => "the MAC does not match",
+        })
+    }
+}
+
+impl std::error::Error for SealError {}
+
 /// A key ring: the first key signs; every key verifies.
 #[derive(Clone)]
 pub struct KeyRing {

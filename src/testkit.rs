@@ -122,6 +122,15 @@ pub fn test_raw() -> crate::config::RawConfig {
     serde_json::from_value(json).unwrap()
 }
 
+/// The contract's error codes, from [`crate::reply::ErrorCode::ALL`]: what every error reply
+/// must carry.
+pub fn error_codes() -> Vec<&'static str> {
+    crate::reply::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect()
+}
+
 /// The operator API's bearer token in the test secrets.
 pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789abcdef";
 
@@ -158,9 +167,14 @@ pub fn jwks() -> String {
 }
 
 /// A compact JWS signed by the fake provider with this protected header (`alg` ES256 and `kid`
-/// [`KID`] are added when missing).
+/// [`KID`] are added when missing). Signatures are deterministic (RFC 6979) and cached: fuzz
+/// scripts sign the same few claim sets over and over.
 pub fn sign_jwt_with_header(header: &serde_json::Value, claims: &serde_json::Value) -> String {
     use p256::ecdsa::signature::Signer;
+    thread_local! {
+        static CACHE: std::cell::RefCell<std::collections::HashMap<String, String>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
     let mut h = header.clone();
     if let Some(o) = h.as_object_mut() {
         o.entry("alg").or_insert("ES256".into());
@@ -171,8 +185,19 @@ pub fn sign_jwt_with_header(header: &serde_json::Value, claims: &serde_json::Val
         crate::util::b64url(h.to_string().as_bytes()),
         crate::util::b64url(claims.to_string().as_bytes())
     );
+    if let Some(t) = CACHE.with(|c| c.borrow().get(&input).cloned()) {
+        return t;
+    }
     let sig: p256::ecdsa::Signature = signing_key().sign(input.as_bytes());
-    format!("{input}.{}", crate::util::b64url(&sig.to_bytes()))
+    let token = format!("{input}.{}", crate::util::b64url(&sig.to_bytes()));
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() > 4096 {
+            c.clear();
+        }
+        c.insert(input, token.clone());
+    });
+    token
 }
 
 /// [`sign_jwt_with_header`] with `typ: JWT`.

@@ -26,6 +26,18 @@ pub enum VaultError {
     Tampered,
 }
 
+impl std::fmt::Display for VaultError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VaultError::Malformed => "not a sealed record",
+            VaultError::UnknownKey => "sealed with a key id no longer in the ring",
+            VaultError::Tampered => "the record does not open (tampered, moved, or another key)",
+        })
+    }
+}
+
+impl std::error::Error for VaultError {}
+
 /// An AEAD key ring.
 #[derive(Clone)]
 pub struct Vault {

@@ -37,17 +37,6 @@ pub const KEY_MATERIAL: [&str; 2] = [
     "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
     "ISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-P0A",
 ];
-/// Error codes of the contract.
-pub const ERROR_CODES: &[&str] = &[
-    "unauthenticated",
-    "insufficient_scope",
-    "forbidden",
-    "csrf",
-    "invalid_request",
-    "login_failed",
-    "idp_unavailable",
-    "store_unavailable",
-];
 
 /// Secrets of the test configurations, as the filter's VM would see them.
 pub fn secrets(name: &str) -> Option<String> {
@@ -115,59 +104,9 @@ fn compile(v: &Value) -> Config {
     }
 }
 
-// ----- the fake provider's signing key -----
+// ----- the fake provider (the test kit's ES256 key) -----
 
-fn signing_key() -> p256::ecdsa::SigningKey {
-    let mut d = [0u8; 32];
-    for (i, b) in d.iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(7).wrapping_add(1);
-    }
-    match p256::ecdsa::SigningKey::from_slice(&d) {
-        Ok(k) => k,
-        Err(_) => panic!("fixed test key"),
-    }
-}
-
-/// The fake provider's JWKS (one ES256 key, `kid` "fuzz-es256").
-pub fn jwks() -> String {
-    let vk = signing_key().verifying_key().to_encoded_point(false);
-    let x = vk
-        .x()
-        .map(|x| URL_SAFE_NO_PAD.encode(x))
-        .unwrap_or_default();
-    let y = vk
-        .y()
-        .map(|y| URL_SAFE_NO_PAD.encode(y))
-        .unwrap_or_default();
-    json!({"keys": [{"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": "fuzz-es256", "use": "sig", "alg": "ES256"}]})
-        .to_string()
-}
-
-/// A compact JWS signed by the fake provider. Signatures are deterministic (RFC 6979) and
-/// cached: most scripts sign the same few claim sets over and over.
-pub fn sign_jwt(claims: &Value) -> String {
-    use p256::ecdsa::signature::Signer;
-    thread_local! {
-        static CACHE: std::cell::RefCell<std::collections::HashMap<String, String>> =
-            std::cell::RefCell::new(std::collections::HashMap::new());
-    }
-    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT","kid":"fuzz-es256"}"#);
-    let p = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let input = format!("{h}.{p}");
-    if let Some(t) = CACHE.with(|c| c.borrow().get(&input).cloned()) {
-        return t;
-    }
-    let sig: p256::ecdsa::Signature = signing_key().sign(input.as_bytes());
-    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()));
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() > 4096 {
-            c.clear();
-        }
-        c.insert(input, token.clone());
-    });
-    token
-}
+pub use bffgate::testkit::{jwks, sign_jwt};
 
 /// Claims of a good ID token for `sub` at `now`.
 pub fn id_claims(sub: &str, username: &str, nonce: &str, now: u64) -> Value {
@@ -576,7 +515,7 @@ fn check_reply(cfg: &Config, seen: &Seen<'_>, r: &Reply) {
         };
         let code = b.get("error").and_then(Value::as_str).unwrap_or_default();
         assert!(
-            ERROR_CODES.contains(&code),
+            bffgate::testkit::error_codes().contains(&code),
             "not a contract error code: {r:?}"
         );
         assert!(

@@ -53,16 +53,6 @@ pub const IDLE: u64 = 1800;
 pub const ABSOLUTE: u64 = 8 * 3600;
 pub const LOGIN_TIMEOUT: u64 = 600;
 pub const SKEW: u64 = 30;
-pub const ERROR_CODES: &[&str] = &[
-    "unauthenticated",
-    "insufficient_scope",
-    "forbidden",
-    "csrf",
-    "invalid_request",
-    "login_failed",
-    "idp_unavailable",
-    "store_unavailable",
-];
 
 /// The demo configuration (`testkit::demo_json`, shared with the unit tests and fuzz targets).
 pub fn demo_config() -> Value {
@@ -587,7 +577,10 @@ impl Gate {
                 if r.status >= 400 {
                     let b = json_body(r);
                     let code = b["error"].as_str().unwrap_or_default();
-                    assert!(ERROR_CODES.contains(&code), "not a contract error: {r:?}");
+                    assert!(
+                        bffgate::testkit::error_codes().contains(&code),
+                        "not a contract error: {r:?}"
+                    );
                 }
             }
         }
