@@ -1,7 +1,7 @@
 // No secret in any log or browser-facing response, with everything at its most verbose.
 //
 // One stack (shipped config; Envoy -l trace, so every component including the wasm filter logs
-// at trace; the provider issues 35 s access tokens so that a renewal happens) runs the whole
+// at trace; the provider issues 13 s access tokens so that a renewal happens) runs the whole
 // story: alice logs in, reads /auth/user, orders and profile (token exchange), posts an order,
 // bob logs in and is logged out by the provider's own end-session page (back-channel logout
 // token), alice's tokens are renewed (refresh grant + exchange), alice logs out (revocation).
