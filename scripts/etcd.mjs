@@ -22,15 +22,18 @@
 // `setpriv` exists) get a parent-death signal so that a SIGKILLed parent leaves no orphans.
 // No npm dependencies.
 
-import { spawn, spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
 import crypto from 'node:crypto';
-import { fileURLToPath } from 'node:url';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
 
-import { hasSetpriv } from './stack.mjs';
+import { isMain, parseArgs } from './lib/cli.mjs';
+import { request, sleep, waitUntil } from './lib/http.mjs';
+import { tail } from './lib/logs.mjs';
+import { ROOT } from './lib/paths.mjs';
+import { Proc, commandExists } from './lib/processes.mjs';
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export { ROOT };
 const HOST = '127.0.0.1';
 
 // ---------------------------------------------------------------- gateway client
@@ -51,26 +54,30 @@ export function prefixEnd(prefix) {
   return Buffer.from([0]); // whole keyspace
 }
 
-/**
- * POSTs `body` (an object) as JSON to `endpoint + path` with a hard timeout.
- * Resolves { status, json, ms } or { status: 0, error, ms } on timeout / connection failure.
- */
-export async function gatewayCall(endpoint, p, body, { timeoutMs = 2000, contentType = 'application/json' } = {}) {
+// Connections to the members are kept alive between calls (as a browser or the filter would).
+const agent = new http.Agent({ keepAlive: true });
+
+/** One request to a member; { status, json, ms } or { status: 0, error, ms } (timeout, refused...). */
+async function memberRequest(method, url, { timeoutMs, headers, body }) {
   const t0 = performance.now();
   try {
-    const res = await fetch(endpoint + p, {
-      method: 'POST',
-      headers: { 'content-type': contentType, accept: 'application/json' },
-      body: JSON.stringify(body ?? {}),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-    const text = await res.text();
-    let json;
-    try { json = JSON.parse(text); } catch { json = { raw: text }; }
-    return { status: res.status, json, ms: performance.now() - t0 };
+    const r = await request(method, url, { headers, body, timeoutMs, agent });
+    return { status: r.status, json: r.json ?? { raw: r.text }, ms: performance.now() - t0 };
   } catch (e) {
-    return { status: 0, error: e.name === 'TimeoutError' ? 'timeout' : (e.cause?.code ?? e.message), ms: performance.now() - t0 };
+    return { status: 0, error: e.code === 'ETIMEDOUT' ? 'timeout' : (e.code ?? e.message), ms: performance.now() - t0 };
   }
+}
+
+/**
+ * POSTs `body` (an object) as JSON to `endpoint + path` with a timeout.
+ * Resolves { status, json, ms } or { status: 0, error, ms } on timeout / connection failure.
+ */
+export function gatewayCall(endpoint, p, body, { timeoutMs = 2000, contentType = 'application/json' } = {}) {
+  return memberRequest('POST', endpoint + p, {
+    timeoutMs,
+    headers: { 'content-type': contentType, accept: 'application/json' },
+    body: JSON.stringify(body ?? {}),
+  });
 }
 
 /** A small client over one gateway endpoint; keys and values are strings (base64 on the wire). */
@@ -117,16 +124,7 @@ export function gateway(endpoint, { timeoutMs = 2000 } = {}) {
     leaseTtl(id, keys = false) { return call('/v3/lease/timetolive', { ID: String(id), keys }); },
     leaseRevoke(id) { return call('/v3/lease/revoke', { ID: String(id) }); },
     status() { return call('/v3/maintenance/status', {}); },
-    async health(timeoutMs2 = 1000) {
-      const t0 = performance.now();
-      try {
-        const res = await fetch(endpoint + '/health', { signal: AbortSignal.timeout(timeoutMs2) });
-        const json = await res.json().catch(() => ({}));
-        return { status: res.status, json, ms: performance.now() - t0 };
-      } catch (e) {
-        return { status: 0, error: e.name === 'TimeoutError' ? 'timeout' : (e.cause?.code ?? e.message), ms: performance.now() - t0 };
-      }
-    },
+    health(timeoutMs2 = 1000) { return memberRequest('GET', `${endpoint}/health`, { timeoutMs: timeoutMs2 }); },
   };
 }
 
@@ -135,22 +133,8 @@ export function gateway(endpoint, { timeoutMs = 2000 } = {}) {
 function findEtcd(bin) {
   if (bin) return bin;
   for (const p of ['/usr/bin/etcd', '/usr/local/bin/etcd']) if (fs.existsSync(p)) return p;
-  const r = spawnSync('sh', ['-c', 'command -v etcd'], { encoding: 'utf8' });
-  if (r.status === 0 && r.stdout.trim()) return r.stdout.trim();
+  if (commandExists('etcd')) return 'etcd';
   throw new Error('etcd not found: run scripts/etcd-setup.sh');
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const live = new Set(); // every child we started and not yet reaped, for the exit hook
-
-function killAllSync() {
-  for (const ch of live) { try { ch.kill('SIGKILL'); } catch { /* gone */ } }
-}
-let hooked = false;
-function hookExit() {
-  if (hooked) return;
-  hooked = true;
-  process.on('exit', killAllSync);
 }
 
 /**
@@ -183,14 +167,13 @@ export async function startEtcdCluster({
     peer: `http://${HOST}:${basePort + 2 * i + 1}`,
     dir: path.join(absData, `m${i}`),
     log: path.join(absLogs, `etcd-${basePort}-m${i}.log`),
-    child: null,
-    exited: null,
+    proc: null,
   }));
   const initialCluster = m.map((x) => `${x.name}=${x.peer}`).join(',');
 
   function spawnMember(i) {
     const x = m[i];
-    if (x.child) return;
+    if (x.proc?.running) return;
     const args = [
       '--name', x.name,
       '--data-dir', x.dir,
@@ -212,52 +195,34 @@ export async function startEtcdCluster({
       '--auto-compaction-retention', '10m',
       ...extraArgs,
     ];
-    const fd = fs.openSync(x.log, 'a');
-    fs.writeSync(fd, `\n=== ${new Date().toISOString()} start ${x.name} ${args.join(' ')}\n`);
-    let cmd = bin;
-    let argv = args;
-    if (hasSetpriv()) { argv = ['--pdeathsig', 'TERM', '--', bin, ...args]; cmd = 'setpriv'; }
-    const child = spawn(cmd, argv, { stdio: ['ignore', fd, fd] });
-    fs.closeSync(fd);
-    hookExit();
-    live.add(child);
-    x.child = child;
-    x.exited = new Promise((resolve) => child.once('exit', (code, sig) => {
-      live.delete(child);
-      if (x.child === child) x.child = null;
-      resolve({ code, sig });
-    }));
+    x.proc = new Proc(`etcd ${x.name}`, { cmd: bin, args, logFile: x.log, who: 'etcd' }).start();
   }
 
   async function stopMember(i, { timeoutMs = 5000 } = {}) {
-    const x = m[i];
-    const ch = x.child;
-    if (!ch) return;
-    ch.kill('SIGTERM');
-    const done = await Promise.race([x.exited.then(() => true), sleep(timeoutMs).then(() => false)]);
-    if (!done) { ch.kill('SIGKILL'); await Promise.race([x.exited, sleep(2000)]); }
+    await m[i].proc?.stop(timeoutMs);
   }
 
-  function logTail(i, n = 15) {
-    try { return fs.readFileSync(m[i].log, 'utf8').trim().split('\n').slice(-n).join('\n'); } catch { return ''; }
-  }
+  const running = (i) => Boolean(m[i].proc?.running);
 
   /** Waits until members `which` answer GET /health with health "true" (bounded). */
   async function waitHealthy(which, timeoutMs) {
-    const deadline = Date.now() + timeoutMs;
     const pending = new Set(which);
-    while (pending.size) {
+    const names = () => [...pending].map((i) => `m${i}`).join(',');
+    const tails = () => [...pending].map((i) => tail(m[i].log, 15)).join('\n---\n');
+    await waitUntil(`etcd members ${names()} healthy`, async () => {
       for (const i of [...pending]) {
-        if (!m[i].child) throw new Error(`etcd member m${i} exited during start:\n${logTail(i)}`);
         const h = await gateway(m[i].client).health(500);
         if (h.status === 200 && String(h.json?.health) === 'true') pending.delete(i);
       }
-      if (!pending.size) break;
-      if (Date.now() > deadline) {
-        throw new Error(`etcd members ${[...pending].map((i) => 'm' + i).join(',')} not healthy after ${timeoutMs} ms:\n${[...pending].map((i) => logTail(i)).join('\n---\n')}`);
-      }
-      await sleep(100);
-    }
+      return pending.size === 0 || `not healthy yet: ${names()}`;
+    }, {
+      timeoutMs,
+      everyMs: 100,
+      check: () => {
+        for (const i of pending) if (!running(i)) throw new Error(`etcd member m${i} exited during start:\n${tail(m[i].log, 15)}`);
+      },
+      detail: () => `:\n${tails()}`,
+    });
   }
 
   /** Stops every member (SIGTERM, SIGKILL after `timeoutMs`). */
@@ -278,8 +243,8 @@ export async function startEtcdCluster({
     endpoints: m.map((x) => x.client),
     peers: m.map((x) => x.peer),
     logs: m.map((x) => x.log),
-    pids: () => m.map((x) => x.child?.pid ?? null),
-    running: (i) => Boolean(m[i].child),
+    pids: () => m.map((x) => x.proc?.pid ?? null),
+    running,
     stopMember,
     /** Restarts member i on its existing data; waits (bounded) until it is healthy when `wait`. */
     async startMember(i, { wait = true, timeoutMs = startTimeoutMs } = {}) {
@@ -487,18 +452,22 @@ async function timings(g, n) {
 
 // ---------------------------------------------------------------- CLI
 
-function opt(args, name, dflt) {
-  const i = args.indexOf(name);
-  return i >= 0 && args[i + 1] ? args[i + 1] : dflt;
-}
+const USAGE = 'usage: node scripts/etcd.mjs run|verify [--members N] [--base-port P] [--data-dir D] [--log-dir L]';
 
 async function main(argv) {
-  const [cmd, ...args] = argv;
+  let cmd;
+  let flags;
+  try {
+    ({ cmd, flags } = parseArgs(argv));
+  } catch (err) {
+    console.error(`${err.message}\n${USAGE}`);
+    process.exit(2);
+  }
   const o = {
-    members: Number(opt(args, '--members', 3)),
-    basePort: Number(opt(args, '--base-port', 23790)),
-    dataDir: opt(args, '--data-dir', '.run/etcd'),
-    logDir: opt(args, '--log-dir', '.run/logs'),
+    members: Number(flags.members || 3),
+    basePort: Number(flags['base-port'] || 23790),
+    dataDir: flags['data-dir'] || '.run/etcd',
+    logDir: flags['log-dir'] || '.run/logs',
     quiet: false,
   };
   if (cmd === 'run') {
@@ -533,11 +502,12 @@ async function main(argv) {
     }
     process.exit(code);
   } else {
-    console.error('usage: node scripts/etcd.mjs run|verify [--members N] [--base-port P] [--data-dir D] [--log-dir L]');
+    console.error(USAGE);
     process.exit(2);
   }
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  main(process.argv.slice(2)).catch((e) => { console.error(e.stack || e); killAllSync(); process.exit(1); });
+if (isMain(import.meta.url)) {
+  // process.exit kills every member still running (scripts/lib/processes.mjs)
+  main(process.argv.slice(2)).catch((e) => { console.error(e.stack || e); process.exit(1); });
 }

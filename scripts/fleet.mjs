@@ -30,16 +30,22 @@
 // never edited by hand, so the embedded demo and the fleet share one template.
 //
 // No npm dependencies. Every wait is bounded; every child is stopped on stop(), on exit and on
-// SIGINT/SIGTERM/SIGHUP (scripts/stack.mjs and scripts/etcd.mjs hooks).
+// SIGINT/SIGTERM/SIGHUP (scripts/lib/processes.mjs).
 
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
+import { adminReady, healthFlags } from './lib/admin.mjs';
+import { runCli } from './lib/cli.mjs';
+import { expect200, request, waitUntil } from './lib/http.mjs';
 import {
-  Proc, ROOT, TLS_CERT, URLS as STACK_URLS, DEMO_USERS, expect200, findEnvoy, get, installHooks, portFree,
-  readSecrets, runCli, startStack, waitFor,
-} from './stack.mjs';
+  DEMO_USERS, ROOT, TLS_CERT, URLS as STACK_URLS, findEnvoy, readSecrets, rel,
+} from './lib/paths.mjs';
+import {
+  Proc, READY_TIMEOUT_MS, assertPortsFree, waitFor, waitPortsFree,
+} from './lib/processes.mjs';
+import { startStack } from './stack.mjs';
 import { gatewayCall, startEtcdCluster, prefixEnd } from './etcd.mjs';
 
 export { ROOT };
@@ -63,9 +69,6 @@ const FLEET_MEMBER_PORTS = Array.from({ length: FLEET_PORTS.etcdMembers }, (_, i
 // Ports of the rendered config (the template's), replaced per Envoy.
 const TEMPLATE_PORTS = Object.freeze({ tls: 8443, admin: 9901, operator: 9902 });
 
-const READY_TIMEOUT_MS = 60000;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const rel = (p) => path.relative(ROOT, p);
 
 // ---------------------------------------------------------------------------------------------
 // the fleet template and per-Envoy configs (pure text functions, checked loudly)
@@ -299,7 +302,6 @@ export async function startFleet(opts = {}) {
     timeoutMs: READY_TIMEOUT_MS,
     ...opts,
   };
-  installHooks();
   const logDir = path.resolve(ROOT, o.logDir);
   const runDir = path.resolve(ROOT, o.runDir);
   fs.mkdirSync(logDir, { recursive: true });
@@ -320,12 +322,10 @@ export async function startFleet(opts = {}) {
   const ports = [FLEET_PORTS.lb];
   for (const n of ['a', 'b']) ports.push(FLEET_PORTS[n].tls, FLEET_PORTS[n].admin, FLEET_PORTS[n].operator);
   for (let i = 0; i < FLEET_PORTS.etcdMembers * 2; i++) ports.push(FLEET_PORTS.etcdBase + i);
-  const busy = [];
-  for (const p of ports) if (!(await portFree(p))) busy.push(p);
-  if (busy.length) {
-    throw new Error(`fleet: port(s) already in use on 127.0.0.1: ${busy.join(', ')}. A stale fleet or stack is probably ` +
-      'running: `node scripts/fleet.mjs stop` / `node scripts/stack.mjs stop`, or find it with `ss -ltnp` and kill it by pid.');
-  }
+  await assertPortsFree(ports, 'A stale fleet or stack is probably running: `node scripts/fleet.mjs stop` / '
+    + '`node scripts/stack.mjs stop`, or find it with `ss -ltnp` and kill it by pid.').catch((err) => {
+    throw new Error(`fleet: ${err.message}`);
+  });
 
   const baseEnv = { ...process.env };
   for (const k of Object.keys(secrets)) delete baseEnv[k];
@@ -385,20 +385,14 @@ export async function startFleet(opts = {}) {
     if (settings !== undefined) e.settings = mergeSettings(o.settings, settings, { keepNull: true });
     // Secrets for this Envoy laid over .run/secrets.env (key rotation), kept for later restarts.
     if (env !== undefined) e.env = env;
-    for (const port of [e.tls, e.admin, e.operator]) {
-      // a just-stopped Envoy's sockets are gone once it exited; bounded wait regardless
-      const deadline = Date.now() + 5000;
-      while (!(await portFree(port))) {
-        if (Date.now() > deadline) throw new Error(`fleet: envoy-${name}: port ${port} still in use (see ${rel(e.log)})`);
-        await sleep(100);
-      }
-    }
+    // a just-stopped Envoy's sockets are gone once it exited; bounded wait regardless
+    await waitPortsFree([e.tls, e.admin, e.operator], `fleet: envoy-${name}'s ports free (see ${rel(e.log)})`);
     writeConfig(e);
     e.proc = makeEnvoy(e);
     e.proc.onUnexpectedExit = onUnexpectedExit;
     e.proc.start();
     const deadline = Date.now() + timeoutMs;
-    await waitFor(e.proc, `GET ${e.adminUrl}/ready`, expect200(`${e.adminUrl}/ready`), deadline);
+    await waitFor(e.proc, `GET ${e.adminUrl}/ready`, adminReady(e.adminUrl), deadline);
     await waitFor(e.proc, `GET ${e.url}/`, expect200(`${e.url}/`, { ca }), deadline);
     // Ready for sessions only once its health checks found the running etcd members (the first
     // check may time out while the new Envoy compiles the wasm module).
@@ -406,12 +400,8 @@ export async function startFleet(opts = {}) {
   }
 
   /** How Envoy `name` sees each etcd member: its health_flags in /clusters ('healthy' or flags). */
-  async function etcdView(name) {
-    const r = await get(`${envoys[name].adminUrl}/clusters`);
-    return FLEET_MEMBER_PORTS.map((port) => {
-      const m = new RegExp(`^bffgate_etcd::127\\.0\\.0\\.1:${port}::health_flags::(.*)$`, 'm').exec(r.body);
-      return m ? m[1].trim() : 'absent';
-    });
+  function etcdView(name) {
+    return healthFlags(envoys[name].adminUrl, 'bffgate_etcd', FLEET_MEMBER_PORTS, { timeoutMs: 2000 });
   }
 
   /**
@@ -423,22 +413,14 @@ export async function startFleet(opts = {}) {
     const deadline = Date.now() + timeoutMs;
     for (const name of names) {
       if (!envoys[name].proc?.running) continue;
-      let view = [];
-      for (;;) {
-        try {
-          view = await etcdView(name);
-          if (view.every((f, i) => (f === 'healthy') === Boolean(want[i]))) break;
-        } catch (err) {
-          view = [err.message];
-        }
-        if (Date.now() > deadline) {
-          throw new Error(`fleet: envoy-${name} does not see the etcd members as expected within ${timeoutMs} ms ` +
-            `(want healthy: ${JSON.stringify(want)}, sees: ${JSON.stringify(view)}; see ${rel(envoys[name].log)})`);
-        }
-        await sleep(100);
-      }
+      await waitUntil(`fleet: envoy-${name} seeing the etcd members as expected (want healthy: ${JSON.stringify(want)}; `
+        + `see ${rel(envoys[name].log)})`, async () => {
+        const view = await etcdView(name);
+        return view.every((f, i) => (f === 'healthy') === Boolean(want[i])) || `sees ${JSON.stringify(view)}`;
+      }, { deadline, everyMs: 100 });
     }
   }
+
   async function stopEnvoy(name) {
     const e = envoys[name];
     if (!e) throw new Error(`fleet: no Envoy ${name} (a or b)`);
@@ -489,7 +471,7 @@ export async function startFleet(opts = {}) {
       backends: ['a', 'b'].map((n) => ({ name: n, port: envoys[n].tls })),
       logFile: path.join(logDir, 'lb.log'),
     });
-    const r = await get(`${STACK_URLS.app}/`, { ca });
+    const r = await request('GET', `${STACK_URLS.app}/`, { ca, timeoutMs: 2000 });
     if (r.status !== 200) throw new Error(`fleet: GET ${STACK_URLS.app}/ through the load balancer: HTTP ${r.status}`);
   } catch (err) {
     await stop();
