@@ -56,15 +56,22 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import net from 'node:net';
 import os from 'node:os';
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import {
+  adminMemory, adminReady, adminStats, healthFlags,
+} from './lib/admin.mjs';
+import {
+  getJson, request as httpRequest, sleep, waitUntil,
+} from './lib/http.mjs';
+import { ROOT, SESSION_COOKIE, findEnvoy } from './lib/paths.mjs';
+import {
+  Proc, assertPortsFree, commandExists, stopAll as stopAllProcs, waitFor,
+} from './lib/processes.mjs';
 import { gatewayCall, startEtcdCluster } from './etcd.mjs';
 import { fleetTemplate } from './fleet.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 process.chdir(ROOT);
 
 const WORK = 'bench/.work';
@@ -105,7 +112,6 @@ const IDPS = {
     env: { BFFGATE_IDP_CLIENT_ID: 'bff', BFFGATE_IDP_RESOURCES: 'api://orders=orders.read' },
   },
 };
-const SESSION_COOKIE = '__Host-bff-session';
 
 // ---------------------------------------------------------------------------------------------
 // options
@@ -182,38 +188,21 @@ function say(msg) {
   process.stdout.write(`bench [${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${msg}\n`);
 }
 
-const sleep = (ms) => new Promise((r) => { setTimeout(r, ms); });
-
-const children = new Set();
-const hasSetpriv = spawnSync('sh', ['-c', 'command -v setpriv'], { encoding: 'utf8' }).status === 0;
-
-/** Starts a long-lived child with output to `logFile`; it dies with us (pdeathsig) if possible. */
-function startChild(name, cmd, args, { env = {}, logFile } = {}) {
-  const fd = fs.openSync(logFile, 'w');
-  const [c, a] = hasSetpriv ? ['setpriv', ['--pdeathsig', 'SIGTERM', '--', cmd, ...args]] : [cmd, args];
-  const child = spawn(c, a, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', fd, fd] });
-  fs.closeSync(fd);
-  child.benchName = name;
-  child.exited = new Promise((resolve) => { child.on('exit', (code, sig) => resolve({ code, sig })); });
-  children.add(child);
-  child.exited.then(() => children.delete(child));
-  return child;
+/**
+ * Starts a long-lived child (scripts/lib/processes.mjs: dies with us, stopped on exit) with this
+ * process's environment plus `env`, its output in `logFile` (truncated), and waits (bounded)
+ * until `ready()` (a probe) answers true.
+ */
+async function startChild(name, cmd, args, { env = {}, logFile, what, ready }) {
+  const proc = new Proc(name, {
+    cmd, args, env: { ...process.env, ...env }, logFile, freshLog: true, who: 'bench',
+  }).start();
+  await waitFor(proc, what, ready, Date.now() + 90_000);
+  return proc;
 }
 
-async function stopChild(child, graceMs = 5000) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGTERM');
-  const done = await Promise.race([child.exited.then(() => true), sleep(graceMs).then(() => false)]);
-  if (!done) {
-    child.kill('SIGKILL');
-    await child.exited;
-  }
-}
-
-async function stopAll() {
-  await Promise.all([...children].map((c) => stopChild(c)));
-  if (STACK.etcd) await STACK.etcd.stop().catch(() => {});
-}
+/** Stops everything the bench started (Envoys, IdPs, etcd members). */
+const stopAll = () => stopAllProcs();
 
 let stopping = false;
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
@@ -225,11 +214,6 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
     process.exit(130);
   });
 }
-process.on('exit', () => {
-  for (const c of children) {
-    try { c.kill('SIGKILL'); } catch { /* already gone */ }
-  }
-});
 
 function run(cmd, args, { env = {}, quiet = false, allowFail = false, timeoutMs = 600_000 } = {}) {
   const r = spawnSync(cmd, args, {
@@ -247,34 +231,14 @@ function run(cmd, args, { env = {}, quiet = false, allowFail = false, timeoutMs 
 // HTTP
 
 let caPem;
-/** One request, never following redirects. */
+/**
+ * One request, never following redirects, to 127.0.0.1: on the URL's port, or where CONNECT
+ * says for its host:port (the Host header stays the URL's).
+ */
 function request(method, url, { headers = {}, body, timeoutMs = 15_000, agent = false } = {}) {
-  return new Promise((resolve, reject) => {
-    const u = new URL(url);
-    const via = CONNECT.get(u.host);
-    const isHttps = via ? via.tls : u.protocol === 'https:';
-    const h = { ...headers };
-    if (body !== undefined) h['content-length'] = String(Buffer.byteLength(body));
-    const opts = {
-      method, hostname: '127.0.0.1', port: via?.port ?? u.port, path: `${u.pathname}${u.search}`,
-      headers: { host: u.host, ...h }, timeout: timeoutMs, agent,
-    };
-    if (isHttps) Object.assign(opts, { ca: caPem, servername: u.hostname });
-    const req = (isHttps ? https : http).request(opts, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('error', reject);
-      res.on('end', () => {
-        const sc = res.headers['set-cookie'];
-        resolve({
-          url: u.href, status: res.statusCode, headers: res.headers, location: res.headers.location,
-          setCookies: Array.isArray(sc) ? sc : sc ? [sc] : [], text: Buffer.concat(chunks).toString('utf8'),
-        });
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error(`${method} ${u.href}: timeout`)));
-    req.on('error', reject);
-    req.end(body);
+  const u = new URL(url);
+  return httpRequest(method, url, {
+    headers, body, timeoutMs, agent, ca: caPem, connect: { host: '127.0.0.1', ...CONNECT.get(u.host) },
   });
 }
 
@@ -359,35 +323,15 @@ async function signIn(jar, appOrigin, idpOrigin, startUrl, user = 'alice', passw
   throw new Error(`sign-in: too many hops; ${trail.join(' | ')}`);
 }
 
-async function waitFor(what, fn, timeoutMs = 90_000) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < end) {
-    try {
-      if (await fn()) return;
-    } catch (err) {
-      last = err;
-    }
-    await sleep(100);
-  }
-  throw new Error(`${what}: not ready after ${timeoutMs / 1000} s${last ? ` (${last.message})` : ''}`);
-}
-
-function portBusy(port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port });
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => resolve(false));
-    s.setTimeout(1000, () => { s.destroy(); resolve(false); });
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 // Envoy
 
 function envoyBinary() {
-  const r = spawnSync('find', ['.venv', '-path', '*envoy/_bin/envoy', '-type', 'f'], { cwd: ROOT, encoding: 'utf8' });
-  return (r.stdout || '').split('\n').find(Boolean);
+  try {
+    return findEnvoy();
+  } catch {
+    return undefined;
+  }
 }
 
 async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
@@ -403,13 +347,13 @@ async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
     fs.mkdirSync(CALLGRIND_DIR, { recursive: true });
     [bin, argv] = ['valgrind', [...valgrindArgs(logName), bin, ...argv]];
   }
-  const child = startChild(`envoy-${name}`, bin, argv, { env, logFile: `${LOGS}/envoy-${logName}.out` });
-  await waitFor(`envoy ${name} (see ${logFile})`, async () => {
-    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}; see ${logFile}`);
-    const r = await request('GET', `http://127.0.0.1:${e.admin}/ready`, { timeoutMs: 1000 });
-    return r.status === 200;
+  const proc = await startChild(`envoy-${name}`, bin, argv, {
+    env,
+    logFile: `${LOGS}/envoy-${logName}.out`,
+    what: `GET :${e.admin}/ready (see ${logFile})`,
+    ready: adminReady(`http://127.0.0.1:${e.admin}`),
   });
-  return { name, child, pid: child.pid, ...e, logFile, readyMs: Date.now() - started };
+  return { name, proc, pid: proc.pid, ...e, logFile, readyMs: Date.now() - started };
 }
 
 /**
@@ -440,43 +384,37 @@ function withPlainListener(yaml, tlsPort, httpPort, what) {
 /** Waits (bounded) until every etcd member reports the same elected leader. */
 async function waitEtcdLeader(endpoints, timeoutMs = 30_000) {
   let seen = [];
-  await waitFor(`etcd ${endpoints.join(' ')} electing a leader (see ${LOGS}/etcd-*.log)`, async () => {
+  await waitUntil(`etcd ${endpoints.join(' ')} electing a leader (see ${LOGS}/etcd-*.log)`, async () => {
     const st = await Promise.all(endpoints.map((e) => gatewayCall(e, '/v3/maintenance/status', {}, { timeoutMs: 1000 })));
     seen = st.map((r) => (r.status === 200 ? `leader ${r.json?.leader ?? '?'}` : `${r.status} ${r.error ?? ''}`.trim()));
     const leaders = st.map((r) => (r.status === 200 ? String(r.json?.leader ?? '0') : '0'));
-    if (leaders.every((l) => l !== '0' && l === leaders[0])) return true;
-    throw new Error(`members: ${seen.join(', ')}`);
-  }, timeoutMs);
+    return leaders.every((l) => l !== '0' && l === leaders[0]) || `members: ${seen.join(', ')}`;
+  }, { timeoutMs, everyMs: 100 });
 }
 
 /** Waits (bounded) until Envoy `envoy` sees every host of `cluster` (on `ports`) healthy. */
 async function waitClusterHealthy(envoy, cluster, ports, timeoutMs = 30_000) {
-  let flags = [];
-  await waitFor(`envoy ${envoy.name} seeing every host of cluster ${cluster} healthy (see ${envoy.logFile})`, async () => {
-    const r = await request('GET', `http://127.0.0.1:${envoy.admin}/clusters`, { timeoutMs: 1000 });
-    flags = ports.map((port) => new RegExp(`^${cluster}::127\\.0\\.0\\.1:${port}::health_flags::(.*)$`, 'm').exec(r.text)?.[1]?.trim() ?? 'absent');
-    if (flags.every((f) => f === 'healthy')) return true;
-    throw new Error(`health flags of ${ports.join('/')}: ${flags.join(', ')}`);
-  }, timeoutMs);
+  await waitUntil(`envoy ${envoy.name} seeing every host of cluster ${cluster} healthy (see ${envoy.logFile})`, async () => {
+    const flags = await healthFlags(`http://127.0.0.1:${envoy.admin}`, cluster, ports, { timeoutMs: 1000 });
+    return flags.every((f) => f === 'healthy') || `health flags of ${ports.join('/')}: ${flags.join(', ')}`;
+  }, { timeoutMs, everyMs: 100 });
 }
 
 /** The connection manager's response counters, and bffgate's fast-path counters (`fp_*`). */
 async function stats(envoy) {
   const filter = '^(http\\.bench\\.downstream_rq_|wasmcustom\\.bffgate_fast_path_)';
-  const r = await request('GET', `http://127.0.0.1:${envoy.admin}/stats?filter=${encodeURIComponent(filter)}`);
   const out = {};
-  for (const line of r.text.split('\n')) {
-    const m = /^http\.bench\.downstream_rq_(\w+): (\d+)$/.exec(line.trim());
-    if (m) out[m[1]] = Number(m[2]);
-    const f = /^wasmcustom\.bffgate_fast_path_(\w+): (\d+)$/.exec(line.trim());
-    if (f) out[`fp_${f[1]}`] = (out[`fp_${f[1]}`] ?? 0) + Number(f[2]);
+  for (const [name, v] of await adminStats(`http://127.0.0.1:${envoy.admin}`, filter)) {
+    const m = /^http\.bench\.downstream_rq_(\w+)$/.exec(name);
+    if (m) out[m[1]] = v;
+    const f = /^wasmcustom\.bffgate_fast_path_(\w+)$/.exec(name);
+    if (f) out[`fp_${f[1]}`] = (out[`fp_${f[1]}`] ?? 0) + v;
   }
   return out;
 }
 
 async function memoryAllocated(envoy) {
-  const r = await request('GET', `http://127.0.0.1:${envoy.admin}/memory`);
-  return Number(JSON.parse(r.text).allocated);
+  return (await adminMemory(`http://127.0.0.1:${envoy.admin}`)).allocated;
 }
 
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
@@ -1043,7 +981,7 @@ async function preflight() {
     say('node_modules missing: npm ci');
     run('npm', ['ci', '--no-audit', '--no-fund', '--loglevel=error']);
   }
-  if (spawnSync('sh', ['-c', 'command -v wrk'], { encoding: 'utf8' }).status !== 0) {
+  if (!commandExists('wrk')) {
     say('wrk missing: apt-get install -y wrk');
     if (run('apt-get', ['install', '-y', '-q', 'wrk'], { quiet: true, allowFail: true }).status !== 0) {
       run('apt-get', ['update', '-q'], { quiet: true });
@@ -1052,7 +990,7 @@ async function preflight() {
   }
   if (OPT.instructions) {
     for (const tool of ['valgrind', 'callgrind_control', 'callgrind_annotate']) {
-      if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) {
+      if (!commandExists(tool)) {
         throw new Error(`--instructions needs ${tool}: apt-get install valgrind (outside a network namespace)`);
       }
     }
@@ -1061,12 +999,8 @@ async function preflight() {
     say('building the no-op proxy-wasm filter (bench/noop)');
     run('cargo', ['build', '--quiet', '--release', '--target', 'wasm32-wasip1', '--manifest-path', 'bench/noop/Cargo.toml']);
   }
-  const busy = [];
   const ports = [...Object.values(ENVOYS).flatMap((e) => [e.tls, e.http, e.admin]), ...Object.values(IDPS).map((i) => i.port)];
-  for (const p of ports.filter(Boolean)) {
-    if (await portBusy(p)) busy.push(p);
-  }
-  if (busy.length) throw new Error(`ports in use: ${busy.join(', ')} (another bench running?)`);
+  await assertPortsFree(ports.filter(Boolean), '(another bench running?)');
   fs.mkdirSync(`${WORK}/tls`, { recursive: true });
   fs.mkdirSync(LOGS, { recursive: true });
   fs.mkdirSync(RESULTS, { recursive: true });
@@ -1095,7 +1029,7 @@ function secrets() {
 
 async function startIdp(which, env) {
   const { port, origin } = IDPS[which];
-  const child = startChild(`idp-${which}`, process.execPath, ['demo/idp.mjs'], {
+  return startChild(`idp-${which}`, process.execPath, ['demo/idp.mjs'], {
     logFile: `${LOGS}/idp-${which}.log`,
     env: {
       ...env,
@@ -1107,12 +1041,9 @@ async function startIdp(which, env) {
       BFFGATE_ACCESS_TOKEN_TTL: String(IDPS[which].ttl ?? 3600),
       BFFGATE_IDP_KEYS: `${WORK}/idp-keys.json`,
     },
+    what: `GET :${port}/.well-known/openid-configuration (see ${LOGS}/idp-${which}.log)`,
+    ready: async () => (await request('GET', `http://127.0.0.1:${port}/.well-known/openid-configuration`, { timeoutMs: 1000 })).status === 200,
   });
-  await waitFor(`idp ${which} (see ${LOGS}/idp-${which}.log)`, async () => {
-    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}`);
-    return (await request('GET', `http://127.0.0.1:${port}/.well-known/openid-configuration`, { timeoutMs: 1000 })).status === 200;
-  });
-  return child;
 }
 
 /** Signs in through bffgate at `app` (IdP at `idp`); returns the `Cookie` header of the session. */
@@ -1196,11 +1127,10 @@ async function probe(c) {
 
 /** bffgate's counters by name (Envoy's /stats shows them as `wasmcustom.<name>`). */
 async function counters(envoy, names) {
-  const r = await request('GET', `http://127.0.0.1:${envoy.admin}/stats`);
   const out = Object.fromEntries(names.map((n) => [n, 0]));
-  for (const line of r.text.split('\n')) {
-    const m = /^(?:\S+\.)?(bffgate_\w+): (\d+)$/.exec(line.trim());
-    if (m && m[1] in out) out[m[1]] += Number(m[2]);
+  for (const [name, v] of await adminStats(`http://127.0.0.1:${envoy.admin}`)) {
+    const m = /^(?:\S+\.)?(bffgate_\w+)$/.exec(name);
+    if (m && m[1] in out) out[m[1]] += v;
   }
   return out;
 }
@@ -1217,7 +1147,7 @@ async function renewalUnderLoad(env) {
   const app = IDPS.renew.origin;
   const idp = `http://localhost:${IDPS.renew.port}`;
   const cookie = await bffgateSession(app, idp, 'renewal');
-  const grants = async () => JSON.parse((await request('GET', `${idp}/__stats`)).text).grants?.refresh_token ?? 0;
+  const grants = async () => (await getJson(`${idp}/__stats`)).grants?.refresh_token ?? 0;
   const names = ['bffgate_refreshes_ok', 'bffgate_refreshes_coalesced', 'bffgate_refreshes_failed'];
   await sleep((IDPS.renew.ttl + 0.5) * 1000); // the login's token has run out
   const g0 = await grants();
@@ -1278,7 +1208,7 @@ async function vmStart(env) {
   const samples = [];
   for (let i = 0; i < OPT.vmStarts; i += 1) {
     const e = await startEnvoy('bffgate', env, { extraArgs: ['--component-log-level', 'wasm:debug'], logName: `bffgate-vmstart-${i}` });
-    await stopChild(e.child);
+    await e.proc.stop();
     const t = vmTimes(e.logFile);
     if (t.base_vm_ms !== undefined) samples.push({ ...t, ready_ms: e.readyMs });
   }
