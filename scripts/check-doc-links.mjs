@@ -8,9 +8,8 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+import { ROOT } from './lib/paths.mjs';
 
 const files = ['README.md', ...fs.readdirSync(path.join(ROOT, 'docs'))
   .filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];

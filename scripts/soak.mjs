@@ -23,13 +23,14 @@
 // For scale: a store that kept every session would add about (2000 - 1000) x ~3.5 KB = 3.4 MiB
 // between the two quarters.
 
+import {
+  adminMemory, adminPrometheus, mib, operatorCount,
+} from './lib/admin.mjs';
+import { request, sleep } from './lib/http.mjs';
+import { ADMIN, APP, SESSION_COOKIE } from './lib/paths.mjs';
 import { startStack } from './stack.mjs';
-import {
-  APP, SESSION_COOKIE, rawRequest,
-} from '../tests/lib/client.mjs';
-import {
-  envoyMemory, loginMany, mib, operatorCount, prometheus,
-} from '../tests/lib/observe.mjs';
+// The real login flow (a cookie jar per browser) and config variants: the integration tests' own.
+import { loginMany, userStatus } from '../tests/lib/observe.mjs';
 import { renderVariant } from '../tests/lib/variant.mjs';
 
 const int = (name, dflt) => {
@@ -51,16 +52,13 @@ const elapsed = () => ((Date.now() - t0) / 1000).toFixed(1);
 const log = (msg) => console.log(`[soak ${elapsed().padStart(6)} s] ${msg}`);
 
 function logout(b) {
-  return rawRequest('POST', `${APP}/auth/logout`, {
+  return request('POST', `${APP}/auth/logout`, {
     headers: { accept: 'application/json', 'x-csrf': '1', cookie: `${SESSION_COOKIE}=${b.sessionCookie}` },
   });
 }
 
-function userStatus(b) {
-  return rawRequest('GET', `${APP}/auth/user`, {
-    headers: { accept: 'application/json', cookie: `${SESSION_COOKIE}=${b.sessionCookie}` },
-  });
-}
+const envoyMemory = (pid) => adminMemory(ADMIN, pid);
+const prometheus = () => adminPrometheus(ADMIN);
 
 async function main() {
   log(`config: store.max_sessions ${MAX_SESSIONS}, max_pending_logins ${MAX_SESSIONS}, `
@@ -133,7 +131,7 @@ async function main() {
         // A quiet period: every kept session goes idle and the sweeper must reclaim it.
         quiet = true;
         log(`quiet period: no requests for ${IDLE_S + 4} s (idle timeout ${IDLE_S} s + sweep)`);
-        await new Promise((r) => setTimeout(r, (IDLE_S + 4) * 1000));
+        await sleep((IDLE_S + 4) * 1000);
         await sample(done, 'after the quiet period');
         const left = samples.at(-1).live;
         if (left !== 0) problems.push(`${left} sessions still live after the quiet period (idle sessions not reclaimed)`);
