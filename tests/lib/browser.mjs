@@ -9,7 +9,9 @@ import path from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { APP, IDP, ROOT } from './client.mjs';
+import {
+  APP, IDP, ROOT, TLS_CERT, TLS_KEY,
+} from '../../scripts/lib/paths.mjs';
 
 /** Debian's chromium (installed by scripts/setup.sh). */
 export const CHROMIUM_PATH = process.env.BFFGATE_CHROMIUM || '/usr/bin/chromium';
@@ -110,8 +112,8 @@ export async function startSite(pages, { tls = false } = {}) {
   };
   const server = tls
     ? https.createServer({
-      cert: fs.readFileSync(path.join(ROOT, '.run/tls/cert.pem')),
-      key: fs.readFileSync(path.join(ROOT, '.run/tls/key.pem')),
+      cert: fs.readFileSync(TLS_CERT),
+      key: fs.readFileSync(TLS_KEY),
     }, handler)
     : http.createServer(handler);
   await new Promise((resolve, reject) => {

@@ -11,26 +11,20 @@
 //   hooks to stop before the callback so tests can tamper with state, code or cookies;
 // - helpers for the demo APIs' and IdP's /__stats counters.
 
-import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import path from 'node:path';
 import tls from 'node:tls';
-import { fileURLToPath } from 'node:url';
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const APP = 'https://localhost:8443';
-export const IDP = 'http://localhost:9000';
-export const CALLBACK = `${APP}/auth/callback`;
-export const SESSION_COOKIE = '__Host-bff-session';
-export const FLOW_PREFIX = '__Host-bff-flow-';
-export const API_PORTS = Object.freeze({ orders: 9101, profile: 9102, public: 9103 });
+import { adminStats } from '../../scripts/lib/admin.mjs';
+import { request as rawRequest } from '../../scripts/lib/http.mjs';
+import {
+  ADMIN, API_PORTS, APP, CALLBACK, FLOW_PREFIX, IDP, ROOT, SESSION_COOKIE, demoCa as ca,
+} from '../../scripts/lib/paths.mjs';
 
-let caCache;
-export function ca() {
-  if (!caCache) caCache = fs.readFileSync(path.join(ROOT, '.run/tls/cert.pem'));
-  return caCache;
-}
+// The shared pieces (scripts/lib), under the names the tests use.
+export {
+  ADMIN, API_PORTS, APP, CALLBACK, FLOW_PREFIX, IDP, ROOT, SESSION_COOKIE, adminStats, ca, rawRequest,
+};
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 
@@ -41,69 +35,7 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 export const transcript = [];
 
 // ---------------------------------------------------------------------------------------------
-// one request
-
-/**
- * One HTTP(S) request. Never follows redirects.
- * @returns {Promise<{status:number, headers:object, rawHeaders:string[], setCookies:string[],
- *   text:string, json:any, location:string|undefined, url:string, method:string}>}
- */
-export function rawRequest(method, url, {
-  headers = {}, body, agent, timeoutMs = DEFAULT_TIMEOUT_MS, rawPath,
-} = {}) {
-  return new Promise((resolve, reject) => {
-    const u = new URL(url);
-    const isHttps = u.protocol === 'https:';
-    const mod = isHttps ? https : http;
-    const h = { ...headers };
-    let payload = body;
-    if (payload !== undefined && payload !== null && !Buffer.isBuffer(payload)) payload = Buffer.from(String(payload));
-    if (payload) h['content-length'] = String(payload.length);
-    const opts = {
-      method,
-      hostname: u.hostname,
-      port: u.port || (isHttps ? 443 : 80),
-      // rawPath: sent exactly as given (no WHATWG normalization of dot segments or escapes)
-      path: rawPath ?? `${u.pathname}${u.search}`,
-      headers: h,
-      timeout: timeoutMs,
-      agent: agent === undefined ? false : agent,
-    };
-    if (isHttps) {
-      opts.ca = ca();
-      opts.servername = 'localhost';
-    }
-    const req = mod.request(opts, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('error', reject);
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let json;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        const sc = res.headers['set-cookie'];
-        resolve({
-          method,
-          url: rawPath ? `${u.origin}${rawPath}` : u.href,
-          status: res.statusCode,
-          headers: res.headers,
-          rawHeaders: res.rawHeaders,
-          setCookies: Array.isArray(sc) ? sc : sc ? [sc] : [],
-          text,
-          json,
-          location: res.headers.location,
-        });
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error(`${method} ${u.href}: timeout after ${timeoutMs} ms`)));
-    req.on('error', reject);
-    req.end(payload || undefined);
-  });
-}
+// raw requests (rawRequest: scripts/lib/http.mjs)
 
 /**
  * Sends `text` byte for byte over one TLS connection to the app (127.0.0.1:8443, SNI localhost) and
@@ -531,24 +463,8 @@ export async function idpStats() {
   return r.json;
 }
 
-/**
- * One Envoy's admin /stats as a Map name -> number (counters and gauges, `filter` regex
- * optional). `adminUrl`: the admin listener (the fleet's Envoys have their own).
- */
-export async function adminStats(adminUrl, filter) {
-  const q = filter ? `?filter=${encodeURIComponent(filter)}` : '';
-  const r = await rawRequest('GET', `${adminUrl}/stats${q}`);
-  if (r.status !== 200) throw new Error(`${adminUrl}/stats: ${r.status}`);
-  const out = new Map();
-  for (const line of r.text.split('\n')) {
-    const m = /^(\S+): (\d+)$/.exec(line.trim());
-    if (m) out.set(m[1], Number(m[2]));
-  }
-  return out;
-}
-
 /** The stack's Envoy admin stats (adminStats on 127.0.0.1:9901). */
-export const envoyStats = (filter) => adminStats('http://127.0.0.1:9901', filter);
+export const envoyStats = (filter) => adminStats(ADMIN, filter);
 
 // ---------------------------------------------------------------------------------------------
 // small assertion helpers shared by the test files

@@ -38,9 +38,8 @@ export async function loginThroughOk(browser, user, o = {}) {
   return browser.sessionCookie;
 }
 
-// One Envoy's admin /stats and /stats/prometheus: the stack tests' helpers, any admin URL.
-export { adminStats } from './client.mjs';
-export { adminPrometheus } from './observe.mjs';
+// One Envoy's admin /stats and /stats/prometheus, any admin URL.
+export { adminPrometheus, adminStats } from '../../scripts/lib/admin.mjs';
 
 // ---------------------------------------------------------------------------------------------
 // XChaCha20-Poly1305 (node:crypto has the IETF ChaCha20-Poly1305; XChaCha20 = HChaCha20 subkey

@@ -2,13 +2,20 @@
 // contract's error shape, and leak scans (responses to the browser, Envoy's log).
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 
+import { eventually } from '../../scripts/lib/http.mjs';
+import { forEachLogChunk, logSince as readLogSince, logSize } from '../../scripts/lib/logs.mjs';
+import { APP, LOG_DIR } from '../../scripts/lib/paths.mjs';
 import { startStack } from '../../scripts/stack.mjs';
 import {
-  describe as describeRes, isDeletion, parseSetCookie, ROOT, SESSION_COOKIE, FLOW_PREFIX, transcript,
+  describe as describeRes, isDeletion, parseSetCookie, SESSION_COOKIE, FLOW_PREFIX, transcript,
 } from './client.mjs';
+
+// The shared pieces (scripts/lib), under the names the tests use. The logs under .run/logs are
+// appended to by every run and grow by hundreds of MB per test file with the wasm component at
+// trace level: forEachLogChunk reads them from an offset, a chunk at a time.
+export { eventually, forEachLogChunk, readLogSince };
 
 export const ACCEPT_JSON = Object.freeze({ accept: 'application/json' });
 export const CSRF = Object.freeze({ 'x-csrf': '1' });
@@ -25,13 +32,8 @@ export const ERROR_CODES = new Set([
  * covers every log level the filter may use.
  */
 export async function bootStack(opts = {}) {
-  const envoyLog = path.join(ROOT, '.run/logs/envoy.log');
-  let offset = 0;
-  try {
-    offset = fs.statSync(envoyLog).size;
-  } catch {
-    offset = 0;
-  }
+  const envoyLog = path.join(LOG_DIR, 'envoy.log');
+  const offset = logSize(envoyLog);
   // BFFGATE_TEST_ENVOY_CONFIG: run the suites against another Envoy config (e.g. one with a
   // defence removed, to see that the test naming that defence fails).
   const envoyConfig = process.env.BFFGATE_TEST_ENVOY_CONFIG;
@@ -99,42 +101,6 @@ export function secretsSeen() {
   return out;
 }
 
-/**
- * Calls `fn(text)` with the contents of `file` from byte `offset` to its end, a chunk of whole
- * lines at a time (about `chunkBytes` each); `fn` returning false stops the scan. The logs under
- * .run/logs are appended to by every run, and with the wasm component at trace level Envoy logs
- * every host call (hundreds of MB per test file), past what readFileSync (2 GiB) or one string
- * (V8: 512 MiB) can hold, so logs are never read whole.
- */
-export function forEachLogChunk(file, offset, fn, chunkBytes = 32 * 1024 * 1024) {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const size = fs.fstatSync(fd).size;
-    let pos = Math.min(Math.max(0, offset || 0), size);
-    const buf = Buffer.alloc(Math.min(chunkBytes, Math.max(1, size - pos)));
-    let carry = Buffer.alloc(0);
-    while (pos < size) {
-      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - pos), pos);
-      if (n <= 0) break;
-      pos += n;
-      const data = carry.length ? Buffer.concat([carry, buf.subarray(0, n)]) : buf.subarray(0, n);
-      const cut = pos < size ? data.lastIndexOf(10) + 1 : data.length; // up to the last newline
-      carry = Buffer.from(data.subarray(cut)); // a copy: `buf` is reused
-      if (cut > 0 && fn(data.subarray(0, cut).toString('utf8')) === false) return;
-    }
-    if (carry.length) fn(carry.toString('utf8'));
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** Text of a (small) log `file` from byte `offset` to its end. */
-export function readLogSince(file, offset = 0) {
-  const parts = [];
-  forEachLogChunk(file, offset, (t) => { parts.push(t); });
-  return parts.join('');
-}
-
 /** Lines of `file` from byte `offset` that contain any of `secrets` (Map secret -> kind). */
 export function findSecretsInLog(file, offset, secrets) {
   const hits = [];
@@ -167,7 +133,7 @@ export function tokenLeaksInResponses(secrets) {
     } catch {
       continue;
     }
-    if (u.origin !== 'https://localhost:8443') continue;
+    if (u.origin !== APP) continue;
     const headerText = JSON.stringify(r.headers);
     const bodyIsFilters = u.pathname.startsWith('/auth/') || (r.json && typeof r.json === 'object' && !('api' in r.json));
     const scan = bodyIsFilters ? `${headerText}\n${r.text}` : headerText;
@@ -181,14 +147,3 @@ export function tokenLeaksInResponses(secrets) {
   return hits;
 }
 
-/** Runs `fn` until it returns truthy or `ms` pass. */
-export async function eventually(fn, { ms = 5000, every = 100 } = {}) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    last = await fn();
-    if (last) return last;
-    await new Promise((r) => setTimeout(r, every));
-  }
-  return last;
-}

@@ -4,75 +4,38 @@
 // handle derived from it), the provider's own logout (end-session page), and many logins.
 
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 
+import {
+  adminMemory, adminPrometheus, adminStats, deltas, mib, operatorCount, operatorRequest, operatorRevoke, operatorToken,
+} from '../../scripts/lib/admin.mjs';
+import { sleep } from '../../scripts/lib/http.mjs';
+import { logSince, logSize } from '../../scripts/lib/logs.mjs';
+import { ADMIN, OPERATOR } from '../../scripts/lib/paths.mjs';
 import {
   APP, Browser, IDP, SESSION_COOKIE, loginOk, rawRequest,
 } from './client.mjs';
-import { readSecrets } from '../../scripts/stack.mjs';
 
-export const ADMIN = 'http://127.0.0.1:9901';
-/** bffgate's operator API (the `bffgate_admin` listener of the shipped config). */
-export const OPERATOR = 'http://127.0.0.1:9902';
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// The shared pieces (scripts/lib), under the names the tests use.
+export {
+  ADMIN, OPERATOR, adminPrometheus, deltas, logSince, logSize, mib, operatorCount, operatorRequest, operatorRevoke,
+  operatorToken, sleep,
+};
 
 // ---------------------------------------------------------------------------------------------
-// metrics and memory
+// metrics and memory of the stack's Envoy (ADMIN)
 
-/**
- * One Envoy's /stats/prometheus as a Map: `name` (no labels) or `name{labels}` -> number. Only
- * lines whose name matches `prefix` (default bffgate_) are kept. `adminUrl`: the admin listener
- * (the fleet's Envoys have their own).
- */
-export async function adminPrometheus(adminUrl, prefix = 'bffgate_') {
-  const r = await rawRequest('GET', `${adminUrl}/stats/prometheus`);
-  if (r.status !== 200) throw new Error(`${adminUrl}/stats/prometheus: ${r.status}`);
-  const out = new Map();
-  for (const line of r.text.split('\n')) {
-    if (!line.startsWith(prefix)) continue;
-    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})? (\S+)$/.exec(line);
-    if (!m) continue;
-    const labels = m[2] && m[2] !== '{}' ? m[2] : '';
-    out.set(`${m[1]}${labels}`, Number(m[3]));
-  }
-  return out;
-}
-
-/** The stack's Envoy (adminPrometheus on ADMIN). */
+/** The stack's Envoy /stats/prometheus (adminPrometheus on ADMIN). */
 export const prometheus = (prefix = 'bffgate_') => adminPrometheus(ADMIN, prefix);
 
-/** `after - before` for every key of `after` (missing in before = 0). */
-export function deltas(before, after) {
-  const out = new Map();
-  for (const [k, v] of after) out.set(k, v - (before.get(k) ?? 0));
-  return out;
-}
-
-/** Envoy's /memory (numbers) and the process's resident set size (VmRSS, bytes). */
-export async function envoyMemory(pid) {
-  const r = await rawRequest('GET', `${ADMIN}/memory`);
-  const m = JSON.parse(r.text);
-  let rss = NaN;
-  try {
-    const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-    const k = /VmRSS:\s+(\d+) kB/.exec(st);
-    if (k) rss = Number(k[1]) * 1024;
-  } catch {
-    // no /proc
-  }
-  return { allocated: Number(m.allocated), heapSize: Number(m.heap_size), rss };
-}
-
-export const mib = (n) => `${(n / 1048576).toFixed(2)} MiB`;
+/** The stack's Envoy /memory (numbers) and its resident set size (VmRSS, bytes). */
+export const envoyMemory = (pid) => adminMemory(ADMIN, pid);
 
 /** Connections accepted so far by each Envoy worker on the public listener: [w0, w1, ...]. */
 export async function workerConnections() {
-  const r = await rawRequest('GET', `${ADMIN}/stats?filter=${encodeURIComponent('^listener\\.127\\.0\\.0\\.1_8443\\.worker_\\d+\\.downstream_cx_total$')}`);
   const out = [];
-  for (const line of r.text.split('\n')) {
-    const m = /worker_(\d+)\.downstream_cx_total: (\d+)/.exec(line);
-    if (m) out[Number(m[1])] = Number(m[2]);
+  for (const [name, v] of await adminStats(ADMIN, '^listener\\.127\\.0\\.0\\.1_8443\\.worker_\\d+\\.downstream_cx_total$')) {
+    const m = /worker_(\d+)\.downstream_cx_total$/.exec(name);
+    if (m) out[Number(m[1])] = v;
   }
   return out;
 }
@@ -94,44 +57,6 @@ export async function onEveryWorker(probe, { min = 4, max = 40 } = {}) {
   }
   const now = await workerConnections();
   throw new Error(`after ${max} fresh connections not every worker got one: before ${start}, after ${now}`);
-}
-
-// ---------------------------------------------------------------------------------------------
-// the operator API
-
-/** The operator API's bearer token (`BFFGATE_ADMIN_TOKEN` in .run/secrets.env). */
-export function operatorToken() {
-  return readSecrets().BFFGATE_ADMIN_TOKEN;
-}
-
-/**
- * A request to the operator API with its bearer token (unless `token: null`; another string
- * replaces it). A scan answered 429 (one per second per Envoy) is retried after its
- * Retry-After, a few times. `base`: another Envoy's operator listener.
- */
-export async function operatorRequest(method, pathAndQuery, { token, headers = {}, base = OPERATOR } = {}) {
-  const t = token === undefined ? operatorToken() : token;
-  const h = { ...headers, ...(t === null ? {} : { authorization: `Bearer ${t}` }) };
-  for (let attempt = 0; ; attempt++) {
-    const r = await rawRequest(method, `${base}${pathAndQuery}`, { headers: h });
-    if (r.status !== 429 || attempt >= 5) return r;
-    await sleep(1000 * Number(r.headers['retry-after'] || 1));
-  }
-}
-
-/** GET /sessions?sub=S on the operator listener -> number of live sessions. */
-export async function operatorCount(sub, { base } = {}) {
-  const r = await operatorRequest('GET', `/sessions?sub=${encodeURIComponent(sub)}`, { base });
-  if (r.status !== 200 || typeof r.json?.sessions !== 'number') throw new Error(`GET /sessions?sub=${sub}: ${r.status} ${r.text}`);
-  return r.json.sessions;
-}
-
-/** POST /sessions/revoke?sub=S (with the CSRF header unless csrf: false); the raw response. */
-export function operatorRevoke(sub, { csrf = true, base } = {}) {
-  return operatorRequest('POST', `/sessions/revoke?sub=${encodeURIComponent(sub)}`, {
-    headers: csrf ? { 'x-csrf': '1' } : {},
-    base,
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,36 +86,7 @@ export function sessionOf(cookieValue) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// envoy.log: audit and access-log lines
-
-/** Text of `file` from byte `offset`. */
-export function logSince(file, offset = 0) {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const size = fs.fstatSync(fd).size;
-    const len = Math.max(0, size - offset);
-    if (len > 1024 * 1048576) throw new Error(`${file}: ${len} bytes since offset ${offset}; refusing to read more than 1 GiB`);
-    const buf = Buffer.alloc(len);
-    let got = 0;
-    while (got < len) {
-      const n = fs.readSync(fd, buf, got, len - got, offset + got);
-      if (n === 0) break;
-      got += n;
-    }
-    return buf.subarray(0, got).toString('utf8');
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** Byte size of `file` (0 if absent): an offset for logSince. */
-export function logSize(file) {
-  try {
-    return fs.statSync(file).size;
-  } catch {
-    return 0;
-  }
-}
+// envoy.log: audit and access-log lines (logSince, logSize: scripts/lib/logs.mjs)
 
 /** The audit events ({event, ...}) the filter logged in envoy.log since `offset`. */
 export function auditEvents(file, offset) {
@@ -284,5 +180,3 @@ export function ordersStatus(browser) {
     headers: { accept: 'application/json', cookie: `${SESSION_COOKIE}=${browser.sessionCookie}` },
   });
 }
-
-export { sleep };

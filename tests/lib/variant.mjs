@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { ROOT } from './client.mjs';
+import { ROOT, RUN_DIR } from '../../scripts/lib/paths.mjs';
 
 function isObj(v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -62,7 +62,7 @@ export function shippedSettings() {
  */
 export function renderVariant(name, overrides) {
   if (!/^[a-z0-9-]+$/.test(name)) throw new Error(`variant name ${name}: [a-z0-9-] only`);
-  const dir = path.join(ROOT, '.run/variants');
+  const dir = path.join(RUN_DIR, 'variants');
   fs.mkdirSync(dir, { recursive: true });
   const settingsFile = path.join(dir, `${name}.settings.json`);
   const out = path.join(dir, `${name}.yaml`);
