@@ -67,7 +67,7 @@ import {
 } from './lib/http.mjs';
 import { ROOT, SESSION_COOKIE, findEnvoy } from './lib/paths.mjs';
 import {
-  Proc, assertPortsFree, commandExists, stopAll as stopAllProcs, waitFor,
+  Proc, assertPortsFree, commandExists, envoyArgs, stopAll as stopAllProcs, waitFor,
 } from './lib/processes.mjs';
 import { gatewayCall, startEtcdCluster } from './etcd.mjs';
 import { fleetTemplate } from './fleet.mjs';
@@ -339,8 +339,9 @@ async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
   const logFile = `${LOGS}/envoy-${logName}.log`;
   // Envoy appends to --log-path: start each run's log afresh (vmTimes reads the first lines).
   fs.rmSync(logFile, { force: true });
-  const args = ['-c', e.config, '--concurrency', '1', '--base-id', String(e.baseId), '--disable-hot-restart',
-    '-l', 'info', '--log-path', logFile, ...extraArgs];
+  const args = [...envoyArgs({
+    config: e.config, baseId: e.baseId, concurrency: 1, logPath: logFile,
+  }), ...extraArgs];
   const started = Date.now();
   let [bin, argv] = OPT.pin ? ['taskset', ['-c', String(OPT.pin.envoy), ENVOY_BIN, ...args]] : [ENVOY_BIN, args];
   if (OPT.instructions) {

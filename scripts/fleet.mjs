@@ -38,12 +38,13 @@ import path from 'node:path';
 
 import { adminReady, healthFlags } from './lib/admin.mjs';
 import { runCli } from './lib/cli.mjs';
+import { mergeSettings } from './lib/settings.mjs';
 import { expect200, request, waitUntil } from './lib/http.mjs';
 import {
   DEMO_USERS, ROOT, TLS_CERT, URLS as STACK_URLS, findEnvoy, readSecrets, rel,
 } from './lib/paths.mjs';
 import {
-  Proc, READY_TIMEOUT_MS, assertPortsFree, waitFor, waitPortsFree,
+  Proc, READY_TIMEOUT_MS, assertPortsFree, envWithout, envoyArgs, waitFor, waitPortsFree,
 } from './lib/processes.mjs';
 import { startStack } from './stack.mjs';
 import { gatewayCall, startEtcdCluster, prefixEnd } from './etcd.mjs';
@@ -129,23 +130,7 @@ export function writeFleetTemplate(out = FLEET_TEMPLATE) {
   return abs;
 }
 
-function isObj(v) {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
-
-/**
- * Deep merge like `bffgate-config render --overlay`, plus: a null value deletes the key (or,
- * with keepNull, stays null: for combining two sets of overrides).
- */
-export function mergeSettings(base, over, { keepNull = false } = {}) {
-  const out = isObj(base) ? { ...base } : {};
-  for (const [k, v] of Object.entries(over || {})) {
-    if (v === null && !keepNull) delete out[k];
-    else if (isObj(v) && isObj(out[k])) out[k] = mergeSettings(out[k], v, { keepNull });
-    else out[k] = v;
-  }
-  return out;
-}
+export { mergeSettings };
 
 /**
  * A per-Envoy copy of a rendered config: listener/admin ports replaced, and optionally
@@ -327,8 +312,7 @@ export async function startFleet(opts = {}) {
     throw new Error(`fleet: ${err.message}`);
   });
 
-  const baseEnv = { ...process.env };
-  for (const k of Object.keys(secrets)) delete baseEnv[k];
+  const baseEnv = envWithout(Object.keys(secrets));
   const envoys = {};
   for (const name of ['a', 'b']) {
     const p = FLEET_PORTS[name];
@@ -365,15 +349,13 @@ export async function startFleet(opts = {}) {
 
   const makeEnvoy = (e) => new Proc(`envoy-${e.name}`, {
     cmd: envoyBin,
-    args: [
-      '-c', e.config,
-      '--base-id', String(e.baseId),
-      // no hot restart: no shared memory or domain socket, so nothing clashes across Envoys
-      '--disable-hot-restart',
-      '--concurrency', String(o.concurrency),
-      '-l', o.envoyLogLevel,
-      ...(o.componentLogLevel ? ['--component-log-level', o.componentLogLevel] : []),
-    ],
+    args: envoyArgs({
+      config: e.config,
+      baseId: e.baseId,
+      concurrency: o.concurrency,
+      logLevel: o.envoyLogLevel,
+      componentLogLevel: o.componentLogLevel,
+    }),
     env: { ...baseEnv, ...secrets, ...(e.env || {}) },
     logFile: e.log,
   });

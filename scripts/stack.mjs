@@ -26,7 +26,7 @@ import {
   DEMO_USERS, PORTS, ROOT, SECRET_KEYS, TLS_CERT, URLS, findEnvoy, readSecrets, rel,
 } from './lib/paths.mjs';
 import {
-  Proc, READY_TIMEOUT_MS, assertPortsFree, waitFor,
+  Proc, READY_TIMEOUT_MS, assertPortsFree, envWithout, envoyArgs, waitFor,
 } from './lib/processes.mjs';
 
 export {
@@ -94,8 +94,7 @@ export async function startStack(opts = {}) {
   const ca = fs.readFileSync(TLS_CERT);
 
   // Children inherit our environment minus any secret; each gets only what it needs.
-  const baseEnv = { ...process.env };
-  for (const k of SECRET_KEYS) delete baseEnv[k];
+  const baseEnv = envWithout(SECRET_KEYS);
   let idpEnv = { ...o.env };
 
   const makeIdp = () =>
@@ -107,21 +106,17 @@ export async function startStack(opts = {}) {
     });
   const makeApi = () =>
     new Proc('api', { cmd: process.execPath, args: [o.apiScript], env: { ...baseEnv }, logFile: logs.api });
-  const envoyArgs = [
-    '-c', envoyConfig,
-    '--base-id', String(o.baseId),
-    // The stack never hot-restarts: without it Envoy uses no shared memory
-    // (/dev/shm is shared even across network namespaces) and no domain socket,
-    // so parallel or stale Envoys cannot clash through --base-id.
-    ...(o.hotRestart ? [] : ['--disable-hot-restart']),
-    '--concurrency', String(o.concurrency),
-    '-l', o.envoyLogLevel,
-    ...(o.componentLogLevel ? ['--component-log-level', o.componentLogLevel] : []),
-  ];
   const makeEnvoy = () =>
     new Proc('envoy', {
       cmd: envoyBin,
-      args: envoyArgs,
+      args: envoyArgs({
+        config: envoyConfig,
+        baseId: o.baseId,
+        hotRestart: o.hotRestart,
+        concurrency: o.concurrency,
+        logLevel: o.envoyLogLevel,
+        componentLogLevel: o.componentLogLevel,
+      }),
       env: { ...baseEnv, ...secrets },
       logFile: logs.envoy,
     });

@@ -186,6 +186,35 @@ export function waitFor(proc, what, probe, deadline) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Envoy
+
+/**
+ * Envoy's command line (the binary: findEnvoy in paths.mjs). Hot restart is off unless asked
+ * for: without it Envoy uses no shared memory (/dev/shm is shared even across network
+ * namespaces) and no domain socket, so parallel or stale Envoys cannot clash through --base-id.
+ */
+export function envoyArgs({
+  config, baseId = 0, concurrency = 2, logLevel = 'info', componentLogLevel, logPath, hotRestart = false,
+}) {
+  return [
+    '-c', config,
+    '--base-id', String(baseId),
+    ...(hotRestart ? [] : ['--disable-hot-restart']),
+    '--concurrency', String(concurrency),
+    '-l', logLevel,
+    ...(componentLogLevel ? ['--component-log-level', componentLogLevel] : []),
+    ...(logPath ? ['--log-path', logPath] : []),
+  ];
+}
+
+/** This process's environment without `keys` (secrets a child must not inherit). */
+export function envWithout(keys) {
+  const env = { ...process.env };
+  for (const k of keys) delete env[k];
+  return env;
+}
+
+// ---------------------------------------------------------------------------------------------
 // ports
 
 /** Resolves true when nothing listens on 127.0.0.1:port (we can bind it). */

@@ -12,18 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { ROOT, RUN_DIR } from '../../scripts/lib/paths.mjs';
-
-function isObj(v) {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
-
-/** Deep merge: objects merge key by key, anything else replaces. */
-export function deepMerge(base, over) {
-  if (!isObj(base) || !isObj(over)) return over;
-  const out = { ...base };
-  for (const [k, v] of Object.entries(over)) out[k] = k in base ? deepMerge(base[k], v) : v;
-  return out;
-}
+import { mergeSettings } from '../../scripts/lib/settings.mjs';
 
 function configTool(args) {
   // `cargo run` rebuilds the tool if src/ changed. If cargo cannot run (e.g. Cargo.toml is being
@@ -72,10 +61,10 @@ export function renderVariant(name, overrides) {
     policies = path.join(dir, `${name}.policies`);
     fs.rmSync(policies, { recursive: true, force: true });
     fs.mkdirSync(policies);
-    const routes = deepMerge(shippedMerged().routes, routeOverrides);
+    const routes = mergeSettings(shippedMerged().routes, routeOverrides, { keepNull: true });
     fs.writeFileSync(path.join(policies, 'all.yaml'), `${JSON.stringify({ routes }, null, 2)}\n`);
   }
-  fs.writeFileSync(settingsFile, `${JSON.stringify(deepMerge(shippedSettings(), settingOverrides), null, 2)}\n`);
+  fs.writeFileSync(settingsFile, `${JSON.stringify(mergeSettings(shippedSettings(), settingOverrides, { keepNull: true }), null, 2)}\n`);
   try {
     configTool(['render', '--settings', settingsFile, '--policies', policies,
       '--template', 'envoy/envoy.template.yaml', '--out', out]);
