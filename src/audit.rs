@@ -119,12 +119,28 @@ pub enum Event {
         /// `conflict` (another Envoy changed the session first) or `unavailable`.
         outcome: &'static str,
     },
-    /// Tokens were revoked at the provider at logout.
-    RevocationSent {
+    /// What became of a logged-out session's tokens at the provider (RFC 7009), as the
+    /// provider answered: `revoked` (2xx), `refused (<status>)`, `no answer`, or
+    /// `not supported` (no revocation endpoint: the refresh token outlives the logout at the
+    /// provider).
+    Revocation {
         /// Session handle.
         session: String,
-        /// How many tokens.
-        tokens: usize,
+        /// Per token: its `token_type_hint` and the result.
+        results: Vec<(&'static str, String)>,
+    },
+    /// A token the provider issued (or refused to issue) for an audience was not used.
+    TokenRefused {
+        /// Session handle, if there is a session yet.
+        session: Option<String>,
+        /// The audience asked for.
+        audience: String,
+        /// `provider_error` (the provider refused; `detail` is its error code), `audience` (a
+        /// JWT access token for another audience; `detail` is its `aud`), or `scope` (more
+        /// scopes than asked for; `detail` lists the extra ones).
+        reason: &'static str,
+        /// What the provider said or issued (filtered; never a token).
+        detail: String,
     },
 }
 
@@ -162,8 +178,20 @@ impl Event {
                 route,
                 session,
             } => json!({"event": "denied", "code": code, "route": route, "session": session}),
-            Event::RevocationSent { session, tokens } => {
-                json!({"event": "revocation", "session": session, "tokens": tokens})
+            Event::Revocation { session, results } => {
+                let results: Vec<Value> = results
+                    .iter()
+                    .map(|(hint, r)| json!({"token": hint, "result": r}))
+                    .collect();
+                json!({"event": "revocation", "session": session, "results": results})
+            }
+            Event::TokenRefused {
+                session,
+                audience,
+                reason,
+                detail,
+            } => {
+                json!({"event": "token_refused", "session": session, "audience": audience, "reason": reason, "detail": detail})
             }
             Event::StoreWriteFailed { outcome } => {
                 json!({"event": "store_write_failed", "outcome": outcome})
@@ -190,7 +218,8 @@ impl Event {
             Event::RefreshFailed { .. } => "bffgate_refreshes_failed".into(),
             Event::RefreshCoalesced { .. } => "bffgate_refreshes_coalesced".into(),
             Event::Denied { .. } => return None,
-            Event::RevocationSent { .. } => "bffgate_revocations_sent".into(),
+            Event::Revocation { .. } => "bffgate_revocations_sent".into(),
+            Event::TokenRefused { .. } => "bffgate_tokens_refused".into(),
             Event::StoreWriteFailed { outcome } => format!("bffgate_store_write_{outcome}"),
         })
     }
@@ -207,6 +236,7 @@ pub fn all_counters() -> Vec<String> {
         "bffgate_refreshes_failed",
         "bffgate_refreshes_coalesced",
         "bffgate_revocations_sent",
+        "bffgate_tokens_refused",
         "bffgate_csrf_rejections",
         "bffgate_upstream_cookies_removed",
         "bffgate_callouts_dispatched",

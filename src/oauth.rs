@@ -2,7 +2,7 @@
 //! parsing of their responses into typed results.
 
 use crate::callout::Callout;
-use crate::config::{AuthMethod, Config};
+use crate::config::{Audience, AuthMethod, Config, Indicator};
 use crate::secret::Secret;
 use crate::util::{b64url, sha256};
 use base64::engine::general_purpose::STANDARD;
@@ -14,19 +14,46 @@ pub fn pkce_challenge(verifier: &str) -> String {
     b64url(&sha256(verifier.as_bytes()))
 }
 
-/// The authorization request URL.
+/// The audience `id` of `cfg`.
+fn audience<'c>(cfg: &'c Config, id: &str) -> Option<&'c Audience> {
+    cfg.audiences.iter().find(|a| a.id == id)
+}
+
+/// The scopes asked for at login: the client's, plus the login audience's resource scopes
+/// when it is asked for by scope.
+pub fn login_scope(cfg: &Config) -> String {
+    match audience(cfg, &cfg.login_audience) {
+        Some(Audience {
+            indicator: Indicator::Scope,
+            scope: Some(sc),
+            ..
+        }) => format!("{} {sc}", cfg.client.scope),
+        _ => cfg.client.scope.clone(),
+    }
+}
+
+/// The authorization request URL. RFC 8707 `resource` names every resource-indicated audience
+/// (the refresh token then covers them all); an `audience` parameter or resource scopes name
+/// only the login audience (what Auth0 and Entra ID take on one request).
 pub fn authorize_url(cfg: &Config, state: &str, nonce: &str, challenge: &str) -> String {
     let mut q = form_urlencoded::Serializer::new(String::with_capacity(512));
     q.append_pair("response_type", "code")
         .append_pair("client_id", &cfg.client.client_id)
         .append_pair("redirect_uri", &cfg.client.redirect_uri)
-        .append_pair("scope", &cfg.client.scope)
+        .append_pair("scope", &login_scope(cfg))
         .append_pair("state", state)
         .append_pair("nonce", nonce)
         .append_pair("code_challenge", challenge)
         .append_pair("code_challenge_method", "S256");
     for a in &cfg.audiences {
-        q.append_pair("resource", &a.id);
+        if a.indicator == Indicator::Resource {
+            q.append_pair("resource", &a.id);
+        }
+    }
+    if let Some(a) = audience(cfg, &cfg.login_audience) {
+        if a.indicator == Indicator::Audience {
+            q.append_pair("audience", &a.id);
+        }
     }
     for (k, v) in &cfg.client.extra_authorize_params {
         q.append_pair(k, v);
@@ -70,34 +97,52 @@ fn client_request(
     }
 }
 
+/// Names `id` on a token request the way its audience is configured to be asked for:
+/// `resource` (RFC 8707) or `audience`, each with the configured down-scoping `scope`; or only
+/// `scope`, the audience's resource scopes.
+fn indicate(cfg: &Config, f: &mut form_urlencoded::Serializer<String>, id: &str) {
+    let a = audience(cfg, id);
+    match a.map_or(Indicator::Resource, |a| a.indicator) {
+        Indicator::Resource => {
+            f.append_pair("resource", id);
+        }
+        Indicator::Audience => {
+            f.append_pair("audience", id);
+        }
+        Indicator::Scope => {}
+    }
+    if let Some(sc) = a.and_then(|a| a.scope.as_deref()) {
+        f.append_pair("scope", sc);
+    }
+}
+
 /// The authorization-code exchange (with PKCE verifier and the login audience).
 pub fn code_request(cfg: &Config, code: &str, verifier: &str) -> Callout {
     let mut f = form_urlencoded::Serializer::new(String::new());
     f.append_pair("grant_type", "authorization_code")
         .append_pair("code", code)
         .append_pair("redirect_uri", &cfg.client.redirect_uri)
-        .append_pair("code_verifier", verifier)
-        .append_pair("resource", &cfg.login_audience);
+        .append_pair("code_verifier", verifier);
+    match audience(cfg, &cfg.login_audience).map(|a| a.indicator) {
+        // The code was issued for the login audience's scopes already.
+        Some(Indicator::Scope) => {}
+        Some(Indicator::Audience) => {
+            f.append_pair("audience", &cfg.login_audience);
+        }
+        _ => {
+            f.append_pair("resource", &cfg.login_audience);
+        }
+    }
     client_request(cfg, &cfg.provider.token_path, f)
 }
 
-fn audience_scope<'c>(cfg: &'c Config, audience: &str) -> Option<&'c str> {
-    cfg.audiences
-        .iter()
-        .find(|a| a.id == audience)
-        .and_then(|a| a.scope.as_deref())
-}
-
-/// A refresh-token grant for one audience (RFC 8707 `resource`), down-scoped to the audience's
-/// configured scopes if any.
+/// A refresh-token grant for one audience, named as its `indicator` says, down-scoped to the
+/// audience's configured scopes if any.
 pub fn refresh_request(cfg: &Config, refresh_token: &str, audience: &str) -> Callout {
     let mut f = form_urlencoded::Serializer::new(String::new());
     f.append_pair("grant_type", "refresh_token")
-        .append_pair("refresh_token", refresh_token)
-        .append_pair("resource", audience);
-    if let Some(sc) = audience_scope(cfg, audience) {
-        f.append_pair("scope", sc);
-    }
+        .append_pair("refresh_token", refresh_token);
+    indicate(cfg, &mut f, audience);
     client_request(cfg, &cfg.provider.token_path, f)
 }
 
@@ -113,11 +158,8 @@ pub fn exchange_request(cfg: &Config, subject_token: &str, audience: &str) -> Ca
     f.append_pair("grant_type", TOKEN_EXCHANGE)
         .append_pair("subject_token", subject_token)
         .append_pair("subject_token_type", ACCESS_TOKEN_TYPE)
-        .append_pair("requested_token_type", ACCESS_TOKEN_TYPE)
-        .append_pair("resource", audience);
-    if let Some(sc) = audience_scope(cfg, audience) {
-        f.append_pair("scope", sc);
-    }
+        .append_pair("requested_token_type", ACCESS_TOKEN_TYPE);
+    indicate(cfg, &mut f, audience);
     client_request(cfg, &cfg.provider.token_path, f)
 }
 
@@ -150,7 +192,7 @@ pub struct TokenSet {
     pub access_token: Secret,
     /// Lifetime in seconds (from `expires_in`, else the JWT `exp`, else a short default).
     pub expires_in: u64,
-    /// Granted scopes (space-separated), if the response said.
+    /// Granted scopes (space-separated) as the response said; `None` when it did not say.
     pub scope: Option<String>,
     /// Refresh token, if issued (rotation).
     pub refresh_token: Option<Secret>,
@@ -250,7 +292,12 @@ pub fn parse_token_response(status: u16, body: &[u8], now: u64) -> Result<TokenS
     Ok(TokenSet {
         access_token,
         expires_in,
-        scope: opt_str("scope"),
+        // Present but empty is "no scopes"; absent is "as requested" (RFC 6749 section 5.1):
+        // the engine tells them apart.
+        scope: match j.get("scope") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        },
         refresh_token: opt_str("refresh_token").map(Secret::new),
         id_token: opt_str("id_token").map(Secret::new),
     })

@@ -117,6 +117,10 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
             "must be between 1 and provider.timeout_ms",
         ));
     }
+    let userinfo_path = match &pr.userinfo_endpoint {
+        Some(u) => Some(url_field("provider.userinfo_endpoint", u)?.1),
+        None => None,
+    };
     let authority = pr.authority.clone().unwrap_or(token_authority);
     if authority.is_empty() {
         return Err(err("provider.authority", "must not be empty"));
@@ -134,6 +138,9 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
         timeout_ms: pr.timeout_ms,
         revocation_timeout_ms: pr.revocation_timeout_ms,
         revoke_access_tokens: pr.revoke_access_tokens,
+        userinfo: pr.userinfo,
+        userinfo_path,
+        frontchannel_logout: pr.frontchannel_logout,
     })
 }
 
@@ -403,14 +410,48 @@ fn audiences(raw: &RawConfig) -> Result<(Vec<Audience>, String), ConfigError> {
                 Some(v.join(" "))
             }
         };
+        if a.indicator == Indicator::Scope && scope.as_deref().is_none_or(str::is_empty) {
+            return Err(err(
+                format!("audiences.{id}.scopes"),
+                "`indicator: scope` asks for the audience by its scopes: name the provider's resource scopes (e.g. `api://orders/.default`)",
+            ));
+        }
+        let token_audience = match &a.token_audience {
+            Some(t) if t.is_empty() || t.bytes().any(|b| b <= b' ' || b >= 0x7f) => {
+                return Err(err(
+                    format!("audiences.{id}.token_audience"),
+                    "not a valid audience value",
+                ))
+            }
+            Some(t) => t.clone(),
+            None => id.clone(),
+        };
         audiences.push(Audience {
             id: id.clone(),
             acquire: a.acquire,
+            indicator: a.indicator,
             scope,
+            token_audience,
         });
     }
     let login_audience = login_audience
         .ok_or_else(|| err("audiences", "exactly one audience needs `acquire: login`"))?;
+    // What one authorization request can carry: RFC 8707 lets it name every resource (the
+    // refresh token then covers them all); an `audience` or the resource scopes of a
+    // scope-indicated audience can name only the login audience (Auth0 takes one `audience`,
+    // Entra ID refuses scopes of two resources). The others are asked for later, at refresh
+    // or exchange, with their own indicator.
+    for a in &audiences {
+        if a.acquire != Acquire::Login && a.indicator == Indicator::Scope {
+            let login = audiences.iter().find(|l| l.id == login_audience);
+            if login.is_some_and(|l| l.indicator == Indicator::Resource) {
+                return Err(err(
+                    format!("audiences.{}.indicator", a.id),
+                    "`scope` needs the login audience to be asked for by scope too (a provider that takes resource scopes does not take `resource`)",
+                ));
+            }
+        }
+    }
 
     Ok((audiences, login_audience))
 }

@@ -102,6 +102,12 @@ pub struct Provider {
     pub revocation_timeout_ms: u64,
     /// Revoke access tokens at logout.
     pub revoke_access_tokens: bool,
+    /// Fetch userinfo at login.
+    pub userinfo: bool,
+    /// Userinfo endpoint path for callouts, when set by hand.
+    pub userinfo_path: Option<String>,
+    /// Serve front-channel logout.
+    pub frontchannel_logout: bool,
 }
 
 /// OAuth client, compiled.
@@ -145,8 +151,12 @@ pub struct Audience {
     pub id: String,
     /// How its token is obtained.
     pub acquire: Acquire,
+    /// How the provider is asked for it.
+    pub indicator: Indicator,
     /// Space-joined `scope` parameter for renewals and exchanges, if configured.
     pub scope: Option<String>,
+    /// The `aud` a JWT access token for it must carry.
+    pub token_audience: String,
 }
 
 /// Policies by route name. Looked up on every request; route names come from Envoy's route

@@ -90,6 +90,20 @@ pub struct RawProvider {
     /// Turn off for providers that cannot revoke structured (JWT) access tokens.
     #[serde(default = "d_true")]
     pub revoke_access_tokens: bool,
+    /// Fetch the provider's userinfo endpoint at login and keep its claims (under the ID
+    /// token's `sub`): for providers that put profile claims only there.
+    #[serde(default)]
+    pub userinfo: bool,
+    /// The userinfo endpoint URL (called through `cluster`); default: from discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userinfo_endpoint: Option<String>,
+    /// Serve OIDC Front-Channel Logout 1.0 at `<auth_prefix>/frontchannel-logout`: the
+    /// provider's logout page loads it in an iframe with `iss` and `sid`, and the sessions of
+    /// that provider session end. Off by default: the request is not authenticated (anyone who
+    /// knows a `sid` can end that session); back-channel logout is the stronger choice where the
+    /// provider offers it.
+    #[serde(default)]
+    pub frontchannel_logout: bool,
 }
 
 fn d_true() -> bool {
@@ -370,10 +384,34 @@ pub enum Acquire {
 pub struct RawAudience {
     /// How its token is obtained.
     pub acquire: Acquire,
+    /// How the provider is asked for a token for this audience.
+    #[serde(default)]
+    pub indicator: Indicator,
     /// Scopes asked for when renewing or exchanging (down-scoping); default: whatever the
-    /// provider grants for the resource.
+    /// provider grants for the resource. With `indicator: scope`, the provider's resource
+    /// scopes that name this audience (e.g. `api://orders/.default`): required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
+    /// The `aud` a JWT access token for this audience must carry (default: the audience's
+    /// id): for providers whose tokens name the API by another identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_audience: Option<String>,
+}
+
+/// How a token for an audience is asked for, on the authorization request, the code exchange,
+/// refresh-token grants and token exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Indicator {
+    /// RFC 8707 `resource=<id>` (oidc-provider, Keycloak with resource indicators, Curity,
+    /// Ping).
+    #[default]
+    Resource,
+    /// `audience=<id>` (Auth0; Keycloak's standard token exchange).
+    Audience,
+    /// Only scopes: the audience's `scopes` name the provider's resource scopes
+    /// (Microsoft Entra ID: `api://orders/.default` or `api://orders/Orders.Read`).
+    Scope,
 }
 
 fn d_auth_prefix() -> String {

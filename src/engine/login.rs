@@ -447,11 +447,33 @@ impl Engine<'_> {
                 kept.insert(k.clone(), v.clone());
             }
         }
-        let scope = tokens
-            .scope
-            .clone()
-            .or_else(|| super::tokens::jwt_scope(tokens.access_token.expose()))
-            .unwrap_or_default();
+        let login_audience = self.cfg.login_audience.clone();
+        let scope = self.granted_scope(
+            &login_audience,
+            tokens.scope.as_deref(),
+            tokens.access_token.expose(),
+            &oauth::login_scope(self.cfg),
+        );
+        if let Err((reason, detail)) =
+            self.check_token(&login_audience, tokens.access_token.expose(), &scope)
+        {
+            self.event(Event::TokenRefused {
+                session: None,
+                audience: login_audience,
+                reason,
+                detail,
+            });
+            return self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                if reason == "audience" {
+                    "the identity provider issued a token for another audience"
+                } else {
+                    "the identity provider issued a token with more scopes than asked for"
+                },
+                Some(flow_cookie),
+            );
+        }
         let session = Session {
             owner: String::new(),
             handle: String::new(),

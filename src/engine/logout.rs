@@ -4,7 +4,7 @@
 
 use super::cookies::SessionLookup;
 use super::login::JwsCheck;
-use super::{AfterCall, Engine, Request, Step, CLOCK_LEEWAY};
+use super::{AfterCall, Engine, Request, Revoking, Step, CLOCK_LEEWAY};
 use crate::audit::{EndReason, Event};
 use crate::oauth;
 use crate::policy::CsrfMode;
@@ -84,41 +84,48 @@ impl Engine<'_> {
             }
         }
         let reply = with_cookie(json_reply(200, body), self.clear_session_cookie());
-        if let (Some(h), false) = (&ended, revoke.is_empty()) {
-            if self.cfg.provider.revocation_path.is_some() {
-                self.event(Event::RevocationSent {
-                    session: h.clone(),
-                    tokens: revoke.len(),
-                });
-            }
-        }
-        self.next_revocation(reply, revoke)
+        let Some(session) = ended else {
+            return Step::Respond(reply);
+        };
+        self.next_revocation(Revoking {
+            reply,
+            remaining: revoke,
+            current: "",
+            results: Vec::new(),
+            session,
+            subject: self.subject.clone(),
+        })
     }
 
     /// Logout: revokes the next token (bounded timeout each), then answers.
-    pub(super) fn next_revocation(
-        &mut self,
-        reply: Reply,
-        mut remaining: Vec<(Secret, &'static str)>,
-    ) -> Step {
-        if remaining.is_empty() {
-            return Step::Respond(reply);
-        }
-        let (token, hint) = remaining.remove(0);
-        match oauth::revoke_request(self.cfg, token.expose(), hint) {
-            Some(mut request) => {
-                // The user waits for the logout reply: each revocation has its own short bound.
-                request.timeout_ms = self.cfg.provider.revocation_timeout_ms;
-                Step::Call {
-                    request,
-                    then: Box::new(AfterCall::Logout {
-                        reply,
-                        remaining,
-                        subject: self.subject.clone(),
-                    }),
-                }
+    /// Logout: revokes the next token (each callout with its own short bound), then answers
+    /// and audits what became of each token.
+    pub(super) fn next_revocation(&mut self, mut r: Revoking) -> Step {
+        if r.remaining.is_empty() {
+            if !r.results.is_empty() {
+                self.event(Event::Revocation {
+                    session: r.session,
+                    results: r.results,
+                });
             }
-            None => Step::Respond(reply),
+            return Step::Respond(r.reply);
+        }
+        let (token, hint) = r.remaining.remove(0);
+        let Some(mut request) = oauth::revoke_request(self.cfg, token.expose(), hint) else {
+            // No revocation endpoint: the provider keeps honouring these tokens (a refresh
+            // token until it expires there); said in the audit line.
+            r.results.push((hint, "not supported".to_string()));
+            for (_, h) in r.remaining.drain(..) {
+                r.results.push((h, "not supported".to_string()));
+            }
+            return self.next_revocation(r);
+        };
+        // The user waits for the logout reply: each revocation has its own short bound.
+        request.timeout_ms = self.cfg.provider.revocation_timeout_ms;
+        r.current = hint;
+        Step::Call {
+            request,
+            then: Box::new(AfterCall::Logout(Box::new(r))),
         }
     }
 

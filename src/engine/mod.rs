@@ -212,14 +212,24 @@ pub enum AfterCall {
         token: String,
     },
     /// `/auth/logout` revoking the session's tokens before it answers.
-    Logout {
-        /// The reply to send once revocation is done (or timed out).
-        reply: Reply,
-        /// Tokens still to revoke, with their `token_type_hint`.
-        remaining: Vec<(Secret, &'static str)>,
-        /// Subject of the ended session (for the access log).
-        subject: Option<String>,
-    },
+    Logout(Box<Revoking>),
+}
+
+/// A logout revoking its session's tokens one after the other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revoking {
+    /// The reply to send once revocation is done (or timed out).
+    pub reply: Reply,
+    /// Tokens still to revoke, with their `token_type_hint`.
+    pub remaining: Vec<(Secret, &'static str)>,
+    /// The one whose revocation is in flight (its hint).
+    pub current: &'static str,
+    /// What became of each one so far.
+    pub results: Vec<(&'static str, String)>,
+    /// Audit handle of the ended session.
+    pub session: String,
+    /// Subject of the ended session (for the access log).
+    pub subject: Option<String>,
 }
 
 /// A request reading its body: what the body is for.
@@ -405,13 +415,17 @@ impl<'a> Engine<'a> {
                 Ok(()) => self.backchannel_token(&token, false),
                 Err(r) => Step::Respond(r),
             },
-            AfterCall::Logout {
-                reply,
-                remaining,
-                subject,
-            } => {
-                self.subject = subject;
-                self.next_revocation(reply, remaining)
+            AfterCall::Logout(mut r) => {
+                self.subject = r.subject.clone();
+                let outcome = match &result {
+                    CallResult::Response { status, .. } if (200..300).contains(status) => {
+                        "revoked".to_string()
+                    }
+                    CallResult::Response { status, .. } => format!("refused ({status})"),
+                    CallResult::Failed => "no answer".to_string(),
+                };
+                r.results.push((r.current, outcome));
+                self.next_revocation(*r)
             }
         };
         self.finish(step)

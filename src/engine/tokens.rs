@@ -302,6 +302,12 @@ impl Engine<'_> {
             Err(e) if e.is_terminal() && call == TokenCall::Exchange => {
                 // The exchange was refused (policy at the provider): the session itself is fine.
                 self.release_lock(&r.sid, false, lock);
+                self.event(Event::TokenRefused {
+                    session: Some(r.sid.handle()),
+                    audience: r.audience.clone(),
+                    reason: "provider_error",
+                    detail: provider_error(&e),
+                });
                 self.deny(ErrorCode::Forbidden, &r.route, Some(r.sid.handle()));
                 return Step::Respond(error_reply(
                     403,
@@ -310,6 +316,12 @@ impl Engine<'_> {
                 ));
             }
             Err(e) if e.is_terminal() => {
+                self.event(Event::TokenRefused {
+                    session: Some(r.sid.handle()),
+                    audience: r.audience.clone(),
+                    reason: "provider_error",
+                    detail: provider_error(&e),
+                });
                 // The grant is dead: so is the session, whoever deletes it first.
                 let _ = self.store.delete_session(&r.sid);
                 self.event(Event::SessionEnded {
@@ -328,16 +340,50 @@ impl Engine<'_> {
                 return self.transient_failure(&policy, &r);
             }
         };
-        let scope = tokens
-            .scope
-            .clone()
-            .or_else(|| jwt_scope(tokens.access_token.expose()))
-            .unwrap_or_default();
         let got_aud = if call == TokenCall::RefreshForExchange {
             self.cfg.login_audience.clone()
         } else {
             r.audience.clone()
         };
+        let login_granted = self
+            .store
+            .get_session(&r.sid)
+            .and_then(|(s, _)| {
+                s.tokens
+                    .iter()
+                    .find(|t| t.aud == self.cfg.login_audience)
+                    .map(|t| t.scope.clone())
+            })
+            .unwrap_or_else(|| self.cfg.client.scope.clone());
+        let requested = self.requested_scope(&got_aud, &login_granted);
+        let scope = self.granted_scope(
+            &got_aud,
+            tokens.scope.as_deref(),
+            tokens.access_token.expose(),
+            &requested,
+        );
+        if let Err((reason, detail)) =
+            self.check_token(&got_aud, tokens.access_token.expose(), &scope)
+        {
+            // Never stored, never forwarded: the session keeps what it had.
+            self.release_lock(&r.sid, false, lock);
+            self.event(Event::TokenRefused {
+                session: Some(r.sid.handle()),
+                audience: got_aud.clone(),
+                reason,
+                detail,
+            });
+            self.deny(ErrorCode::Forbidden, &r.route, Some(r.sid.handle()));
+            return Step::Respond(error_reply(
+                403,
+                ErrorCode::Forbidden,
+                if reason == "audience" {
+                    "the identity provider issued a token for another audience"
+                } else {
+                    "the identity provider issued a token with more scopes than asked for"
+                },
+            ));
+        }
         let token = AudienceToken {
             aud: got_aud,
             token: tokens.access_token.clone(),
@@ -428,10 +474,150 @@ impl Engine<'_> {
     }
 }
 
-/// The `scope` claim of a JWT access token, when the token response did not say.
-pub(super) fn jwt_scope(token: &str) -> Option<String> {
-    crate::jwt::decode_payload(token)?
-        .get("scope")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+/// The scopes a JWT access token carries: `scope` (RFC 9068: a space-separated string) or
+/// `scp` (Entra ID, Okta: a string or an array of strings).
+fn jwt_scope(token: &str) -> Option<String> {
+    let claims = crate::jwt::decode_payload(token)?;
+    match claims.get("scope").or_else(|| claims.get("scp"))? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(v) => Some(
+            v.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    }
+}
+
+/// Scopes that name the user's own data at the provider (OpenID Connect's), not an API's:
+/// providers put them in access tokens freely; the least-privilege check ignores them.
+const OIDC_SCOPES: &[&str] = &[
+    "openid",
+    "profile",
+    "email",
+    "address",
+    "phone",
+    "offline_access",
+];
+
+impl Engine<'_> {
+    /// The scopes a token for `aud` carries, as bffgate keeps them: the token response's
+    /// `scope`; else the JWT's `scope` or `scp`; else what was asked for (RFC 6749 section 5.1:
+    /// an omitted `scope` means as requested, which on a refresh is as originally granted).
+    /// The resource scopes of a scope-indicated audience (`api://orders/Orders.Read`) are kept
+    /// by their short name (`Orders.Read`), as route policies name them.
+    pub(super) fn granted_scope(
+        &self,
+        aud: &str,
+        response: Option<&str>,
+        token: &str,
+        requested: &str,
+    ) -> String {
+        let raw = response
+            .map(str::to_string)
+            .or_else(|| jwt_scope(token))
+            .unwrap_or_else(|| requested.to_string());
+        self.short_scopes(aud, &raw)
+    }
+
+    /// `scope` with the resource prefixes of `aud`'s configured scopes removed (for an audience
+    /// asked for by scope; others unchanged).
+    fn short_scopes(&self, aud: &str, scope: &str) -> String {
+        let a = self.cfg.audiences.iter().find(|a| a.id == aud);
+        let Some(configured) = a
+            .filter(|a| a.indicator == crate::config::Indicator::Scope)
+            .and_then(|a| a.scope.as_deref())
+        else {
+            return scope.to_string();
+        };
+        let prefixes: Vec<&str> = configured
+            .split_whitespace()
+            .filter_map(|s| s.rfind('/').and_then(|i| s.get(..=i)))
+            .collect();
+        scope
+            .split_whitespace()
+            .map(|s| {
+                prefixes
+                    .iter()
+                    .find_map(|p| s.strip_prefix(p))
+                    .unwrap_or(s)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// What was asked for `aud` on a renewal: its configured (down-scoping) scopes, else what
+    /// the session was granted at login.
+    pub(super) fn requested_scope(&self, aud: &str, login_granted: &str) -> String {
+        self.cfg
+            .audiences
+            .iter()
+            .find(|a| a.id == aud)
+            .and_then(|a| a.scope.clone())
+            .map_or_else(|| login_granted.to_string(), |s| self.short_scopes(aud, &s))
+    }
+
+    /// Checks a token the provider issued for `aud` before it is stored or forwarded: a JWT
+    /// access token must name the audience (`aud`, or the audience's `token_audience`), and,
+    /// when the audience is down-scoped, carry no API scope beyond those asked for. An opaque
+    /// token cannot be checked (nothing is assumed about it). `Err`: the reason and what the
+    /// token said instead.
+    pub(super) fn check_token(
+        &self,
+        aud: &str,
+        token: &str,
+        granted: &str,
+    ) -> Result<(), (&'static str, String)> {
+        let Some(a) = self.cfg.audiences.iter().find(|a| a.id == aud) else {
+            return Ok(());
+        };
+        let Some(claims) = crate::jwt::decode_payload(token) else {
+            return Ok(());
+        };
+        let auds: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(v)) => v.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !auds.contains(&a.token_audience.as_str()) {
+            return Err(("audience", clip(&auds.join(" "))));
+        }
+        if let Some(asked) = a.scope.as_deref() {
+            let asked = self.short_scopes(aud, asked);
+            let asked: Vec<&str> = asked.split_whitespace().collect();
+            // `.default` (Entra ID) asks for whatever is granted on the resource.
+            if !asked.iter().any(|s| s.ends_with(".default")) {
+                let extra: Vec<&str> = granted
+                    .split_whitespace()
+                    .filter(|s| !asked.contains(s) && !OIDC_SCOPES.contains(s))
+                    .collect();
+                if !extra.is_empty() {
+                    return Err(("scope", clip(&extra.join(" "))));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The provider's error code of a refused token request (filtered: `[a-z0-9_]`, 64 at most).
+pub(super) fn provider_error(e: &TokenError) -> String {
+    match e {
+        TokenError::InvalidGrant => "invalid_grant".into(),
+        TokenError::OAuth(code) => code
+            .chars()
+            .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .take(64)
+            .collect(),
+        other => clip(&other.to_string()),
+    }
+}
+
+/// At most 200 printable ASCII characters of what a provider said (for an audit line).
+pub(super) fn clip(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(200)
+        .collect()
 }
