@@ -23,6 +23,8 @@ pub enum EndReason {
     Evicted,
     /// OIDC back-channel logout from the provider.
     Backchannel,
+    /// OIDC front-channel logout from the provider's logout page.
+    FrontChannel,
     /// Ended by an operator through the admin endpoint.
     Admin,
 }
@@ -39,11 +41,12 @@ impl EndReason {
             EndReason::Relogin => "relogin",
             EndReason::Evicted => "evicted",
             EndReason::Backchannel => "backchannel",
+            EndReason::FrontChannel => "frontchannel",
             EndReason::Admin => "admin",
         }
     }
     /// Every reason (metrics are defined for each).
-    pub const ALL: [EndReason; 9] = [
+    pub const ALL: [EndReason; 10] = [
         EndReason::Logout,
         EndReason::Idle,
         EndReason::Expired,
@@ -52,6 +55,7 @@ impl EndReason {
         EndReason::Relogin,
         EndReason::Evicted,
         EndReason::Backchannel,
+        EndReason::FrontChannel,
         EndReason::Admin,
     ];
 }

@@ -66,8 +66,8 @@ impl Store for Remote {
     fn count_live_of(&self, sub: &str, now: u64) -> usize {
         self.local.count_live_of(sub, now)
     }
-    fn take_scan_budget(&mut self, now: u64) -> bool {
-        self.local.take_scan_budget(now)
+    fn take_scan_budget(&mut self, kind: bffgate::store::ScanKind, now: u64) -> bool {
+        self.local.take_scan_budget(kind, now)
     }
     fn state_of(&self, id: &SessionId) -> bffgate::store::RemoteState {
         // Missing from the local view but held remotely: fetch it first.

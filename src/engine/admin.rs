@@ -5,7 +5,7 @@ use super::{header_is, query_param, Engine, Request};
 use crate::audit::{EndReason, Event};
 use crate::reply::{error_reply, json_reply, ErrorCode, Reply};
 use crate::session::Session;
-use crate::store::{SharedData, SharedStore};
+use crate::store::{ScanKind, SharedData, SharedStore};
 use crate::util::ct_eq;
 use serde_json::json;
 
@@ -72,7 +72,7 @@ impl Engine<'_> {
             }
         };
         let scan = |e: &mut Self| {
-            if e.store.take_scan_budget(e.now) {
+            if e.store.take_scan_budget(ScanKind::Operator, e.now) {
                 None
             } else {
                 let mut r = error_reply(

@@ -301,7 +301,89 @@ impl Engine<'_> {
             }
             IdTokenCheck::Refused(r) => return Step::Respond(r),
         };
-        Step::Respond(self.complete_login(login, flow_cookie, old_session, tokens, claims))
+        self.with_userinfo(
+            LoginTokens {
+                login,
+                flow_cookie: flow_cookie.to_string(),
+                old_session,
+                tokens,
+            },
+            claims,
+        )
+    }
+
+    /// The ID token is good: with `provider.userinfo`, its claims are completed from the
+    /// userinfo endpoint first (some providers put profile claims only there); then the session.
+    fn with_userinfo(&mut self, lt: LoginTokens, claims: serde_json::Map<String, Value>) -> Step {
+        if self.cfg.provider.userinfo {
+            if let Some(path) = self.cfg.provider.userinfo_path.clone() {
+                let request = Callout {
+                    cluster: None,
+                    authority: None,
+                    method: "GET",
+                    path,
+                    headers: vec![(
+                        "authorization".to_string(),
+                        lt.tokens.access_token.clone().prefixed("Bearer "),
+                    )],
+                    body: Secret::new(String::new()),
+                    timeout_ms: self.cfg.provider.timeout_ms,
+                };
+                return Step::Call {
+                    request,
+                    then: Box::new(AfterCall::Userinfo(Box::new((lt, claims)))),
+                };
+            }
+        }
+        let LoginTokens {
+            login,
+            flow_cookie,
+            old_session,
+            tokens,
+        } = lt;
+        Step::Respond(self.complete_login(login, &flow_cookie, old_session, tokens, claims))
+    }
+
+    /// The userinfo endpoint answered: its claims join the ID token's (which win), under the
+    /// same `sub` (OpenID Connect Core 5.3.2: a different `sub` is refused).
+    pub(super) fn login_with_userinfo(
+        &mut self,
+        lt: LoginTokens,
+        mut claims: serde_json::Map<String, Value>,
+        result: &CallResult,
+    ) -> Step {
+        let info = match result {
+            CallResult::Response { status: 200, body } if body.len() <= oauth::MAX_BODY => {
+                serde_json::from_slice::<serde_json::Map<String, Value>>(body).ok()
+            }
+            _ => None,
+        };
+        let Some(info) = info else {
+            return Step::Respond(self.login_failed(
+                503,
+                ErrorCode::IdpUnavailable,
+                "the identity provider's userinfo endpoint did not answer with JSON claims",
+                Some(&lt.flow_cookie),
+            ));
+        };
+        if info.get("sub") != claims.get("sub") {
+            return Step::Respond(self.login_failed(
+                400,
+                ErrorCode::LoginFailed,
+                "the userinfo `sub` is not the ID token's",
+                Some(&lt.flow_cookie),
+            ));
+        }
+        for (k, v) in info {
+            claims.entry(k).or_insert(v);
+        }
+        let LoginTokens {
+            login,
+            flow_cookie,
+            old_session,
+            tokens,
+        } = lt;
+        Step::Respond(self.complete_login(login, &flow_cookie, old_session, tokens, claims))
     }
 
     /// The JWKS arrived for a login's ID token.
@@ -356,7 +438,24 @@ impl Engine<'_> {
         ) {
             Ok(c) => c,
             Err(e) => {
-                let why = format!("the ID token was refused ({e:?})");
+                let why = match e {
+                    // Which issuer was expected and which arrived: a trailing slash or a tenant
+                    // in the path is the usual difference.
+                    crate::jwt::IdTokenError::Issuer => {
+                        let got = crate::jwt::decode_payload(id_token.expose())
+                            .and_then(|c| {
+                                c.get("iss")
+                                    .and_then(Value::as_str)
+                                    .map(super::tokens::clip)
+                            })
+                            .unwrap_or_default();
+                        format!(
+                            "the ID token was refused (Issuer): its `iss` is \"{got}\" but provider.issuer is \"{}\"",
+                            self.cfg.provider.issuer
+                        )
+                    }
+                    other => format!("the ID token was refused ({other:?}): {other}"),
+                };
                 return IdTokenCheck::Refused(self.login_failed(
                     400,
                     ErrorCode::LoginFailed,

@@ -4,7 +4,7 @@
 
 use super::cookies::SessionLookup;
 use super::login::JwsCheck;
-use super::{AfterCall, Engine, Request, Revoking, Step, CLOCK_LEEWAY};
+use super::{query_param, AfterCall, Engine, Request, Revoking, Step, CLOCK_LEEWAY};
 use crate::audit::{EndReason, Event};
 use crate::oauth;
 use crate::policy::CsrfMode;
@@ -14,6 +14,7 @@ use crate::reply::{
 };
 use crate::secret::Secret;
 use crate::session::Session;
+use crate::store::ScanKind;
 use serde_json::{json, Value};
 
 /// The back-channel logout event (OIDC Back-Channel Logout 1.0, 2.4).
@@ -268,5 +269,60 @@ impl Engine<'_> {
             body: json!({"sessions_ended": ended.len()}).to_string(),
             kind: ReplyKind::Endpoint,
         })
+    }
+
+    /// OIDC Front-Channel Logout 1.0: the provider's logout page loads
+    /// `<auth_prefix>/frontchannel-logout?iss=...&sid=...` in an iframe; the sessions of that
+    /// provider session end (on every worker, and in fleet mode on every Envoy). Both `iss` (the
+    /// configured issuer) and `sid` are required. The request is not authenticated, so it can
+    /// only end sessions (never start or reveal one) and its store scan runs at most once a
+    /// second per Envoy. The answer is an empty page the provider may frame, never cached.
+    pub(super) fn frontchannel_logout(&mut self, query: &str) -> Reply {
+        let (iss, sid) = match (query_param(query, "iss"), query_param(query, "sid")) {
+            (Ok(Some(iss)), Ok(Some(sid))) if !sid.is_empty() && sid.len() <= 256 => (iss, sid),
+            _ => {
+                return error_reply(
+                    400,
+                    ErrorCode::InvalidRequest,
+                    "front-channel logout needs `iss` and `sid`, once each",
+                )
+            }
+        };
+        if iss != self.cfg.provider.issuer {
+            return error_reply(400, ErrorCode::InvalidRequest, "`iss` is not our provider");
+        }
+        if !self
+            .store
+            .take_scan_budget(ScanKind::FrontChannel, self.now)
+        {
+            let mut r = error_reply(
+                429,
+                ErrorCode::InvalidRequest,
+                "one front-channel logout a second; try again",
+            );
+            r.headers.push(("retry-after".into(), "1".into()));
+            return r;
+        }
+        if let Some(r) = self.store.remote() {
+            r.revoke_everywhere(None, Some(&sid));
+        }
+        let ended = self.store.delete_where(&|s: &Session| {
+            s.claims.get("sid").and_then(Value::as_str) == Some(sid.as_str())
+        });
+        for s in &ended {
+            self.event(Event::SessionEnded {
+                reason: EndReason::FrontChannel,
+                session: s.handle.clone(),
+                sub: Some(s.sub.clone()),
+            });
+        }
+        let mut headers = base_headers();
+        headers.push(("content-type".into(), "text/html; charset=utf-8".into()));
+        Reply {
+            status: 200,
+            headers,
+            body: String::new(),
+            kind: ReplyKind::Endpoint,
+        }
     }
 }

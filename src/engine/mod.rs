@@ -168,6 +168,8 @@ pub enum AfterCall {
     },
     /// `/auth/callback` waiting for the JWKS to verify the ID token's signature.
     LoginJwks(Box<LoginTokens>),
+    /// `/auth/callback` waiting for the userinfo endpoint (with the ID token's claims).
+    Userinfo(Box<(LoginTokens, serde_json::Map<String, Value>)>),
     /// `/auth/callback` taking a login started on another Envoy from a remote store.
     PendingFetch {
         /// The callback, decided again when the answer arrives.
@@ -390,6 +392,10 @@ impl<'a> Engine<'a> {
                 old_session,
             } => self.finish_login(login, &flow_cookie, old_session, result),
             AfterCall::LoginJwks(lt) => self.login_with_jwks(*lt, &result),
+            AfterCall::Userinfo(b) => {
+                let (lt, claims) = *b;
+                self.login_with_userinfo(lt, claims, &result)
+            }
             AfterCall::PendingFetch {
                 request,
                 state,
@@ -565,12 +571,20 @@ impl<'a> Engine<'a> {
                     then: AfterBody::BackchannelLogout,
                 }
             }
+            "/frontchannel-logout" if self.cfg.provider.frontchannel_logout => {
+                if m == "GET" {
+                    self.frontchannel_logout(query)
+                } else {
+                    let mut r = error_reply(405, ErrorCode::InvalidRequest, "method not allowed");
+                    r.headers.push(("allow".into(), "GET".into()));
+                    r
+                }
+            }
             "/login" | "/callback" | "/user" | "/logout" | "/backchannel-logout" => {
                 let mut r = error_reply(405, ErrorCode::InvalidRequest, "method not allowed");
-                let allow = if rest == "/logout" || rest == "/backchannel-logout" {
-                    "POST"
-                } else {
-                    "GET, HEAD"
+                let allow = match rest {
+                    "/logout" | "/backchannel-logout" => "POST",
+                    _ => "GET, HEAD",
                 };
                 r.headers.push(("allow".into(), allow.into()));
                 r

@@ -537,12 +537,7 @@ impl Engine<'_> {
             .collect();
         scope
             .split_whitespace()
-            .map(|s| {
-                prefixes
-                    .iter()
-                    .find_map(|p| s.strip_prefix(p))
-                    .unwrap_or(s)
-            })
+            .map(|s| prefixes.iter().find_map(|p| s.strip_prefix(p)).unwrap_or(s))
             .collect::<Vec<_>>()
             .join(" ")
     }

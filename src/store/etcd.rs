@@ -32,7 +32,7 @@
 
 use super::{
     random_u32, Cas, Evicted, Flush, Outbox, Outcome, PendingLogin, RemoteState, RemoteSync,
-    SharedData, SharedStore, Store, StoreError,
+    ScanKind, SharedData, SharedStore, Store, StoreError,
 };
 use crate::callout::{CallResult, Callout};
 use crate::config::{Config, Etcd, Limits, WhenUnavailable};
@@ -969,8 +969,8 @@ impl<D: SharedData, R: Random> Store for EtcdStore<'_, D, R> {
         })
     }
 
-    fn take_scan_budget(&mut self, now: u64) -> bool {
-        self.local.take_scan_budget(now)
+    fn take_scan_budget(&mut self, kind: ScanKind, now: u64) -> bool {
+        self.local.take_scan_budget(kind, now)
     }
 
     fn jwks(&self) -> Option<(Vec<u8>, u64)> {

@@ -124,6 +124,15 @@ pub(crate) fn random_u32(rng: &mut dyn Random) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Who asks for a whole-store scan (each has its own budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanKind {
+    /// The operator API.
+    Operator,
+    /// OIDC Front-Channel Logout.
+    FrontChannel,
+}
+
 /// Session and pending-login storage, as the engine sees it.
 pub trait Store {
     /// Loads a session with its CAS token (`None` if absent or the slot holds another session).
@@ -157,9 +166,10 @@ pub trait Store {
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session>;
     /// Counts `sub`'s live sessions at `now` (the operator API).
     fn count_live_of(&self, sub: &str, now: u64) -> usize;
-    /// Whether a whole-store scan may run now: at most one per second per Envoy (shared by its
-    /// workers), so the operator API cannot be made to burn CPU.
-    fn take_scan_budget(&mut self, now: u64) -> bool;
+    /// Whether a whole-store scan for `kind` may run now: at most one per second per Envoy and
+    /// kind (shared by its workers), so neither the operator API nor an unauthenticated
+    /// front-channel logout can be made to burn CPU, or starve the other.
+    fn take_scan_budget(&mut self, kind: ScanKind, now: u64) -> bool;
     /// The cached JWKS document and when it was fetched.
     fn jwks(&self) -> Option<(Vec<u8>, u64)>;
     /// Caches a JWKS document.
@@ -330,8 +340,8 @@ impl<D: SharedData, R: Random> Store for Backend<'_, D, R> {
     fn count_live_of(&self, sub: &str, now: u64) -> usize {
         self.inner().count_live_of(sub, now)
     }
-    fn take_scan_budget(&mut self, now: u64) -> bool {
-        self.inner_mut().take_scan_budget(now)
+    fn take_scan_budget(&mut self, kind: ScanKind, now: u64) -> bool {
+        self.inner_mut().take_scan_budget(kind, now)
     }
     fn jwks(&self) -> Option<(Vec<u8>, u64)> {
         self.inner().jwks()

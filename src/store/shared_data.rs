@@ -14,7 +14,8 @@
 //! recently used of the sampled sessions (default), or refuse the login.
 
 use super::{
-    random_u32, Cas, Evicted, PendingLogin, SharedData, Store, StoreError, FREE_SEARCH, SAMPLE,
+    random_u32, Cas, Evicted, PendingLogin, ScanKind, SharedData, Store, StoreError, FREE_SEARCH,
+    SAMPLE,
 };
 use crate::config::{Limits, WhenFull};
 use crate::session::{Liveness, Session, SessionId};
@@ -28,6 +29,8 @@ const PENDING_KEY: &str = "bffgate:n:pending";
 const JTI_KEY: &str = "bffgate:jti";
 /// When the operator API last scanned the store (unix seconds).
 const SCAN_KEY: &str = "bffgate:admin:scan";
+/// When a front-channel logout last scanned the store (unix seconds).
+const FRONTCHANNEL_SCAN_KEY: &str = "bffgate:fcl:scan";
 /// Most logout-token ids remembered at once (oldest expire first).
 pub const MAX_JTI: usize = 512;
 
@@ -483,15 +486,16 @@ impl<D: SharedData> Store for SharedStore<D> {
             .count()
     }
 
-    fn take_scan_budget(&mut self, now: u64) -> bool {
-        let (v, cas) = self.data.get(SCAN_KEY);
+    fn take_scan_budget(&mut self, kind: ScanKind, now: u64) -> bool {
+        let key = match kind {
+            ScanKind::Operator => SCAN_KEY,
+            ScanKind::FrontChannel => FRONTCHANNEL_SCAN_KEY,
+        };
+        let (v, cas) = self.data.get(key);
         let last = v
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
             .unwrap_or(0);
-        now > last
-            && self
-                .cas_set(SCAN_KEY, now.to_string().as_bytes(), cas)
-                .is_ok()
+        now > last && self.cas_set(key, now.to_string().as_bytes(), cas).is_ok()
     }
 
     fn jwks(&self) -> Option<(Vec<u8>, u64)> {
