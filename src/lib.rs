@@ -25,6 +25,7 @@ pub mod audit;
 pub mod callout;
 pub mod config;
 pub mod cookie;
+pub mod discovery;
 pub mod engine;
 pub mod jose;
 pub mod jwt;

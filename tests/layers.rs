@@ -2,7 +2,8 @@
 //!
 //! 0. values and codecs with nothing below them: `util`, `secret`, `cookie`, `redirect`,
 //!    `policy`, `reply`, `callout`, `audit`, `keyspec`, `jwt`;
-//! 1. values built on those: `seal`, `vault`, `jose`, `session`, `record`, `verified`;
+//! 1. values built on those: `seal`, `vault`, `jose`, `session`, `record`, `verified`,
+//!    `discovery`;
 //! 2. `config`;
 //! 3. `store`, `oauth`, `render` (the config tool's);
 //! 4. `engine`;
@@ -34,6 +35,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("session", 1),
     ("record", 1),
     ("verified", 1),
+    ("discovery", 1),
     ("config", 2),
     ("store", 3),
     ("oauth", 3),
