@@ -2,8 +2,8 @@
 //!
 //! 0. values and codecs with nothing below them: `util`, `secret`, `cookie`, `redirect`,
 //!    `policy`, `reply`, `callout`, `audit`, `keyspec`, `jwt`;
-//! 1. values built on those: `seal`, `vault`, `jose`, `session`, `record`, `verified`,
-//!    `discovery`;
+//! 1. values built on those: `seal`, `vault`, `jose`, `assertion`, `session`, `record`,
+//!    `verified`, `discovery`;
 //! 2. `config`;
 //! 3. `store`, `oauth`, `render` (the config tool's);
 //! 4. `engine`;
@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("seal", 1),
     ("vault", 1),
     ("jose", 1),
+    ("assertion", 1),
     ("session", 1),
     ("record", 1),
     ("verified", 1),
