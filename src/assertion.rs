@@ -24,6 +24,8 @@ pub const MAX_RSA_BITS: usize = 4096;
 pub const LIFETIME: u64 = 60;
 /// Random bytes in `jti` (128 bits).
 pub const JTI_BYTES: usize = 16;
+/// The token request's `client_assertion_type` that goes with `client_assertion`.
+pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Why a client key was refused. Never carries key material.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,8 @@ pub enum AssertionError {
     Invalid(&'static str),
     /// A bad `kid`; what is wrong.
     Kid(&'static str),
+    /// The JWK's `kid` differs from the one given.
+    KidMismatch,
 }
 
 impl std::fmt::Display for AssertionError {
@@ -69,6 +73,9 @@ impl std::fmt::Display for AssertionError {
             ),
             AssertionError::Invalid(what) => write!(f, "not a usable private key: {what}"),
             AssertionError::Kid(what) => write!(f, "kid: {what}"),
+            AssertionError::KidMismatch => {
+                f.write_str("the JWK's `kid` differs from the one configured")
+            }
         }
     }
 }
@@ -106,7 +113,7 @@ impl ClientKey {
             return Err(AssertionError::TooLong);
         }
         if let Some(k) = kid {
-            check_kid(k)?;
+            valid_kid(k)?;
         }
         let spec = spec.trim();
         let (key, own_kid) = if spec.starts_with('{') {
@@ -124,11 +131,7 @@ impl ClientKey {
             return Err(AssertionError::NotAKey);
         };
         let kid = match (own_kid, kid) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(AssertionError::Kid(
-                    "the JWK's `kid` differs from the one configured",
-                ))
-            }
+            (Some(a), Some(b)) if a != b => return Err(AssertionError::KidMismatch),
             (Some(a), _) => Some(a),
             (None, b) => b.map(str::to_string),
         };
@@ -251,7 +254,8 @@ impl rsa::rand_core::RngCore for HostRng<'_> {
 // The host's `Random` is its CSPRNG (WASI `random_get`).
 impl rsa::rand_core::CryptoRng for HostRng<'_> {}
 
-fn check_kid(kid: &str) -> Result<(), AssertionError> {
+/// Whether `kid` can be an assertion's `kid`: 1 to [`MAX_KID_LEN`] printable ASCII characters.
+pub fn valid_kid(kid: &str) -> Result<(), AssertionError> {
     if kid.is_empty() || kid.len() > MAX_KID_LEN {
         return Err(AssertionError::Kid("must be 1 to 128 characters"));
     }
@@ -404,7 +408,7 @@ fn jwk(text: &str) -> Result<(Inner, Option<String>), AssertionError> {
     let kid = match o.get("kid") {
         None => None,
         Some(Value::String(k)) => {
-            check_kid(k)?;
+            valid_kid(k)?;
             Some(k.clone())
         }
         Some(_) => return Err(AssertionError::Kid("the JWK's `kid` is not a string")),
@@ -676,10 +680,10 @@ mod tests {
         assert_eq!(key.public_jwk()["kid"], "from-jwk");
         let key = ClientKey::parse(&text(&jwk), Some("from-jwk")).unwrap();
         assert_eq!(key.kid(), Some("from-jwk"));
-        assert!(matches!(
-            ClientKey::parse(&text(&jwk), Some("other")),
-            Err(AssertionError::Kid(_))
-        ));
+        assert_eq!(
+            ClientKey::parse(&text(&jwk), Some("other")).unwrap_err(),
+            AssertionError::KidMismatch
+        );
         assert_eq!(
             ClientKey::parse(P256, Some("given")).unwrap().kid(),
             Some("given")

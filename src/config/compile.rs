@@ -2,6 +2,7 @@
 //! ([`Config`]), one function per section; each refusal names its field.
 
 use super::*;
+use crate::assertion::{self, AssertionError};
 use crate::cookie::{Attributes, SameSite};
 use crate::policy::{Access, ClaimRule, Policy};
 use crate::seal::KeyRing;
@@ -11,7 +12,7 @@ use crate::secret::Secret;
 pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, ConfigError> {
     let (origin, prefix) = origin(raw)?;
     let provider = provider(&raw.provider)?;
-    let client = client(&raw.client, secrets, &origin, &prefix)?;
+    let client = client(&raw.client, &raw.provider, secrets, &origin, &prefix)?;
     let admin_token = admin_token(raw, secrets)?;
     let cookie = cookies(&raw.cookie, secrets)?;
     session(&raw.session)?;
@@ -147,6 +148,7 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
 /// `client.*` (the secret from the VM's environment).
 fn client(
     c: &RawClient,
+    pr: &RawProvider,
     secrets: &dyn Secrets,
     origin: &str,
     p: &str,
@@ -154,18 +156,29 @@ fn client(
     if c.client_id.is_empty() {
         return Err(err("client.client_id", "must not be empty"));
     }
-    let secret = secrets
-        .get(&c.client_secret_env)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            err(
-                "client.client_secret_env",
-                format!(
-                    "environment variable `{}` is not set in the VM (vm_config.environment_variables)",
-                    c.client_secret_env
-                ),
-            )
-        })?;
+    let (secret, key) = if c.auth_method == AuthMethod::PrivateKeyJwt {
+        (String::new(), Some(client_key(c, secrets)?))
+    } else {
+        if c.private_key_kid.is_some() || c.assertion_audience != AssertionAudience::TokenEndpoint {
+            return Err(err(
+                "client.auth_method",
+                "must be `private_key_jwt` when client.private_key_kid or client.assertion_audience is set",
+            ));
+        }
+        let secret = secrets
+            .get(&c.client_secret_env)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                err(
+                    "client.client_secret_env",
+                    format!(
+                        "environment variable `{}` is not set in the VM (vm_config.environment_variables)",
+                        c.client_secret_env
+                    ),
+                )
+            })?;
+        (secret, None)
+    };
     let expected_redirect = format!("{origin}{p}/callback");
     if c.redirect_uri != expected_redirect {
         return Err(err(
@@ -220,11 +233,43 @@ fn client(
         client_id: c.client_id.clone(),
         secret: Secret::new(secret),
         auth_method: c.auth_method,
+        key,
+        assertion_audience: match c.assertion_audience {
+            AssertionAudience::TokenEndpoint => pr.token_endpoint.clone(),
+            AssertionAudience::Issuer => pr.issuer.clone(),
+        },
         redirect_uri: c.redirect_uri.clone(),
         scope: c.scopes.join(" "),
         extra_authorize_params: extra,
         post_logout_redirect_uri: c.post_logout_redirect_uri.clone(),
         logout_id_token_hint: c.logout_id_token_hint,
+    })
+}
+
+/// `client.private_key_env` and `client.private_key_kid`: the `private_key_jwt` signing key,
+/// from the VM's environment.
+fn client_key(c: &RawClient, secrets: &dyn Secrets) -> Result<ClientKey, ConfigError> {
+    let env = &c.private_key_env;
+    if let Some(kid) = &c.private_key_kid {
+        assertion::valid_kid(kid).map_err(|e| err("client.private_key_kid", e.to_string()))?;
+    }
+    let spec = secrets
+        .get(env)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            err(
+                "client.private_key_env",
+                format!(
+                    "environment variable `{env}` is not set in the VM (vm_config.environment_variables)"
+                ),
+            )
+        })?;
+    ClientKey::parse(&spec, c.private_key_kid.as_deref()).map_err(|e| match e {
+        AssertionError::KidMismatch => err("client.private_key_kid", e.to_string()),
+        _ => err(
+            "client.private_key_env",
+            format!("environment variable `{env}`: {e}"),
+        ),
     })
 }
 

@@ -10,6 +10,7 @@ mod raw;
 
 pub use raw::*;
 
+use crate::assertion::ClientKey;
 use crate::cookie::{Attributes, SameSite};
 use crate::policy::Policy;
 use crate::seal::KeyRing;
@@ -115,10 +116,14 @@ pub struct Provider {
 pub struct Client {
     /// Client id.
     pub client_id: String,
-    /// Client secret.
+    /// Client secret (empty with `private_key_jwt`).
     pub secret: Secret,
     /// Authentication method.
     pub auth_method: AuthMethod,
+    /// The signing key of `private_key_jwt` client assertions (that method only).
+    pub key: Option<ClientKey>,
+    /// The `aud` of client assertions: the token endpoint URL or the issuer.
+    pub assertion_audience: String,
     /// Redirect URI.
     pub redirect_uri: String,
     /// Space-joined scopes.

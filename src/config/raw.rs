@@ -119,6 +119,20 @@ pub enum AuthMethod {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523, OIDC Core section 9): no shared
+    /// secret; the key is in `private_key_env`.
+    PrivateKeyJwt,
+}
+
+/// The `aud` of a `private_key_jwt` client assertion.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AssertionAudience {
+    /// `provider.token_endpoint` (default; RFC 7523 section 3).
+    #[default]
+    TokenEndpoint,
+    /// `provider.issuer`, for providers that ask for it.
+    Issuer,
 }
 
 /// OAuth client settings.
@@ -133,6 +147,16 @@ pub struct RawClient {
     /// Client authentication method.
     #[serde(default)]
     pub auth_method: AuthMethod,
+    /// With `private_key_jwt`: name of the environment variable holding the client's private
+    /// key, a PEM or a private JWK (never the key itself).
+    #[serde(default = "d_private_key_env")]
+    pub private_key_env: String,
+    /// With `private_key_jwt`: the `kid` of assertions, when the key itself (a JWK) has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_kid: Option<String>,
+    /// With `private_key_jwt`: the assertions' `aud`.
+    #[serde(default)]
+    pub assertion_audience: AssertionAudience,
     /// Redirect URI registered at the provider: `<public_origin><auth_prefix>/callback`.
     pub redirect_uri: String,
     /// Scopes requested at login; must include `openid`.
@@ -425,6 +449,9 @@ fn d_revocation_timeout_ms() -> u64 {
 }
 fn d_client_secret_env() -> String {
     "BFFGATE_CLIENT_SECRET".into()
+}
+fn d_private_key_env() -> String {
+    "BFFGATE_CLIENT_KEY".into()
 }
 fn d_cookie_name() -> String {
     "__Host-bff-session".into()
