@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Secrets are read from the environment when set (so a deployment can check its real ones);
-//! otherwise well-formed placeholders are used and only their absence is reported.
+//! otherwise well-formed placeholders are used (a key ring for `*KEYS*`, a P-256 JWK for
+//! `*KEY*`, a string for the rest) and only their absence is reported.
 
 use bffgate::config::RawConfig;
 use bffgate::render::{self, PolicyFile};
@@ -99,9 +100,29 @@ fn secret(name: &str) -> Option<String> {
         Ok(v) if !v.is_empty() => Some(v),
         _ => Some(match name {
             n if n.contains("KEYS") => "check:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into(),
+            // `client.private_key_env` (`BFFGATE_CLIENT_KEY`): a private key is parsed at load.
+            n if n.contains("KEY") => placeholder_client_key(),
             _ => "placeholder-secret-for-check-only-0123456789".into(),
         }),
     }
+}
+
+/// A well-formed P-256 private JWK for `private_key_jwt` settings checked without their key:
+/// its scalar is a fixed, public number, so it is good for nothing but the check.
+fn placeholder_client_key() -> String {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let b64 = |b: &[u8]| bffgate::util::b64url(b);
+    p256::SecretKey::from_slice(&[0x42; 32])
+        .map(|sk| {
+            let p = sk.public_key().to_encoded_point(false);
+            serde_json::json!({
+                "kty": "EC", "crv": "P-256", "d": b64(&sk.to_bytes()),
+                "x": p.x().map(|c| b64(c)).unwrap_or_default(),
+                "y": p.y().map(|c| b64(c)).unwrap_or_default(),
+            })
+            .to_string()
+        })
+        .unwrap_or_default()
 }
 
 fn build(a: &Args) -> Result<(Value, RawConfig), String> {
