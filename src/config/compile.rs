@@ -145,7 +145,7 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
     })
 }
 
-/// `client.*` (the secret from the VM's environment).
+/// `client.*` (the secret, or the `private_key_jwt` key, from the VM's environment).
 fn client(
     c: &RawClient,
     pr: &RawProvider,
