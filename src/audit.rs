@@ -133,6 +133,14 @@ pub enum Event {
         /// Per token: its `token_type_hint` and the result.
         results: Vec<(&'static str, String)>,
     },
+    /// The provider's discovery document could not be read or was refused; logins answer
+    /// `503 idp_unavailable` until one is read (a stale one stays in use).
+    DiscoveryFailed {
+        /// The document's URL.
+        url: String,
+        /// What was wrong (bounded, control characters removed).
+        reason: String,
+    },
     /// A token the provider issued (or refused to issue) for an audience was not used.
     TokenRefused {
         /// Session handle, if there is a session yet.
@@ -200,6 +208,9 @@ impl Event {
             Event::StoreWriteFailed { outcome } => {
                 json!({"event": "store_write_failed", "outcome": outcome})
             }
+            Event::DiscoveryFailed { url, reason } => {
+                json!({"event": "discovery_failed", "url": url, "reason": reason})
+            }
         }
     }
 
@@ -224,6 +235,7 @@ impl Event {
             Event::Denied { .. } => return None,
             Event::Revocation { .. } => "bffgate_revocations_sent".into(),
             Event::TokenRefused { .. } => "bffgate_tokens_refused".into(),
+            Event::DiscoveryFailed { .. } => "bffgate_discovery_failed".into(),
             Event::StoreWriteFailed { outcome } => format!("bffgate_store_write_{outcome}"),
         })
     }
@@ -241,6 +253,7 @@ pub fn all_counters() -> Vec<String> {
         "bffgate_refreshes_coalesced",
         "bffgate_revocations_sent",
         "bffgate_tokens_refused",
+        "bffgate_discovery_failed",
         "bffgate_csrf_rejections",
         "bffgate_upstream_cookies_removed",
         "bffgate_callouts_dispatched",

@@ -9,8 +9,8 @@ use crate::secret::Secret;
 pub struct Callout {
     /// Envoy cluster to call; `None` for the provider's (`provider.cluster`).
     pub cluster: Option<String>,
-    /// `:authority`; `None` for the provider's.
-    pub authority: Option<String>,
+    /// `:authority`: the endpoint's host, or `provider.authority` when set.
+    pub authority: String,
     /// `POST` (token endpoint, revocation, etcd) or `GET` (JWKS, discovery).
     pub method: &'static str,
     /// Path on the cluster.

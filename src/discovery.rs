@@ -50,7 +50,7 @@ pub const SHOWN: usize = 200;
 pub const WELL_KNOWN: &str = "/.well-known/openid-configuration";
 
 /// The algorithms bffgate verifies ID tokens with (`jose`).
-const VERIFIED_ALGS: &[&str] = &["RS256", "ES256"];
+pub const VERIFIED_ALGS: &[&str] = &["RS256", "ES256"];
 
 /// A provider's metadata, checked (see the module documentation for the rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +131,58 @@ impl Discovered {
             }
         }
         v
+    }
+}
+
+/// What bffgate keeps of a discovery document (in shared data, for every worker): the
+/// endpoints and capabilities it uses, and the issuer they belong to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    /// The issuer (a cached document of another issuer is not used).
+    pub issuer: String,
+    /// `authorization_endpoint`.
+    pub authorization_endpoint: String,
+    /// `token_endpoint`.
+    pub token_endpoint: String,
+    /// `jwks_uri`.
+    pub jwks_uri: String,
+    /// `revocation_endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    /// `end_session_endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session_endpoint: Option<String>,
+    /// `userinfo_endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userinfo_endpoint: Option<String>,
+    /// `token_endpoint_auth_methods_supported`.
+    pub auth_methods: Vec<String>,
+    /// `id_token_signing_alg_values_supported`, only those bffgate verifies.
+    pub id_token_algs: Vec<String>,
+    /// `backchannel_logout_supported`.
+    #[serde(default)]
+    pub backchannel_logout_supported: bool,
+}
+
+impl From<&Discovered> for Meta {
+    fn from(d: &Discovered) -> Meta {
+        Meta {
+            issuer: d.issuer.clone(),
+            authorization_endpoint: d.authorization_endpoint.clone(),
+            token_endpoint: d.token_endpoint.clone(),
+            jwks_uri: d.jwks_uri.clone(),
+            revocation_endpoint: d.revocation_endpoint.clone(),
+            end_session_endpoint: d.end_session_endpoint.clone(),
+            userinfo_endpoint: d.userinfo_endpoint.clone(),
+            auth_methods: d.token_endpoint_auth_methods_supported.clone(),
+            id_token_algs: d
+                .id_token_signing_alg_values_supported
+                .iter()
+                .filter(|a| VERIFIED_ALGS.contains(&a.as_str()))
+                .cloned()
+                .collect(),
+            backchannel_logout_supported: d.backchannel_logout_supported,
+        }
     }
 }
 

@@ -2,8 +2,11 @@
 //! parsing of their responses into typed results.
 
 use crate::callout::Callout;
-use crate::config::{Audience, AuthMethod, Config, Indicator};
+use crate::config::{
+    AssertionAudience, Audience, AuthMethod, Config, Endpoints, Indicator, Target,
+};
 use crate::secret::Secret;
+use crate::util::Random;
 use crate::util::{b64url, sha256};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -35,7 +38,13 @@ pub fn login_scope(cfg: &Config) -> String {
 /// The authorization request URL. RFC 8707 `resource` names every resource-indicated audience
 /// (the refresh token then covers them all); an `audience` parameter or resource scopes name
 /// only the login audience (what Auth0 and Entra ID take on one request).
-pub fn authorize_url(cfg: &Config, state: &str, nonce: &str, challenge: &str) -> String {
+pub fn authorize_url(
+    cfg: &Config,
+    ep: &Endpoints,
+    state: &str,
+    nonce: &str,
+    challenge: &str,
+) -> String {
     let mut q = form_urlencoded::Serializer::new(String::with_capacity(512));
     q.append_pair("response_type", "code")
         .append_pair("client_id", &cfg.client.client_id)
@@ -58,48 +67,146 @@ pub fn authorize_url(cfg: &Config, state: &str, nonce: &str, challenge: &str) ->
     for (k, v) in &cfg.client.extra_authorize_params {
         q.append_pair(k, v);
     }
-    format!("{}?{}", cfg.provider.authorization_endpoint, q.finish())
+    format!("{}?{}", ep.authorization, q.finish())
 }
 
-fn client_request(
-    cfg: &Config,
-    path: &str,
-    mut form: form_urlencoded::Serializer<String>,
-) -> Callout {
-    let mut headers = Vec::new();
-    match cfg.client.auth_method {
-        AuthMethod::ClientSecretBasic => {
-            // RFC 6749 2.3.1: id and secret are form-urlencoded before Basic encoding.
-            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let raw = format!(
-                "{}:{}",
-                enc(&cfg.client.client_id),
-                enc(cfg.client.secret.expose())
-            );
-            headers.push((
-                "authorization".to_string(),
-                Secret::new(format!("Basic {}", STANDARD.encode(raw))),
-            ));
-        }
-        AuthMethod::ClientSecretPost => {
-            form.append_pair("client_id", &cfg.client.client_id);
-            form.append_pair("client_secret", cfg.client.secret.expose());
-        }
-        // Not wired yet: `client_assertion` (`crate::assertion`) needs the clock and randomness
-        // here. Until then the request carries no client authentication and the provider
-        // refuses it.
-        AuthMethod::PrivateKeyJwt => {
-            form.append_pair("client_id", &cfg.client.client_id);
-        }
-    }
+/// What every request to the provider's back channel needs: the configuration, the endpoints
+/// in effect, and (for `private_key_jwt`, whose assertions are signed per request with a fresh
+/// `jti`) the clock and randomness.
+pub struct Provider<'a> {
+    /// Configuration.
+    pub cfg: &'a Config,
+    /// Endpoints in effect.
+    pub ep: &'a Endpoints,
+    /// Now, unix seconds.
+    pub now: u64,
+    /// Randomness.
+    pub rng: &'a mut dyn Random,
+}
+
+/// A callout to `target` (its own `:authority` unless `provider.authority` is set).
+pub fn callout(cfg: &Config, target: &Target, method: &'static str, body: String) -> Callout {
     Callout {
         cluster: None,
-        authority: None,
-        method: "POST",
-        path: path.to_string(),
-        headers,
-        body: Secret::new(form.finish()),
+        authority: cfg
+            .provider
+            .authority
+            .clone()
+            .unwrap_or_else(|| target.authority.clone()),
+        method,
+        path: target.path.clone(),
+        headers: Vec::new(),
+        body: Secret::new(body),
         timeout_ms: cfg.provider.timeout_ms,
+    }
+}
+
+impl Provider<'_> {
+    /// A form POST to `target` with the client's authentication.
+    fn client_request(
+        &mut self,
+        target: &Target,
+        mut form: form_urlencoded::Serializer<String>,
+    ) -> Callout {
+        let cfg = self.cfg;
+        let mut headers = Vec::new();
+        match self.ep.auth_method {
+            AuthMethod::ClientSecretBasic => {
+                // RFC 6749 2.3.1: id and secret are form-urlencoded before Basic encoding.
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let raw = format!(
+                    "{}:{}",
+                    enc(&cfg.client.client_id),
+                    enc(cfg.client.secret.expose())
+                );
+                headers.push((
+                    "authorization".to_string(),
+                    Secret::new(format!("Basic {}", STANDARD.encode(raw))),
+                ));
+            }
+            AuthMethod::ClientSecretPost => {
+                form.append_pair("client_id", &cfg.client.client_id);
+                form.append_pair("client_secret", cfg.client.secret.expose());
+            }
+            AuthMethod::PrivateKeyJwt => {
+                form.append_pair("client_id", &cfg.client.client_id);
+                // Compiled with its key (config refuses `private_key_jwt` without one).
+                if let Some(key) = &cfg.client.key {
+                    let aud = match cfg.client.assertion_audience {
+                        AssertionAudience::TokenEndpoint => self.ep.token.url.as_str(),
+                        AssertionAudience::Issuer => cfg.provider.issuer.as_str(),
+                    };
+                    let jws = crate::assertion::client_assertion(
+                        key,
+                        &cfg.client.client_id,
+                        aud,
+                        self.now,
+                        self.rng,
+                    );
+                    form.append_pair("client_assertion_type", crate::assertion::ASSERTION_TYPE);
+                    form.append_pair("client_assertion", &jws);
+                }
+            }
+        }
+        let mut c = callout(cfg, target, "POST", form.finish());
+        c.headers = headers;
+        c
+    }
+
+    /// The authorization-code exchange (with PKCE verifier and the login audience).
+    pub fn code_request(&mut self, code: &str, verifier: &str) -> Callout {
+        let cfg = self.cfg;
+        let mut f = form_urlencoded::Serializer::new(String::new());
+        f.append_pair("grant_type", "authorization_code")
+            .append_pair("code", code)
+            .append_pair("redirect_uri", &cfg.client.redirect_uri)
+            .append_pair("code_verifier", verifier);
+        match audience(cfg, &cfg.login_audience).map(|a| a.indicator) {
+            // The code was issued for the login audience's scopes already.
+            Some(Indicator::Scope) => {}
+            Some(Indicator::Audience) => {
+                f.append_pair("audience", &cfg.login_audience);
+            }
+            _ => {
+                f.append_pair("resource", &cfg.login_audience);
+            }
+        }
+        let token = self.ep.token.clone();
+        self.client_request(&token, f)
+    }
+
+    /// A refresh-token grant for one audience, named as its `indicator` says, down-scoped to
+    /// the audience's configured scopes if any.
+    pub fn refresh_request(&mut self, refresh_token: &str, audience: &str) -> Callout {
+        let mut f = form_urlencoded::Serializer::new(String::new());
+        f.append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", refresh_token);
+        indicate(self.cfg, &mut f, audience);
+        let token = self.ep.token.clone();
+        self.client_request(&token, f)
+    }
+
+    /// An RFC 8693 token exchange: the session's login-audience access token for a token
+    /// whose audience is `audience`.
+    pub fn exchange_request(&mut self, subject_token: &str, audience: &str) -> Callout {
+        let mut f = form_urlencoded::Serializer::new(String::new());
+        f.append_pair("grant_type", TOKEN_EXCHANGE)
+            .append_pair("subject_token", subject_token)
+            .append_pair("subject_token_type", ACCESS_TOKEN_TYPE)
+            .append_pair("requested_token_type", ACCESS_TOKEN_TYPE);
+        indicate(self.cfg, &mut f, audience);
+        let token = self.ep.token.clone();
+        self.client_request(&token, f)
+    }
+
+    /// An RFC 7009 revocation request; `None` if the provider has no revocation endpoint.
+    pub fn revoke_request(&mut self, token: &str, hint: &str) -> Option<Callout> {
+        let target = self.ep.revocation.clone()?;
+        let mut f = form_urlencoded::Serializer::new(String::new());
+        f.append_pair("token", token)
+            .append_pair("token_type_hint", hint);
+        Some(self.client_request(&target, f))
     }
 }
 
@@ -122,73 +229,24 @@ fn indicate(cfg: &Config, f: &mut form_urlencoded::Serializer<String>, id: &str)
     }
 }
 
-/// The authorization-code exchange (with PKCE verifier and the login audience).
-pub fn code_request(cfg: &Config, code: &str, verifier: &str) -> Callout {
-    let mut f = form_urlencoded::Serializer::new(String::new());
-    f.append_pair("grant_type", "authorization_code")
-        .append_pair("code", code)
-        .append_pair("redirect_uri", &cfg.client.redirect_uri)
-        .append_pair("code_verifier", verifier);
-    match audience(cfg, &cfg.login_audience).map(|a| a.indicator) {
-        // The code was issued for the login audience's scopes already.
-        Some(Indicator::Scope) => {}
-        Some(Indicator::Audience) => {
-            f.append_pair("audience", &cfg.login_audience);
-        }
-        _ => {
-            f.append_pair("resource", &cfg.login_audience);
-        }
-    }
-    client_request(cfg, &cfg.provider.token_path, f)
-}
-
-/// A refresh-token grant for one audience, named as its `indicator` says, down-scoped to the
-/// audience's configured scopes if any.
-pub fn refresh_request(cfg: &Config, refresh_token: &str, audience: &str) -> Callout {
-    let mut f = form_urlencoded::Serializer::new(String::new());
-    f.append_pair("grant_type", "refresh_token")
-        .append_pair("refresh_token", refresh_token);
-    indicate(cfg, &mut f, audience);
-    client_request(cfg, &cfg.provider.token_path, f)
-}
-
 /// The RFC 8693 grant type.
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// RFC 8693 token type of an access token.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-/// An RFC 8693 token exchange: the session's login-audience access token for a token whose
-/// audience is `audience`.
-pub fn exchange_request(cfg: &Config, subject_token: &str, audience: &str) -> Callout {
-    let mut f = form_urlencoded::Serializer::new(String::new());
-    f.append_pair("grant_type", TOKEN_EXCHANGE)
-        .append_pair("subject_token", subject_token)
-        .append_pair("subject_token_type", ACCESS_TOKEN_TYPE)
-        .append_pair("requested_token_type", ACCESS_TOKEN_TYPE);
-    indicate(cfg, &mut f, audience);
-    client_request(cfg, &cfg.provider.token_path, f)
+/// A GET of one of the provider's documents (JWKS, discovery).
+pub fn get_request(cfg: &Config, target: &Target) -> Callout {
+    callout(cfg, target, "GET", String::new())
 }
 
-/// An RFC 7009 revocation request.
-pub fn revoke_request(cfg: &Config, token: &str, hint: &str) -> Option<Callout> {
-    let path = cfg.provider.revocation_path.as_deref()?;
-    let mut f = form_urlencoded::Serializer::new(String::new());
-    f.append_pair("token", token)
-        .append_pair("token_type_hint", hint);
-    Some(client_request(cfg, path, f))
-}
-
-/// A JWKS fetch.
-pub fn jwks_request(cfg: &Config) -> Option<Callout> {
-    Some(Callout {
-        cluster: None,
-        authority: None,
-        method: "GET",
-        path: cfg.provider.jwks_path.clone()?,
-        headers: Vec::new(),
-        body: Secret::new(String::new()),
-        timeout_ms: cfg.provider.timeout_ms,
-    })
+/// A userinfo request with the access token.
+pub fn userinfo_request(cfg: &Config, target: &Target, access_token: &Secret) -> Callout {
+    let mut c = callout(cfg, target, "GET", String::new());
+    c.headers.push((
+        "authorization".to_string(),
+        access_token.clone().prefixed("Bearer "),
+    ));
+    c
 }
 
 /// A successful token response.
@@ -329,7 +387,9 @@ mod tests {
 
     #[test]
     fn authorize_url_carries_pkce_state_nonce_and_resources() {
-        let u = authorize_url(&cfg(), "st", "no", "ch");
+        let c = cfg();
+        let ep = c.provider.fixed(&c.client).unwrap();
+        let u = authorize_url(&c, &ep, "st", "no", "ch");
         assert!(u.starts_with("http://localhost:9000/auth?response_type=code&client_id=bffgate"));
         for part in [
             "state=st",
@@ -348,8 +408,18 @@ mod tests {
 
     #[test]
     fn code_request_uses_basic_auth_and_the_login_audience() {
-        let r = code_request(&cfg(), "c0de", "v3r");
+        let c = cfg();
+        let ep = c.provider.fixed(&c.client).unwrap();
+        let mut rng = crate::testkit::TestRandom(1);
+        let r = Provider {
+            cfg: &c,
+            ep: &ep,
+            now: 1,
+            rng: &mut rng,
+        }
+        .code_request("c0de", "v3r");
         assert_eq!(r.path, "/token");
+        assert_eq!(r.authority, "localhost:9000");
         let body = r.body.expose();
         assert!(body.contains("grant_type=authorization_code"));
         assert!(body.contains("code_verifier=v3r"));

@@ -138,6 +138,30 @@ pub fn validate(
     })
 }
 
+/// Where the filter takes the provider's endpoints from, for `make check`: discovery (and
+/// which endpoints the configuration overrides) or the configuration alone.
+pub fn provider_summary(cfg: &Config) -> String {
+    let by_hand = cfg.provider.by_hand.fields();
+    match &cfg.provider.discovery {
+        Some(d) => {
+            let mut s = format!(
+                "provider: endpoints from discovery ({}, read again after {} s)",
+                d.url, d.max_age_s
+            );
+            if by_hand.is_empty() {
+                s.push_str("; none set by hand");
+            } else {
+                s.push_str(&format!("; set by hand: {}", by_hand.join(", ")));
+            }
+            s
+        }
+        None => format!(
+            "provider: discovery off; every endpoint set by hand: {}",
+            by_hand.join(", ")
+        ),
+    }
+}
+
 /// Replaces the placeholder line with the pretty JSON, indented like the placeholder.
 pub fn render_template(template: &str, json: &Value) -> Result<String, RenderError> {
     let pretty = serde_json::to_string_pretty(json).map_err(|e| RenderError(e.to_string()))?;
@@ -284,6 +308,36 @@ pub fn cross_check(facts: &EnvoyFacts, cfg: &RawConfig) -> Vec<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_summary_says_where_endpoints_come_from() {
+        let c = |patch: &dyn Fn(&mut Value)| {
+            let mut v = crate::testkit::demo_json();
+            patch(&mut v);
+            Config::from_json(v.to_string().as_bytes(), &crate::testkit::test_secrets).unwrap()
+        };
+        let s = provider_summary(&c(&|_| {}));
+        assert!(s.starts_with("provider: discovery off; every endpoint set by hand: provider.authorization_endpoint, provider.token_endpoint"), "{s}");
+        let s = provider_summary(&c(&|v| {
+            let p = v["provider"].as_object_mut().unwrap();
+            p.remove("authorization_endpoint");
+            p.remove("revocation_endpoint");
+            p.remove("end_session_endpoint");
+        }));
+        assert_eq!(s, "provider: endpoints from discovery (http://localhost:9000/.well-known/openid-configuration, read again after 3600 s); set by hand: provider.token_endpoint");
+        let s = provider_summary(&c(&|v| {
+            let p = v["provider"].as_object_mut().unwrap();
+            for k in [
+                "authorization_endpoint",
+                "token_endpoint",
+                "revocation_endpoint",
+                "end_session_endpoint",
+            ] {
+                p.remove(k);
+            }
+        }));
+        assert!(s.ends_with("; none set by hand"), "{s}");
+    }
 
     #[test]
     fn placeholder_is_replaced_with_indented_json() {

@@ -200,6 +200,29 @@ pub fn sign_jwt_with_header(header: &serde_json::Value, claims: &serde_json::Val
     token
 }
 
+/// The fake provider's discovery document for `issuer`: oidc-provider's endpoint paths under
+/// it, the test kit's key set at `/jwks`.
+pub fn discovery_document(issuer: &str) -> String {
+    let base = issuer.trim_end_matches('/');
+    serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{base}/auth"),
+        "token_endpoint": format!("{base}/token"),
+        "jwks_uri": format!("{base}/jwks"),
+        "revocation_endpoint": format!("{base}/token/revocation"),
+        "end_session_endpoint": format!("{base}/session/end"),
+        "userinfo_endpoint": format!("{base}/me"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256", "RS256"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "backchannel_logout_supported": true
+    })
+    .to_string()
+}
+
 /// [`sign_jwt_with_header`] with `typ: JWT`.
 pub fn sign_jwt(claims: &serde_json::Value) -> String {
     sign_jwt_with_header(&serde_json::json!({"typ": "JWT"}), claims)

@@ -9,8 +9,7 @@
     clippy::indexing_slicing
 )]
 
-use bffgate::assertion::client_assertion;
-use bffgate::config::{AuthMethod, Config, ConfigError};
+use bffgate::config::{AssertionAudience, AuthMethod, Config, ConfigError};
 use bffgate::testkit::{test_raw, test_secrets, TestRandom};
 use serde_json::{json, Value};
 
@@ -52,15 +51,56 @@ fn assert_no_key_material(msg: &str, pem: &str) {
     }
 }
 
+/// The client assertion a code exchange carries with `c`, and the whole form.
+fn assertion_of(c: &Config, now: u64, seed: u64) -> (String, Vec<(String, String)>) {
+    let ep = c.provider.fixed(&c.client).expect("endpoints set by hand");
+    let mut rng = TestRandom(seed);
+    let request = bffgate::oauth::Provider {
+        cfg: c,
+        ep: &ep,
+        now,
+        rng: &mut rng,
+    }
+    .code_request("c0de", "v3r1f13r");
+    assert!(
+        request.headers.iter().all(|(k, _)| k != "authorization"),
+        "no Basic header with private_key_jwt"
+    );
+    let form: Vec<(String, String)> = form_urlencoded::parse(request.body.expose().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(get("client_id").as_deref(), Some("bffgate"));
+    assert_eq!(
+        get("client_assertion_type").as_deref(),
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    );
+    assert!(get("client_secret").is_none());
+    (get("client_assertion").expect("an assertion"), form)
+}
+
 #[test]
 fn the_key_is_read_from_the_environment_and_no_secret_is_needed() {
     let c = compile(pkjwt(), &[("BFFGATE_CLIENT_KEY", P256)]).unwrap();
-    assert_eq!(c.client.auth_method, AuthMethod::PrivateKeyJwt);
+    assert_eq!(c.client.auth_method, Some(AuthMethod::PrivateKeyJwt));
     assert!(c.client.secret.is_empty());
     let key = c.client.key.as_ref().expect("a key");
     assert_eq!((key.alg(), key.kid()), ("ES256", None));
-    assert_eq!(c.client.assertion_audience, "http://localhost:9000/token");
+    assert_eq!(
+        c.client.assertion_audience,
+        AssertionAudience::TokenEndpoint
+    );
     assert_no_key_material(&format!("{c:?}"), P256);
+    // The token request signs with the token endpoint as audience.
+    let (jws, _) = assertion_of(&c, 1000, 5);
+    let set = bffgate::jose::parse_jwks(json!({"keys": [key.public_jwk()]}).to_string().as_bytes())
+        .unwrap();
+    let claims = bffgate::jose::verify(&jws, &set).unwrap();
+    assert_eq!(claims["aud"], "http://localhost:9000/token");
+    assert_eq!(
+        (claims["iss"].clone(), claims["sub"].clone()),
+        (json!("bffgate"), json!("bffgate"))
+    );
 
     let c = compile(
         json!({"auth_method": "private_key_jwt", "private_key_env": "MY_KEY",
@@ -70,21 +110,27 @@ fn the_key_is_read_from_the_environment_and_no_secret_is_needed() {
     .unwrap();
     let key = c.client.key.as_ref().unwrap();
     assert_eq!((key.alg(), key.kid()), ("RS256", Some("bff-2024")));
-    assert_eq!(c.client.assertion_audience, "http://localhost:9000");
-    assert_eq!(c.client.assertion_audience, c.provider.issuer);
-    // What the lead's call site will sign with: it verifies against the key's public JWK.
-    let jws = client_assertion(
-        key,
-        &c.client.client_id,
-        &c.client.assertion_audience,
-        1000,
-        &mut TestRandom(5),
-    );
+    assert_eq!(c.client.assertion_audience, AssertionAudience::Issuer);
+    let (jws, _) = assertion_of(&c, 1000, 5);
     let set = bffgate::jose::parse_jwks(json!({"keys": [key.public_jwk()]}).to_string().as_bytes())
         .unwrap();
     let claims = bffgate::jose::verify(&jws, &set).unwrap();
     assert_eq!(claims["iss"], "bffgate");
-    assert_eq!(claims["aud"], "http://localhost:9000");
+    assert_eq!(claims["aud"], c.provider.issuer.as_str());
+}
+
+#[test]
+fn every_token_request_signs_a_new_assertion() {
+    // A retried or repeated request never replays an assertion (providers that remember `jti`
+    // refuse a second use): two requests, two `jti`s, each assertion living 60 s from now.
+    let c = compile(pkjwt(), &[("BFFGATE_CLIENT_KEY", P256)]).unwrap();
+    let (a, _) = assertion_of(&c, 1000, 5);
+    let (b, _) = assertion_of(&c, 1000, 6);
+    assert_ne!(a, b);
+    let claims = |j: &str| bffgate::jwt::decode_payload(j).unwrap();
+    assert_ne!(claims(&a)["jti"], claims(&b)["jti"]);
+    assert_eq!(claims(&a)["iat"], 1000);
+    assert_eq!(claims(&a)["exp"], 1060);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 mod common;
 use bffgate::session::{Session, SessionId};
 use bffgate::store::{
-    Cas, Evicted, Flush, Outbox, Outcome, PendingLogin, RemoteSync, Store, StoreError,
+    Cas, Doc, Evicted, Flush, Outbox, Outcome, PendingLogin, RemoteSync, Store, StoreError,
 };
 use bffgate::util::Random;
 use common::*;
@@ -56,10 +56,10 @@ impl Store for Remote {
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session> {
         self.local.delete_where(pred)
     }
-    fn jwks(&self) -> Option<(Vec<u8>, u64)> {
+    fn doc(&self, _kind: Doc) -> Option<(Vec<u8>, u64)> {
         None
     }
-    fn set_jwks(&mut self, _doc: &[u8], _now: u64) {}
+    fn set_doc(&mut self, _kind: Doc, _doc: &[u8], _now: u64) {}
     fn remember_jti(&mut self, _jti: &str, _exp: u64, _now: u64) -> bool {
         true
     }
@@ -89,7 +89,7 @@ impl RemoteSync for Remote {
     fn fetch_session(&mut self, _id: &SessionId) -> Callout {
         Callout {
             cluster: Some("etcd".into()),
-            authority: Some("etcd".into()),
+            authority: "etcd".into(),
             method: "POST",
             path: "/v3/kv/range".into(),
             headers: vec![],

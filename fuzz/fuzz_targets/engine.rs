@@ -296,12 +296,15 @@ fuzz_target!(|data: &[u8]| {
                         }
                         None => {
                             // A good answer for what was asked.
-                            let body = if cfg.provider.jwks_path.as_deref()
-                                == Some(request.path.as_str())
-                            {
+                            let hand = &cfg.provider.by_hand;
+                            let body = if request.path == "/jwks" {
                                 jwks()
-                            } else if cfg.provider.revocation_path.as_deref()
+                            } else if request.path.ends_with("/.well-known/openid-configuration")
+                            {
+                                discovery_document(&cfg.provider.issuer)
+                            } else if hand.revocation.as_ref().map(|t| t.path.as_str())
                                 == Some(request.path.as_str())
+                                || request.path == "/token/revocation"
                             {
                                 String::new()
                             } else if matches!(*then, AfterCall::CodeExchange { .. }) {

@@ -106,7 +106,7 @@ fn compile(v: &Value) -> Config {
 
 // ----- the fake provider (the test kit's ES256 key) -----
 
-pub use bffgate::testkit::{jwks, sign_jwt};
+pub use bffgate::testkit::{discovery_document, jwks, sign_jwt};
 
 /// Claims of a good ID token for `sub` at `now`.
 pub fn id_claims(sub: &str, username: &str, nonce: &str, now: u64) -> Value {
@@ -242,8 +242,13 @@ fn start_login(
         sec_fetch_mode: Some("navigate".into()),
         ..Request::default()
     };
-    let mut e = Engine::new(cfg, now, rng, st);
-    let Step::Respond(r) = e.on_request(&req) else {
+    let step = Engine::new(cfg, now, rng, st).on_request(&req);
+    let issuer = cfg.provider.issuer.clone();
+    let mut answer = |_: usize, _: &str| CallResult::Response {
+        status: 200,
+        body: discovery_document(&issuer).into_bytes(),
+    };
+    let Step::Respond(r) = drive(cfg, st, rng, now, step, &mut answer) else {
         panic!("login did not answer")
     };
     let loc = location(&r).unwrap_or_default().to_string();
@@ -275,6 +280,8 @@ fn build_world(cfg_json: &Value, seed: u64) -> World {
     let mut answer = |_: usize, path: &str| {
         let body = if path.contains("jwks") {
             jwks()
+        } else if path.ends_with("/.well-known/openid-configuration") {
+            discovery_document(&cfg.provider.issuer)
         } else {
             token_answer(
                 "openid profile offline_access orders:read orders:write",
@@ -530,7 +537,15 @@ fn check_reply(cfg: &Config, seen: &Seen<'_>, r: &Reply) {
             "location on a {} reply",
             r.status
         );
-        let idp = loc.starts_with(&format!("{}?", cfg.provider.authorization_endpoint));
+        // The authorization endpoint set by hand, or the one the fuzz provider's discovery
+        // document names.
+        let authorize = cfg
+            .provider
+            .by_hand
+            .authorization
+            .as_deref()
+            .unwrap_or("http://localhost:9000/auth");
+        let idp = loc.starts_with(&format!("{authorize}?"));
         let local = loc.starts_with('/') && !loc.starts_with("//") && !loc.starts_with("/\\");
         assert!(idp || local, "redirect off site: {loc:?}");
         if local {

@@ -125,7 +125,7 @@ fn placeholder_client_key() -> String {
         .unwrap_or_default()
 }
 
-fn build(a: &Args) -> Result<(Value, RawConfig), String> {
+fn build(a: &Args) -> Result<(Value, RawConfig, bffgate::config::Config), String> {
     let settings_name = a.settings.display().to_string();
     let mut settings: Value = yaml_to(&settings_name, &read(&a.settings)?)?;
     let mut settings_name = settings_name;
@@ -137,9 +137,9 @@ fn build(a: &Args) -> Result<(Value, RawConfig), String> {
     }
     let policies = load_policies(&a.policies)?;
     let (json, origin) = render::merge(settings, policies)?;
-    render::validate(&json, &origin, &settings_name, &secret)?;
+    let cfg = render::validate(&json, &origin, &settings_name, &secret)?;
     let raw: RawConfig = serde_json::from_value(json.clone()).map_err(|e| e.to_string())?;
-    Ok((json, raw))
+    Ok((json, raw, cfg))
 }
 
 /// The first line of a rendered Envoy configuration: it is generated, from what.
@@ -167,7 +167,7 @@ fn run() -> Result<(), String> {
     let a = parse_args()?;
     match a.cmd.as_str() {
         "json" => {
-            let (json, _) = build(&a)?;
+            let (json, _, _) = build(&a)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
@@ -175,7 +175,7 @@ fn run() -> Result<(), String> {
             Ok(())
         }
         "render" => {
-            let (json, _) = build(&a)?;
+            let (json, _, _) = build(&a)?;
             let t = a.template.as_ref().ok_or("render needs --template")?;
             let out = rendered(&a, t, &json)?;
             match &a.out {
@@ -185,7 +185,7 @@ fn run() -> Result<(), String> {
             Ok(())
         }
         "check" => {
-            let (json, raw) = build(&a)?;
+            let (json, raw, cfg) = build(&a)?;
             let mut problems = Vec::new();
             if let (Some(t), Some(e)) = (&a.template, &a.envoy) {
                 let want = rendered(&a, t, &json)?;
@@ -223,6 +223,7 @@ fn run() -> Result<(), String> {
                         ""
                     }
                 );
+                println!("bffgate-config: {}", render::provider_summary(&cfg));
                 Ok(())
             } else {
                 Err(problems.join("\n"))

@@ -12,7 +12,7 @@ use crate::secret::Secret;
 pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, ConfigError> {
     let (origin, prefix) = origin(raw)?;
     let provider = provider(&raw.provider)?;
-    let client = client(&raw.client, &raw.provider, secrets, &origin, &prefix)?;
+    let client = client(&raw.client, secrets, &origin, &prefix)?;
     let admin_token = admin_token(raw, secrets)?;
     let cookie = cookies(&raw.cookie, secrets)?;
     session(&raw.session)?;
@@ -81,27 +81,70 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
         return Err(err("provider.issuer", "must not be empty"));
     }
     url_field("provider.issuer", &pr.issuer)?;
-    url_field(
-        "provider.authorization_endpoint",
-        &pr.authorization_endpoint,
-    )?;
-    if pr.authorization_endpoint.contains('?') {
-        return Err(err(
-            "provider.authorization_endpoint",
-            "must not carry a query; use client.extra_authorize_params",
-        ));
-    }
-    let (token_authority, token_path) = url_field("provider.token_endpoint", &pr.token_endpoint)?;
-    let revocation_path = match &pr.revocation_endpoint {
-        Some(u) => Some(url_field("provider.revocation_endpoint", u)?.1),
-        None => None,
+    let target = |field: &str, u: &Option<String>| -> Result<Option<Target>, ConfigError> {
+        match u {
+            Some(u) => {
+                url_field(field, u)?;
+                Ok(Target::of(u))
+            }
+            None => Ok(None),
+        }
     };
+    if let Some(u) = &pr.authorization_endpoint {
+        url_field("provider.authorization_endpoint", u)?;
+        if u.contains('?') {
+            return Err(err(
+                "provider.authorization_endpoint",
+                "must not carry a query; use client.extra_authorize_params",
+            ));
+        }
+    }
     if let Some(u) = &pr.end_session_endpoint {
         url_field("provider.end_session_endpoint", u)?;
     }
-    let jwks_path = match &pr.jwks_uri {
-        Some(u) => Some(url_field("provider.jwks_uri", u)?.1),
-        None => None,
+    let by_hand = HandSet {
+        authorization: pr.authorization_endpoint.clone(),
+        token: target("provider.token_endpoint", &pr.token_endpoint)?,
+        revocation: target("provider.revocation_endpoint", &pr.revocation_endpoint)?,
+        end_session: pr.end_session_endpoint.clone(),
+        jwks: target("provider.jwks_uri", &pr.jwks_uri)?,
+        userinfo: target("provider.userinfo_endpoint", &pr.userinfo_endpoint)?,
+    };
+    let complete = by_hand.authorization.is_some() && by_hand.token.is_some();
+    let discovery = match pr.discovery {
+        Some(false) if !complete => {
+            let missing = if by_hand.authorization.is_none() {
+                "provider.authorization_endpoint"
+            } else {
+                "provider.token_endpoint"
+            };
+            return Err(err(missing, "must be set when provider.discovery is false"));
+        }
+        Some(false) => None,
+        None if complete => None,
+        _ => {
+            if !(60..=7 * 86_400).contains(&pr.discovery_max_age_s) {
+                return Err(err(
+                    "provider.discovery_max_age_s",
+                    "must be between 60 and 604800",
+                ));
+            }
+            let Some((authority, path)) = crate::discovery::well_known_path(&pr.issuer) else {
+                return Err(err(
+                    "provider.issuer",
+                    "must be a URL with no query or fragment to read its discovery document",
+                ));
+            };
+            Some(Discovery {
+                url: crate::discovery::well_known_url(&pr.issuer).unwrap_or_default(),
+                target: Target {
+                    url: crate::discovery::well_known_url(&pr.issuer).unwrap_or_default(),
+                    authority: authority.to_string(),
+                    path,
+                },
+                max_age_s: pr.discovery_max_age_s,
+            })
+        }
     };
     if pr.cluster.is_empty() {
         return Err(err(
@@ -118,29 +161,31 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
             "must be between 1 and provider.timeout_ms",
         ));
     }
-    let userinfo_path = match &pr.userinfo_endpoint {
-        Some(u) => Some(url_field("provider.userinfo_endpoint", u)?.1),
-        None => None,
-    };
-    let authority = pr.authority.clone().unwrap_or(token_authority);
-    if authority.is_empty() {
-        return Err(err("provider.authority", "must not be empty"));
+    if let Some(a) = &pr.authority {
+        if a.is_empty()
+            || a.bytes()
+                .any(|b| b <= b' ' || b >= 0x7f || b == b'/' || b == b'@')
+        {
+            return Err(err("provider.authority", "must be a host[:port]"));
+        }
+    }
+    if pr.userinfo && discovery.is_none() && by_hand.userinfo.is_none() {
+        return Err(err(
+            "provider.userinfo_endpoint",
+            "must be set when provider.userinfo is true and discovery is off",
+        ));
     }
 
     Ok(Provider {
         issuer: pr.issuer.clone(),
-        authorization_endpoint: pr.authorization_endpoint.clone(),
-        token_path,
-        revocation_path,
-        end_session_endpoint: pr.end_session_endpoint.clone(),
-        jwks_path,
+        discovery,
+        by_hand,
         cluster: pr.cluster.clone(),
-        authority,
+        authority: pr.authority.clone(),
         timeout_ms: pr.timeout_ms,
         revocation_timeout_ms: pr.revocation_timeout_ms,
         revoke_access_tokens: pr.revoke_access_tokens,
         userinfo: pr.userinfo,
-        userinfo_path,
         frontchannel_logout: pr.frontchannel_logout,
     })
 }
@@ -148,7 +193,6 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
 /// `client.*` (the secret, or the `private_key_jwt` key, from the VM's environment).
 fn client(
     c: &RawClient,
-    pr: &RawProvider,
     secrets: &dyn Secrets,
     origin: &str,
     p: &str,
@@ -156,7 +200,7 @@ fn client(
     if c.client_id.is_empty() {
         return Err(err("client.client_id", "must not be empty"));
     }
-    let (secret, key) = if c.auth_method == AuthMethod::PrivateKeyJwt {
+    let (secret, key) = if c.auth_method == Some(AuthMethod::PrivateKeyJwt) {
         (String::new(), Some(client_key(c, secrets)?))
     } else {
         if c.private_key_kid.is_some() || c.assertion_audience != AssertionAudience::TokenEndpoint {
@@ -234,10 +278,7 @@ fn client(
         secret: Secret::new(secret),
         auth_method: c.auth_method,
         key,
-        assertion_audience: match c.assertion_audience {
-            AssertionAudience::TokenEndpoint => pr.token_endpoint.clone(),
-            AssertionAudience::Issuer => pr.issuer.clone(),
-        },
+        assertion_audience: c.assertion_audience,
         redirect_uri: c.redirect_uri.clone(),
         scope: c.scopes.join(" "),
         extra_authorize_params: extra,

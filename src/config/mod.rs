@@ -83,20 +83,14 @@ impl<F: Fn(&str) -> Option<String>> Secrets for F {
 pub struct Provider {
     /// Issuer.
     pub issuer: String,
-    /// Authorization endpoint URL.
-    pub authorization_endpoint: String,
-    /// Token endpoint path for callouts.
-    pub token_path: String,
-    /// Revocation endpoint path for callouts.
-    pub revocation_path: Option<String>,
-    /// End-session URL for the browser.
-    pub end_session_endpoint: Option<String>,
-    /// JWKS path for callouts.
-    pub jwks_path: Option<String>,
+    /// Where the discovery document is read, when discovery is on.
+    pub discovery: Option<Discovery>,
+    /// Endpoints set in the configuration; each overrides the discovered one.
+    pub by_hand: HandSet,
     /// Envoy cluster.
     pub cluster: String,
-    /// `:authority` for callouts.
-    pub authority: String,
+    /// `:authority` for every callout, when set in the configuration.
+    pub authority: Option<String>,
     /// Callout timeout.
     pub timeout_ms: u64,
     /// Revocation callout timeout.
@@ -105,10 +99,171 @@ pub struct Provider {
     pub revoke_access_tokens: bool,
     /// Fetch userinfo at login.
     pub userinfo: bool,
-    /// Userinfo endpoint path for callouts, when set by hand.
-    pub userinfo_path: Option<String>,
     /// Serve front-channel logout.
     pub frontchannel_logout: bool,
+}
+
+/// Where the provider's discovery document is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// The document's URL (for log lines).
+    pub url: String,
+    /// The callout to it.
+    pub target: Target,
+    /// Read again when older than this (seconds).
+    pub max_age_s: u64,
+}
+
+/// An endpoint bffgate calls through the provider's cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The URL as written (a client assertion's audience is the token endpoint's).
+    pub url: String,
+    /// Its `:authority`.
+    pub authority: String,
+    /// Its `:path`.
+    pub path: String,
+}
+
+impl Target {
+    /// The target of `url`, if it is an absolute http(s) URL.
+    pub fn of(url: &str) -> Option<Target> {
+        let (_, authority, path) = split_url(url)?;
+        Some(Target {
+            url: url.to_string(),
+            authority: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// The provider endpoints set in the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandSet {
+    /// `provider.authorization_endpoint`.
+    pub authorization: Option<String>,
+    /// `provider.token_endpoint`.
+    pub token: Option<Target>,
+    /// `provider.revocation_endpoint`.
+    pub revocation: Option<Target>,
+    /// `provider.end_session_endpoint`.
+    pub end_session: Option<String>,
+    /// `provider.jwks_uri`.
+    pub jwks: Option<Target>,
+    /// `provider.userinfo_endpoint`.
+    pub userinfo: Option<Target>,
+}
+
+impl HandSet {
+    /// The fields set, by their configuration names (what `make check` reports).
+    pub fn fields(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let set = [
+            (
+                "provider.authorization_endpoint",
+                self.authorization.is_some(),
+            ),
+            ("provider.token_endpoint", self.token.is_some()),
+            ("provider.revocation_endpoint", self.revocation.is_some()),
+            ("provider.end_session_endpoint", self.end_session.is_some()),
+            ("provider.jwks_uri", self.jwks.is_some()),
+            ("provider.userinfo_endpoint", self.userinfo.is_some()),
+        ];
+        for (name, on) in set {
+            if on {
+                v.push(name);
+            }
+        }
+        v
+    }
+}
+
+/// The provider's endpoints and capabilities in effect: the configuration's, over the
+/// discovered ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Where the browser is sent to log in (no query).
+    pub authorization: String,
+    /// Code exchange, refresh, token exchange.
+    pub token: Target,
+    /// RFC 7009 revocation.
+    pub revocation: Option<Target>,
+    /// RP-initiated logout (for the browser).
+    pub end_session: Option<String>,
+    /// The provider's keys.
+    pub jwks: Option<Target>,
+    /// OIDC userinfo.
+    pub userinfo: Option<Target>,
+    /// How the client authenticates at the token and revocation endpoints.
+    pub auth_method: AuthMethod,
+    /// ID token signature algorithms accepted (the provider's, as far as bffgate verifies
+    /// them).
+    pub id_token_algs: Vec<String>,
+}
+
+impl Provider {
+    /// The endpoints without discovery: `None` when discovery is on (they come with the
+    /// document, [`Provider::resolve`]).
+    pub fn fixed(&self, client: &Client) -> Option<Endpoints> {
+        if self.discovery.is_some() {
+            return None;
+        }
+        let h = &self.by_hand;
+        Some(Endpoints {
+            authorization: h.authorization.clone()?,
+            token: h.token.clone()?,
+            revocation: h.revocation.clone(),
+            end_session: h.end_session.clone(),
+            jwks: h.jwks.clone(),
+            userinfo: h.userinfo.clone(),
+            auth_method: client.auth_method.unwrap_or_default(),
+            id_token_algs: crate::discovery::VERIFIED_ALGS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        })
+    }
+
+    /// The endpoints from a discovery document, those set by hand taking precedence; the
+    /// client's authentication method, if not configured, is `client_secret_basic` unless the
+    /// provider lists `client_secret_post` and not it.
+    pub fn resolve(&self, meta: &crate::discovery::Meta, client: &Client) -> Option<Endpoints> {
+        let h = &self.by_hand;
+        let or = |set: &Option<Target>, found: &Option<String>| {
+            set.clone()
+                .or_else(|| found.as_deref().and_then(Target::of))
+        };
+        let lists = |m: &str| meta.auth_methods.iter().any(|x| x == m);
+        let auth_method = client.auth_method.unwrap_or(
+            if !lists("client_secret_basic") && lists("client_secret_post") {
+                AuthMethod::ClientSecretPost
+            } else {
+                AuthMethod::ClientSecretBasic
+            },
+        );
+        Some(Endpoints {
+            authorization: h
+                .authorization
+                .clone()
+                .unwrap_or_else(|| meta.authorization_endpoint.clone()),
+            token: or(&h.token, &Some(meta.token_endpoint.clone()))?,
+            revocation: or(&h.revocation, &meta.revocation_endpoint),
+            end_session: h
+                .end_session
+                .clone()
+                .or_else(|| meta.end_session_endpoint.clone()),
+            jwks: or(&h.jwks, &Some(meta.jwks_uri.clone())),
+            userinfo: or(&h.userinfo, &meta.userinfo_endpoint),
+            auth_method,
+            id_token_algs: meta.id_token_algs.clone(),
+        })
+    }
+
+    /// Whether ID-token and logout-token signatures can be verified (a JWKS by hand or from
+    /// discovery): back-channel logout is served only then.
+    pub fn verifies_signatures(&self) -> bool {
+        self.discovery.is_some() || self.by_hand.jwks.is_some()
+    }
 }
 
 /// OAuth client, compiled.
@@ -118,12 +273,13 @@ pub struct Client {
     pub client_id: String,
     /// Client secret (empty with `private_key_jwt`).
     pub secret: Secret,
-    /// Authentication method.
-    pub auth_method: AuthMethod,
+    /// Authentication method, when configured (else chosen with the discovery document:
+    /// [`Provider::resolve`]).
+    pub auth_method: Option<AuthMethod>,
     /// The signing key of `private_key_jwt` client assertions (that method only).
     pub key: Option<ClientKey>,
     /// The `aud` of client assertions: the token endpoint URL or the issuer.
-    pub assertion_audience: String,
+    pub assertion_audience: AssertionAudience,
     /// Redirect URI.
     pub redirect_uri: String,
     /// Space-joined scopes.
@@ -283,8 +439,18 @@ mod tests {
     #[test]
     fn the_demo_config_compiles() {
         let c = compile_with(|_| {}).unwrap();
-        assert_eq!(c.provider.token_path, "/token");
-        assert_eq!(c.provider.authority, "localhost:9000");
+        let ep = c
+            .provider
+            .fixed(&c.client)
+            .expect("every endpoint set by hand");
+        assert_eq!(ep.token.path, "/token");
+        assert_eq!(ep.token.authority, "localhost:9000");
+        assert_eq!(ep.auth_method, AuthMethod::ClientSecretBasic);
+        assert!(
+            c.provider.discovery.is_none(),
+            "endpoints set by hand: no discovery"
+        );
+        assert_eq!(c.provider.authority, None);
         assert_eq!(c.login_audience, "https://orders.api.local");
         assert_eq!(c.routes.len(), 5);
         assert!(c.keep_claims.contains(&"preferred_username".to_string()));

@@ -60,23 +60,37 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 pub struct RawProvider {
     /// Issuer identifier; the ID token's `iss` must equal it.
     pub issuer: String,
-    /// Authorization endpoint URL the browser is sent to.
-    pub authorization_endpoint: String,
-    /// Token endpoint URL (called through `cluster`).
-    pub token_endpoint: String,
+    /// Read the provider's OpenID Connect discovery document
+    /// (`<issuer>/.well-known/openid-configuration`, through `cluster`) for the endpoints not
+    /// set here, the client authentication methods and the ID token algorithms. Default: on
+    /// unless both `authorization_endpoint` and `token_endpoint` are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<bool>,
+    /// The discovery document is read again when it is older than this (at the first request
+    /// that needs it).
+    #[serde(default = "d_discovery_max_age_s")]
+    pub discovery_max_age_s: u64,
+    /// Authorization endpoint URL the browser is sent to; default: from discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_endpoint: Option<String>,
+    /// Token endpoint URL (called through `cluster`); default: from discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
     /// RFC 7009 revocation endpoint URL (called through `cluster`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_endpoint: Option<String>,
     /// RP-initiated logout endpoint URL (returned to the browser).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_session_endpoint: Option<String>,
-    /// JWKS URL (called through `cluster`): verifies ID-token and logout-token signatures.
-    /// Without it, ID tokens are checked by claims only and back-channel logout is off.
+    /// JWKS URL (called through `cluster`): verifies ID-token and logout-token signatures;
+    /// default: from discovery. Without it and without discovery, ID tokens are checked by
+    /// claims only and back-channel logout is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
     /// Envoy cluster that reaches the provider's back channel.
     pub cluster: String,
-    /// `:authority` for callouts; defaults to the token endpoint's host.
+    /// `:authority` of every callout to the provider (for a cluster that needs a fixed one);
+    /// default: the host of the endpoint called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
     /// Callout timeout in milliseconds.
@@ -108,6 +122,10 @@ pub struct RawProvider {
 
 fn d_true() -> bool {
     true
+}
+
+fn d_discovery_max_age_s() -> u64 {
+    3600
 }
 
 /// Client authentication at the token endpoint.
@@ -144,9 +162,10 @@ pub struct RawClient {
     /// Name of the environment variable holding the client secret (never the secret itself).
     #[serde(default = "d_client_secret_env")]
     pub client_secret_env: String,
-    /// Client authentication method.
-    #[serde(default)]
-    pub auth_method: AuthMethod,
+    /// Client authentication method. Default: `client_secret_basic`, or `client_secret_post`
+    /// when the provider's discovery document lists only that one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<AuthMethod>,
     /// With `private_key_jwt`: name of the environment variable holding the client's private
     /// key, a PEM or a private JWK (never the key itself).
     #[serde(default = "d_private_key_env")]

@@ -2,6 +2,7 @@
 //! `state`, `nonce`) and `/auth/callback` (the flow cookie compared before the login is taken,
 //! the code exchange, the ID token checked, a new session with a fresh id).
 
+use super::provider::{AfterDiscovery, JwsCheck};
 use super::{query_param, AfterCall, Engine, LoginTokens, Repeated, Request, Step, CLOCK_LEEWAY};
 use crate::audit::{EndReason, Event};
 use crate::callout::{CallResult, Callout};
@@ -16,21 +17,6 @@ use crate::store::PendingLogin;
 use crate::util::{ct_eq, hex, random_token, sha256};
 use serde_json::Value;
 
-/// A cached JWKS older than this is refetched before use.
-const JWKS_MAX_AGE: u64 = 3600;
-/// An unknown `kid` refetches the JWKS at most this often.
-const JWKS_MIN_REFETCH: u64 = 10;
-
-/// Outcome of a JWS check against the cached key set.
-pub(super) enum JwsCheck {
-    /// Verified; the payload.
-    Verified(serde_json::Map<String, Value>),
-    /// The key set must be (re)fetched first.
-    Fetch(Callout),
-    /// Refused.
-    Refused(crate::jose::JoseError),
-}
-
 /// Outcome of the ID token's checks.
 enum IdTokenCheck {
     /// Valid: its claims.
@@ -44,7 +30,11 @@ enum IdTokenCheck {
 impl Engine<'_> {
     /// `GET /auth/login?return_to=...`: a pending login in the store, a flow cookie that binds it
     /// to this browser, and a redirect to the provider.
-    pub(super) fn login(&mut self, query: &str) -> Reply {
+    pub(super) fn login(&mut self, req: &Request, query: &str) -> Step {
+        let ep = match self.endpoints(|| AfterDiscovery::Request(Box::new(req.clone()))) {
+            Ok(ep) => ep,
+            Err(step) => return *step,
+        };
         let return_to = match query_param(query, "return_to") {
             Ok(v) => sanitize_return_to(v.as_deref()),
             Err(Repeated) => "/".to_string(),
@@ -63,15 +53,16 @@ impl Engine<'_> {
         let state = match self.store.create_pending(&pending, self.rng, self.now) {
             Ok(s) => s,
             Err(_) => {
-                return self.login_failed(
+                return Step::Respond(self.login_failed(
                     503,
                     ErrorCode::LoginFailed,
                     "cannot start a login now; try again",
                     None,
-                )
+                ))
             }
         };
-        let url = oauth::authorize_url(self.cfg, &state, &nonce, &oauth::pkce_challenge(&verifier));
+        let challenge = oauth::pkce_challenge(&verifier);
+        let url = oauth::authorize_url(self.cfg, &ep, &state, &nonce, &challenge);
         let flow = cookie::set_cookie(
             &self.flow_cookie_name(&state),
             &flow_secret,
@@ -79,7 +70,7 @@ impl Engine<'_> {
             Some(self.cfg.session.login_timeout_s),
         );
         self.event(Event::LoginStarted);
-        with_cookie(redirect(&url), flow)
+        Step::Respond(with_cookie(redirect(&url), flow))
     }
 
     fn login_failed(
@@ -160,6 +151,12 @@ impl Engine<'_> {
         // the flow cookie's hash before it consumes anything, so a `state` learned elsewhere
         // (history, provider logs) cannot burn the victim's login.
         let flow_hash = hex(&sha256(flow_value.as_bytes()));
+        // The provider's endpoints before anything is consumed: a callback paused for the
+        // discovery document is decided again from the start.
+        let ep = match self.endpoints(|| AfterDiscovery::Request(Box::new(req.clone()))) {
+            Ok(ep) => ep,
+            Err(step) => return Ok(*step),
+        };
         let Some(login) = self.store.take_pending(&state, &flow_hash) else {
             let remote = self.store.remote().filter(|_| !req.store_fetched);
             if let Some(r) = remote {
@@ -232,7 +229,9 @@ impl Engine<'_> {
             }
         };
         let old_session = self.session_cookie_of(req).id().cloned();
-        let request = oauth::code_request(self.cfg, &code, login.verifier.expose());
+        let request = self
+            .provider(&ep)
+            .code_request(&code, login.verifier.expose());
         Ok(Step::Call {
             request,
             then: Box::new(AfterCall::CodeExchange {
@@ -316,23 +315,18 @@ impl Engine<'_> {
     /// userinfo endpoint first (some providers put profile claims only there); then the session.
     fn with_userinfo(&mut self, lt: LoginTokens, claims: serde_json::Map<String, Value>) -> Step {
         if self.cfg.provider.userinfo {
-            if let Some(path) = self.cfg.provider.userinfo_path.clone() {
-                let request = Callout {
-                    cluster: None,
-                    authority: None,
-                    method: "GET",
-                    path,
-                    headers: vec![(
-                        "authorization".to_string(),
-                        lt.tokens.access_token.clone().prefixed("Bearer "),
-                    )],
-                    body: Secret::new(String::new()),
-                    timeout_ms: self.cfg.provider.timeout_ms,
-                };
-                return Step::Call {
-                    request,
-                    then: Box::new(AfterCall::Userinfo(Box::new((lt, claims)))),
-                };
+            match self.known_endpoints().and_then(|e| e.userinfo) {
+                Some(target) => {
+                    let request =
+                        oauth::userinfo_request(self.cfg, &target, &lt.tokens.access_token);
+                    return Step::Call {
+                        request,
+                        then: Box::new(AfterCall::Userinfo(Box::new((lt, claims)))),
+                    };
+                }
+                None => self.notes.push(
+                    "userinfo: provider.userinfo is on but the provider names no userinfo endpoint; the ID token's claims only".into(),
+                ),
             }
         }
         let LoginTokens {
@@ -464,7 +458,7 @@ impl Engine<'_> {
                 ));
             }
         };
-        if self.cfg.provider.jwks_path.is_none() {
+        if !self.cfg.provider.verifies_signatures() {
             return IdTokenCheck::Valid(claims);
         }
         match self.verify_jws(id_token.expose(), may_fetch) {
@@ -479,51 +473,6 @@ impl Engine<'_> {
                     Some(flow_cookie),
                 ))
             }
-        }
-    }
-
-    /// Verifies a JWS with the cached JWKS; asks for a fetch if the cache is missing, stale,
-    /// or lacks the token's key (at most one refetch every 10 s, so forged `kid`s cannot make
-    /// bffgate hammer the provider).
-    pub(super) fn verify_jws(&mut self, jwt: &str, may_fetch: bool) -> JwsCheck {
-        let cached = self.store.jwks();
-        let fresh = cached
-            .as_ref()
-            .is_some_and(|(_, at)| self.now.saturating_sub(*at) < JWKS_MAX_AGE);
-        let recently = cached
-            .as_ref()
-            .is_some_and(|(_, at)| self.now.saturating_sub(*at) < JWKS_MIN_REFETCH);
-        let fetch = |e: &Engine<'_>| oauth::jwks_request(e.cfg);
-        if let (Some((doc, _)), true) = (&cached, fresh) {
-            let set = crate::jose::parse_jwks(doc).unwrap_or_default();
-            match crate::jose::verify(jwt, &set) {
-                Ok(claims) => return JwsCheck::Verified(claims),
-                Err(crate::jose::JoseError::UnknownKey) if may_fetch && !recently => {}
-                Err(e) => return JwsCheck::Refused(e),
-            }
-        } else if !may_fetch {
-            return JwsCheck::Refused(crate::jose::JoseError::UnknownKey);
-        }
-        match fetch(self) {
-            Some(r) => JwsCheck::Fetch(r),
-            None => JwsCheck::Refused(crate::jose::JoseError::UnknownKey),
-        }
-    }
-
-    /// Stores a fetched JWKS; the reply to answer with if the fetch failed.
-    pub(super) fn store_jwks(&mut self, result: &CallResult) -> Result<(), Reply> {
-        match result {
-            CallResult::Response { status: 200, body }
-                if crate::jose::parse_jwks(body).is_ok_and(|s| !s.keys.is_empty()) =>
-            {
-                self.store.set_jwks(body, self.now);
-                Ok(())
-            }
-            _ => Err(error_reply(
-                503,
-                ErrorCode::IdpUnavailable,
-                "cannot fetch the identity provider's keys",
-            )),
         }
     }
 

@@ -3,10 +3,9 @@
 //! the sessions it names on every worker, and in fleet mode on every Envoy).
 
 use super::cookies::SessionLookup;
-use super::login::JwsCheck;
+use super::provider::{AfterDiscovery, JwsCheck};
 use super::{query_param, AfterCall, Engine, Request, Revoking, Step, CLOCK_LEEWAY};
 use crate::audit::{EndReason, Event};
-use crate::oauth;
 use crate::policy::CsrfMode;
 use crate::reply::{
     base_headers, error_reply, json_reply, store_unavailable, with_cookie, ErrorCode, Reply,
@@ -32,6 +31,13 @@ impl Engine<'_> {
                 "cross-site request or missing CSRF header",
             ));
         }
+        // The provider's endpoints (revocation, end session) first, as nothing has changed yet;
+        // a provider whose metadata cannot be read does not keep the session alive.
+        let ep = match self.endpoints(|| AfterDiscovery::Request(Box::new(req.clone()))) {
+            Ok(ep) => Some(ep),
+            Err(step) if matches!(*step, Step::Respond(_)) => None,
+            Err(step) => return *step,
+        };
         let mut revoke: Vec<(Secret, &'static str)> = Vec::new();
         let mut id_token = None;
         let mut ended = None;
@@ -66,7 +72,7 @@ impl Engine<'_> {
             ended = Some(id.handle());
         }
         let mut body = json!({"logged_out": true});
-        if let Some(es) = &self.cfg.provider.end_session_endpoint {
+        if let Some(es) = ep.as_ref().and_then(|e| e.end_session.as_ref()) {
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("client_id", &self.cfg.client.client_id);
             if self.cfg.client.logout_id_token_hint {
@@ -112,12 +118,19 @@ impl Engine<'_> {
             return Step::Respond(r.reply);
         }
         let (token, hint) = r.remaining.remove(0);
-        let Some(mut request) = oauth::revoke_request(self.cfg, token.expose(), hint) else {
-            // No revocation endpoint: the provider keeps honouring these tokens (a refresh
-            // token until it expires there); said in the audit line.
-            r.results.push((hint, "not supported".to_string()));
+        let (request, why) = match self.known_endpoints() {
+            Some(ep) => (
+                self.provider(&ep).revoke_request(token.expose(), hint),
+                "not supported",
+            ),
+            None => (None, "provider metadata unavailable"),
+        };
+        let Some(mut request) = request else {
+            // No revocation endpoint (or none known): the provider keeps honouring these
+            // tokens (a refresh token until it expires there); said in the audit line.
+            r.results.push((hint, why.to_string()));
             for (_, h) in r.remaining.drain(..) {
-                r.results.push((h, "not supported".to_string()));
+                r.results.push((h, why.to_string()));
             }
             return self.next_revocation(r);
         };
@@ -159,6 +172,16 @@ impl Engine<'_> {
                 "missing logout_token",
             ));
         };
+        self.backchannel_known(token)
+    }
+
+    /// A logout token once the provider's endpoints are known (its keys come from there).
+    pub(super) fn backchannel_known(&mut self, token: String) -> Step {
+        if let Err(step) = self.endpoints(|| AfterDiscovery::Backchannel {
+            token: token.clone(),
+        }) {
+            return *step;
+        }
         self.backchannel_token(&token, true)
     }
 

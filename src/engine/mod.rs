@@ -22,16 +22,18 @@ mod admin;
 mod cookies;
 mod login;
 mod logout;
+mod provider;
 mod request;
 mod tokens;
 
 pub use admin::sweep;
 pub use cookies::is_bff_cookie;
+pub use provider::{AfterDiscovery, DISCOVERY_RETRY};
 pub use request::FastPathMiss;
 
 use crate::audit::{Decision, Event};
 use crate::callout::{CallResult, Callout};
-use crate::config::Config;
+use crate::config::{Config, Endpoints};
 use crate::oauth;
 use crate::policy::Access;
 use crate::reply::{error_reply, store_unavailable, ErrorCode, Reply, ReplyKind};
@@ -215,6 +217,8 @@ pub enum AfterCall {
     },
     /// `/auth/logout` revoking the session's tokens before it answers.
     Logout(Box<Revoking>),
+    /// A request waiting for the provider's discovery document.
+    Discovery(AfterDiscovery),
 }
 
 /// A logout revoking its session's tokens one after the other.
@@ -325,6 +329,10 @@ pub struct Engine<'a> {
     pub fast_path: Option<Result<(), FastPathMiss>>,
     /// Session cookie values verified by earlier requests of this VM (see [`Engine::with_verified`]).
     verified: Option<&'a VerifiedCookies>,
+    /// The provider's endpoints, once known in this run.
+    endpoints: Option<Endpoints>,
+    /// A discovery read failed in this run (no second read before the retry time).
+    discovery_failed: bool,
 }
 
 impl<'a> Engine<'a> {
@@ -346,6 +354,8 @@ impl<'a> Engine<'a> {
             cors: None,
             fast_path: None,
             verified: None,
+            endpoints: None,
+            discovery_failed: false,
         }
     }
 
@@ -433,6 +443,7 @@ impl<'a> Engine<'a> {
                 r.results.push((r.current, outcome));
                 self.next_revocation(*r)
             }
+            AfterCall::Discovery(then) => self.after_discovery(then, &result),
         };
         self.finish(step)
     }
@@ -562,11 +573,11 @@ impl<'a> Engine<'a> {
     fn auth_endpoint(&mut self, req: &Request, rest: &str, query: &str) -> Step {
         let m = req.method.as_str();
         Step::Respond(match rest {
-            "/login" if m == "GET" || m == "HEAD" => self.login(query),
+            "/login" if m == "GET" || m == "HEAD" => return self.login(req, query),
             "/callback" if m == "GET" => return self.callback(req, query),
             "/user" if m == "GET" || m == "HEAD" => return self.user(req),
             "/logout" if m == "POST" => return self.logout(req),
-            "/backchannel-logout" if m == "POST" && self.cfg.provider.jwks_path.is_some() => {
+            "/backchannel-logout" if m == "POST" && self.cfg.provider.verifies_signatures() => {
                 return Step::ReadBody {
                     then: AfterBody::BackchannelLogout,
                 }

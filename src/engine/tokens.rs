@@ -3,6 +3,7 @@
 //! audience's token) under the session's refresh lock; and what the provider's answer does to
 //! the session (rotated refresh token, released lock, ended session on `invalid_grant`).
 
+use super::provider::AfterDiscovery;
 use super::{AfterCall, AwaitToken, CookieEdit, Engine, Resume, Step, TokenCall, CAS_RETRIES};
 use crate::audit::{EndReason, Event};
 use crate::callout::CallResult;
@@ -89,16 +90,28 @@ impl Engine<'_> {
                 }
                 _ => TokenCall::Refresh,
             };
+            // The token endpoint before the lock: a request paused for the discovery document
+            // holds nothing and starts again.
+            let ep = match self.endpoints(|| AfterDiscovery::Obtain(Box::new(r.clone()))) {
+                Ok(ep) => ep,
+                Err(step) if matches!(*step, Step::Respond(_)) => {
+                    return self.transient_failure(&policy, &r)
+                }
+                Err(step) => return *step,
+            };
+            let login_audience = self.cfg.login_audience.as_str();
             let request = match call {
-                TokenCall::Exchange => s
-                    .token_for(&self.cfg.login_audience, self.now, 0)
-                    .map(|t| oauth::exchange_request(self.cfg, t.token.expose(), &r.audience)),
+                TokenCall::Exchange => s.token_for(login_audience, self.now, 0).map(|t| {
+                    self.provider(&ep)
+                        .exchange_request(t.token.expose(), &r.audience)
+                }),
                 TokenCall::Refresh => s
                     .refresh_token
                     .as_ref()
-                    .map(|rt| oauth::refresh_request(self.cfg, rt.expose(), &r.audience)),
+                    .map(|rt| self.provider(&ep).refresh_request(rt.expose(), &r.audience)),
                 TokenCall::RefreshForExchange => s.refresh_token.as_ref().map(|rt| {
-                    oauth::refresh_request(self.cfg, rt.expose(), &self.cfg.login_audience)
+                    self.provider(&ep)
+                        .refresh_request(rt.expose(), login_audience)
                 }),
             };
             let Some(request) = request else {
@@ -452,8 +465,14 @@ impl Engine<'_> {
         });
         if keep_lock {
             // Now exchange the fresh login-audience token for the route's audience.
-            let request =
-                oauth::exchange_request(self.cfg, tokens.access_token.expose(), &r.audience);
+            let request = self.known_endpoints().map(|ep| {
+                self.provider(&ep)
+                    .exchange_request(tokens.access_token.expose(), &r.audience)
+            });
+            let Some(request) = request else {
+                self.release_lock(&r.sid, true, s.refreshing_until);
+                return self.transient_failure(&policy, &r);
+            };
             return Step::Call {
                 request,
                 then: Box::new(AfterCall::Token {

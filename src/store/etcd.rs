@@ -31,7 +31,7 @@
 //! only leaves once etcd has it.
 
 use super::{
-    random_u32, Cas, Evicted, Flush, Outbox, Outcome, PendingLogin, RemoteState, RemoteSync,
+    random_u32, Cas, Doc, Evicted, Flush, Outbox, Outcome, PendingLogin, RemoteState, RemoteSync,
     ScanKind, SharedData, SharedStore, Store, StoreError,
 };
 use crate::callout::{CallResult, Callout};
@@ -390,7 +390,7 @@ impl<'c, D: SharedData, R: Random> EtcdStore<'c, D, R> {
     fn call(&self, path: &str, body: Value) -> Callout {
         Callout {
             cluster: Some(self.cfg.cluster.clone()),
-            authority: Some(self.cfg.authority.clone()),
+            authority: self.cfg.authority.clone(),
             method: "POST",
             path: path.to_string(),
             headers: vec![],
@@ -973,12 +973,12 @@ impl<D: SharedData, R: Random> Store for EtcdStore<'_, D, R> {
         self.local.take_scan_budget(kind, now)
     }
 
-    fn jwks(&self) -> Option<(Vec<u8>, u64)> {
-        self.local.jwks()
+    fn doc(&self, kind: Doc) -> Option<(Vec<u8>, u64)> {
+        self.local.doc(kind)
     }
 
-    fn set_jwks(&mut self, doc: &[u8], now: u64) {
-        self.local.set_jwks(doc, now);
+    fn set_doc(&mut self, kind: Doc, doc: &[u8], now: u64) {
+        self.local.set_doc(kind, doc, now);
     }
 
     fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {

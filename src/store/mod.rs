@@ -133,6 +133,18 @@ pub enum ScanKind {
     FrontChannel,
 }
 
+/// The provider documents cached for every worker of an Envoy (never in a remote store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doc {
+    /// The JWKS.
+    Jwks,
+    /// What bffgate keeps of the discovery document ([`crate::discovery::Meta`], JSON).
+    Discovery,
+    /// The last discovery fetch that failed (`F`) or that renews a stale document (`R`): its
+    /// time keeps failures from being retried at once and a renewal from being started twice.
+    DiscoveryAttempt,
+}
+
 /// Session and pending-login storage, as the engine sees it.
 pub trait Store {
     /// Loads a session with its CAS token (`None` if absent or the slot holds another session).
@@ -170,10 +182,10 @@ pub trait Store {
     /// kind (shared by its workers), so neither the operator API nor an unauthenticated
     /// front-channel logout can be made to burn CPU, or starve the other.
     fn take_scan_budget(&mut self, kind: ScanKind, now: u64) -> bool;
-    /// The cached JWKS document and when it was fetched.
-    fn jwks(&self) -> Option<(Vec<u8>, u64)>;
-    /// Caches a JWKS document.
-    fn set_jwks(&mut self, doc: &[u8], now: u64);
+    /// A cached provider document and when it was stored.
+    fn doc(&self, kind: Doc) -> Option<(Vec<u8>, u64)>;
+    /// Caches a provider document.
+    fn set_doc(&mut self, kind: Doc, doc: &[u8], now: u64);
     /// Records a logout-token `jti` until `exp`; false if it was already seen (a replay).
     fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool;
     /// How far this store's local view of a session can be trusted: always current for a store
@@ -343,11 +355,11 @@ impl<D: SharedData, R: Random> Store for Backend<'_, D, R> {
     fn take_scan_budget(&mut self, kind: ScanKind, now: u64) -> bool {
         self.inner_mut().take_scan_budget(kind, now)
     }
-    fn jwks(&self) -> Option<(Vec<u8>, u64)> {
-        self.inner().jwks()
+    fn doc(&self, kind: Doc) -> Option<(Vec<u8>, u64)> {
+        self.inner().doc(kind)
     }
-    fn set_jwks(&mut self, doc: &[u8], now: u64) {
-        self.inner_mut().set_jwks(doc, now)
+    fn set_doc(&mut self, kind: Doc, doc: &[u8], now: u64) {
+        self.inner_mut().set_doc(kind, doc, now)
     }
     fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {
         self.inner_mut().remember_jti(jti, exp, now)

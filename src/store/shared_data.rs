@@ -14,14 +14,21 @@
 //! recently used of the sampled sessions (default), or refuse the login.
 
 use super::{
-    random_u32, Cas, Evicted, PendingLogin, ScanKind, SharedData, Store, StoreError, FREE_SEARCH,
-    SAMPLE,
+    random_u32, Cas, Doc, Evicted, PendingLogin, ScanKind, SharedData, Store, StoreError,
+    FREE_SEARCH, SAMPLE,
 };
 use crate::config::{Limits, WhenFull};
 use crate::session::{Liveness, Session, SessionId};
 use crate::util::{ct_eq, hex, random_token, sha256, Random};
 
-const JWKS_KEY: &str = "bffgate:jwks";
+/// Keys of the cached provider documents.
+fn doc_key(kind: Doc) -> &'static str {
+    match kind {
+        Doc::Jwks => "bffgate:jwks",
+        Doc::Discovery => "bffgate:discovery",
+        Doc::DiscoveryAttempt => "bffgate:discovery:attempt",
+    }
+}
 /// Number of occupied session slots (kept with CAS; recounted now and then).
 const SESSIONS_KEY: &str = "bffgate:n:sessions";
 /// Number of occupied pending-login slots.
@@ -498,18 +505,18 @@ impl<D: SharedData> Store for SharedStore<D> {
         now > last && self.cas_set(key, now.to_string().as_bytes(), cas).is_ok()
     }
 
-    fn jwks(&self) -> Option<(Vec<u8>, u64)> {
-        let (v, _) = self.data.get(JWKS_KEY);
+    fn doc(&self, kind: Doc) -> Option<(Vec<u8>, u64)> {
+        let (v, _) = self.data.get(doc_key(kind));
         let v = v?;
         let (ts, doc) = (v.get(..8)?, v.get(8..)?);
         let fetched = u64::from_be_bytes(<[u8; 8]>::try_from(ts).ok()?);
         Some((doc.to_vec(), fetched))
     }
 
-    fn set_jwks(&mut self, doc: &[u8], now: u64) {
+    fn set_doc(&mut self, kind: Doc, doc: &[u8], now: u64) {
         let mut v = now.to_be_bytes().to_vec();
         v.extend_from_slice(doc);
-        let _ = self.cas_set(JWKS_KEY, &v, None);
+        let _ = self.cas_set(doc_key(kind), &v, None);
     }
 
     fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {
@@ -763,9 +770,13 @@ mod tests {
     #[test]
     fn jwks_cache_round_trip() {
         let mut st = memory_store(limits(1, WhenFull::Refuse));
-        assert!(st.jwks().is_none());
-        st.set_jwks(b"{\"keys\":[]}", 42);
-        assert_eq!(st.jwks(), Some((b"{\"keys\":[]}".to_vec(), 42)));
+        assert!(st.doc(Doc::Jwks).is_none());
+        st.set_doc(Doc::Jwks, b"{\"keys\":[]}", 42);
+        assert_eq!(st.doc(Doc::Jwks), Some((b"{\"keys\":[]}".to_vec(), 42)));
+        assert!(
+            st.doc(Doc::Discovery).is_none(),
+            "each document has its own key"
+        );
     }
 
     #[test]

@@ -185,13 +185,7 @@ pub(super) fn dispatch_outgoing(shared: &Shared, cfg: &Config, as_root: bool) {
         let mut headers: Vec<(&str, &str)> = vec![
             (":method", request.method),
             (":path", request.path.as_str()),
-            (
-                ":authority",
-                request
-                    .authority
-                    .as_deref()
-                    .unwrap_or(cfg.provider.authority.as_str()),
-            ),
+            (":authority", request.authority.as_str()),
             ("content-type", "application/x-www-form-urlencoded"),
             ("accept", "application/json"),
         ];
