@@ -299,8 +299,7 @@ fuzz_target!(|data: &[u8]| {
                             let hand = &cfg.provider.by_hand;
                             let body = if request.path == "/jwks" {
                                 jwks()
-                            } else if request.path.ends_with("/.well-known/openid-configuration")
-                            {
+                            } else if request.path.ends_with("/.well-known/openid-configuration") {
                                 discovery_document(&cfg.provider.issuer)
                             } else if hand.revocation.as_ref().map(|t| t.path.as_str())
                                 == Some(request.path.as_str())
