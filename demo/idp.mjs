@@ -33,6 +33,12 @@
 //   BFFGATE_IDP_CLIENT_ID      the client's id, default bffgate
 //   BFFGATE_IDP_RESOURCES      more resource servers, `resource=scope scope,...` (e.g.
 //                              `api://orders=orders.read`); every demo user holds their scopes
+//   BFFGATE_IDP_PROFILE        which provider's wire dialect for choosing a token's audience:
+//                              default (RFC 8707 `resource`, as described above), auth0 (an
+//                              `audience` parameter) or entra (resource-qualified scopes, `scp`);
+//                              see "provider profiles" below
+//   BFFGATE_IDP_OMIT_SCOPE     "1" leaves `scope` out of every token endpoint response (any
+//                              profile, any grant; RFC 6749 5.1: then it is the requested scope)
 //
 // Never logs tokens, codes, secrets or query strings.
 
@@ -41,6 +47,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import * as path from 'node:path';
+import * as querystring from 'node:querystring';
 
 import { calculateJwkThumbprint, createLocalJWKSet, jwtVerify } from 'jose';
 import Provider, { errors } from 'oidc-provider';
@@ -84,6 +91,12 @@ const BACKCHANNEL_URI = (() => {
 })();
 const TLS_CA_FILE = path.resolve(process.env.BFFGATE_TLS_CA || '.run/tls/cert.pem');
 const EXCHANGE_TARGETS_RAW = process.env.BFFGATE_EXCHANGE_TARGETS || 'https://profile.api.local';
+const IDP_PROFILE = process.env.BFFGATE_IDP_PROFILE || 'default';
+if (!['default', 'auth0', 'entra'].includes(IDP_PROFILE)) {
+  fail(`BFFGATE_IDP_PROFILE must be default, auth0 or entra, got ${JSON.stringify(IDP_PROFILE)}`);
+}
+const OMIT_SCOPE = process.env.BFFGATE_IDP_OMIT_SCOPE === '1';
+const USERINFO_URL = `${ISSUER}/me`;
 
 const CLIENT_SECRET = process.env.BFFGATE_CLIENT_SECRET;
 if (!CLIENT_SECRET) {
@@ -154,6 +167,186 @@ async function findAccount(ctx, sub) {
       return { sub, ...user.claims };
     },
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// provider profiles (BFFGATE_IDP_PROFILE): how a client names the audience of a token
+//
+// The provider core always works with RFC 8707 resource indicators, the per-user consent above
+// and oidc-provider's own checks (PKCE, refresh-token scope limits, rotation). A profile other
+// than `default` translates the client's wire dialect into that core at the edge, before
+// oidc-provider parses the request (GET/POST /auth, POST /request, POST /token), and shapes the
+// token endpoint responses and the JWT access tokens on the way out. With `default` none of this
+// is installed.
+//
+//   auth0  `resource` is ignored everywhere. `audience` at /auth (one API, the login audience),
+//          at the code exchange and on refresh-token grants (any API of the client: Auth0's
+//          multi-resource refresh tokens), and on the token exchange. Without `audience` at
+//          /auth the code gives an opaque access token for the userinfo endpoint only; without
+//          it on a token request, the login audience. JWTs: aud [<api>, <issuer>/me] when openid
+//          was granted (else the api alone), azp, and `scope` with the OIDC scopes first, as the
+//          token response's `scope`.
+//   entra  `resource` and `audience` are ignored. Scopes name the API: `<api>/<scope>` or
+//          `<api>/.default` (every scope of the API the client holds), plus the unqualified OIDC
+//          scopes openid profile email offline_access; scopes of two APIs in one request,
+//          `.default` mixed with named scopes of its API, unknown APIs or scopes: invalid_scope.
+//          The code exchange may carry `scope` (it selects the API); a refresh-token grant with
+//          another API's scopes answers a token for that API. JWTs: aud <api>, azp, `scp` with
+//          the short names (orders:read), no `scope`; the token response's `scope` lists the
+//          granted scopes as <api>/<scope>.
+// Both: the login consent covers every API of the client (what a multi-resource refresh token
+// needs), each filtered by what the user may hold, so per-user scopes hold in every profile.
+
+/** A profile's refusal of a request, answered as an OAuth error `code`. */
+class DialectError extends Error {
+  constructor(code, description) {
+    super(description);
+    this.code = code;
+  }
+}
+
+// internal parameter carrying a DialectError of /auth or /request into the provider, which then
+// answers it as any authorization error (to the verified redirect_uri, with state and iss)
+const DIALECT_ERROR_PARAM = 'bffgate_profile_error';
+
+const resourceScopes = (r) => RESOURCE_SERVERS[r].scope.split(' ');
+const splitScope = (v) => String(v || '').split(' ').filter(Boolean);
+const uniq = (list) => [...new Set(list)];
+
+/** The value of a parameter given at most once (undefined when absent or empty). */
+function once(params, name) {
+  const v = params[name];
+  if (Array.isArray(v)) throw new DialectError('invalid_request', `${name} must be given once`);
+  return v === '' ? undefined : v;
+}
+
+/**
+ * The authorization request for login audience `loginResource`: that resource first (the code
+ * exchange and refresh-token grants without a target default to the first), then every other
+ * resource with all its scopes, so that the consent, the code and the refresh token cover every
+ * API the client may later ask a token for.
+ */
+function multiResource(params, loginResource, loginScopes) {
+  const others = Object.keys(RESOURCE_SERVERS).filter((r) => r !== loginResource);
+  params.resource = [loginResource, ...others];
+  params.scope = uniq([...loginScopes, ...others.flatMap(resourceScopes)]).join(' ');
+}
+
+/**
+ * Entra-style scopes: the OIDC scopes, and the one resource the others name with its short
+ * scope names (`names` undefined for `<resource>/.default`).
+ */
+function parseEntraScope(raw) {
+  const oidc = [];
+  const byResource = new Map();
+  for (const s of splitScope(raw)) {
+    if (OIDC_SCOPES.has(s)) {
+      oidc.push(s);
+      continue;
+    }
+    const r = Object.keys(RESOURCE_SERVERS).find((id) => s.startsWith(`${id}/`));
+    if (!r) throw new DialectError('invalid_scope', `scope ${s} does not name a known resource (<resource>/<scope>)`);
+    const name = s.slice(r.length + 1);
+    if (name !== '.default' && !resourceScopes(r).includes(name)) {
+      throw new DialectError('invalid_scope', `scope ${name} is not defined by ${r}`);
+    }
+    if (!byResource.has(r)) byResource.set(r, new Set());
+    byResource.get(r).add(name);
+  }
+  if (byResource.size > 1) {
+    throw new DialectError('invalid_scope', `scopes of more than one resource requested (${[...byResource.keys()].join(' ')}): one resource per request`);
+  }
+  if (byResource.size === 0) return { oidc, resource: undefined, names: undefined };
+  const [[resource, names]] = byResource;
+  if (names.has('.default') && names.size > 1) {
+    throw new DialectError('invalid_scope', `${resource}/.default cannot be combined with other scopes of ${resource}`);
+  }
+  return { oidc, resource, names: names.has('.default') ? undefined : [...names] };
+}
+
+/** Rewrites the parameters of an authorization request (/auth, /request) in place. */
+function translateAuthorization(params) {
+  delete params.resource;
+  if (IDP_PROFILE === 'auth0') {
+    const audience = once(params, 'audience');
+    delete params.audience;
+    if (audience === undefined) return;
+    if (!Object.hasOwn(RESOURCE_SERVERS, audience)) throw new DialectError('access_denied', `Service not found: ${audience}`);
+    multiResource(params, audience, splitScope(once(params, 'scope')));
+  } else {
+    delete params.audience;
+    const { oidc, resource, names } = parseEntraScope(once(params, 'scope'));
+    if (!resource) return;
+    multiResource(params, resource, [...oidc, ...(names || resourceScopes(resource))]);
+  }
+}
+
+/** Rewrites the parameters of a token request in place. */
+function translateToken(params) {
+  const gty = params.grant_type;
+  delete params.resource;
+  if (IDP_PROFILE === 'auth0') {
+    // the token exchange grant takes `audience` itself
+    if (gty !== 'authorization_code' && gty !== 'refresh_token') return;
+    const audience = once(params, 'audience');
+    delete params.audience;
+    if (audience !== undefined) params.resource = audience;
+    return;
+  }
+  delete params.audience;
+  if (gty !== 'authorization_code' && gty !== 'refresh_token' && gty !== TOKEN_EXCHANGE) return;
+  const raw = once(params, 'scope');
+  if (raw === undefined) return;
+  const { oidc, resource, names } = parseEntraScope(raw);
+  if (resource) params.resource = resource;
+  if (gty === 'authorization_code' || (resource && !names)) {
+    // the code exchange has no down-scoping; `.default`: every scope the grant holds for it
+    delete params.scope;
+  } else if (gty === TOKEN_EXCHANGE) {
+    params.scope = (names || oidc).join(' ');
+  } else {
+    params.scope = [...oidc, ...(names || [])].join(' ');
+  }
+}
+
+/** extraParams validator of DIALECT_ERROR_PARAM: answers the refusal the edge recorded. */
+async function dialectErrorParam(ctx, value) {
+  if (value === undefined) return;
+  const sp = value.indexOf(' ');
+  throw new errors.CustomOIDCProviderError(value.slice(0, sp), value.slice(sp + 1));
+}
+
+/**
+ * auth0: the OIDC scopes granted with the code or refresh token a token request redeems (the
+ * request's `scope` on a down-scoping refresh), for the access token's `scope`; none for a token
+ * exchange.
+ */
+function auth0OidcScopes(ctx) {
+  const entities = ctx?.oidc?.entities;
+  const grant = entities?.Grant;
+  if (!grant) return [];
+  let source;
+  if (entities.AuthorizationCode) source = entities.AuthorizationCode.scopes;
+  else if (entities.RefreshToken) source = ctx.oidc.params.scope ? ctx.oidc.requestParamScopes : entities.RefreshToken.scopes;
+  else return [];
+  return splitScope(grant.getOIDCScopeFiltered(source));
+}
+
+const auth0Scope = (ctx, token) => uniq([...auth0OidcScopes(ctx), ...splitScope(token.scope)]);
+
+/** formats.customizers.jwt of the profiles: the access token claims of that provider. */
+async function profileJwt(ctx, token, jwt) {
+  if (token.kind !== 'AccessToken' || !token.resourceServer) return;
+  const { payload } = jwt;
+  payload.azp = token.clientId;
+  if (IDP_PROFILE === 'auth0') {
+    const scopes = auth0Scope(ctx, token);
+    if (scopes.length) payload.scope = scopes.join(' ');
+    if (scopes.includes('openid')) payload.aud = [payload.aud, USERINFO_URL];
+  } else if (IDP_PROFILE === 'entra') {
+    if (payload.scope !== undefined) payload.scp = payload.scope;
+    delete payload.scope;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,10 +563,12 @@ ${form}
       // No resource at the authorization endpoint: none is assumed. Several resources left to
       // choose from at the token endpoint: none is picked, so the request fails with
       // invalid_target ("only a single resource indicator ...") instead of guessing an audience.
-      defaultResource: async (ctx, client, oneOf) => oneOf,
+      // Profiles: the login audience, which the dialect translation puts first.
+      defaultResource: async (ctx, client, oneOf) => (IDP_PROFILE === 'default' ? oneOf : oneOf?.[0]),
       // A token request without `resource` gets an opaque userinfo token (openid is requested),
-      // never a silently chosen API audience.
-      useGrantedResource: async () => false,
+      // never a silently chosen API audience. Profiles: the granted login audience, as Auth0 and
+      // Entra answer a code exchange or refresh without a target.
+      useGrantedResource: async () => IDP_PROFILE !== 'default',
       getResourceServerInfo,
     },
   },
@@ -408,6 +603,11 @@ ${form}
   interactions: {
     url: (ctx, interaction) => `/interaction/${interaction.uid}`,
   },
+  ...(IDP_PROFILE === 'default' ? {} : {
+    // runs at the end of the authorization request's validation (redirect_uri checked)
+    extraParams: { [DIALECT_ERROR_PARAM]: dialectErrorParam },
+    formats: { customizers: { jwt: profileJwt } },
+  }),
 });
 provider.proxy = false;
 
@@ -456,7 +656,8 @@ async function validateSubjectToken(ctx, value) {
       if (err.code === 'ERR_JWT_EXPIRED') throw invalidGrant('subject_token is expired', err.code);
       throw invalidGrant('subject_token is invalid', err.code || err.name);
     }
-    const auds = asList(payload.aud);
+    // auth0 profile: [<api>, <issuer>/me] when openid was granted
+    const auds = asList(payload.aud).filter((a) => IDP_PROFILE !== 'auth0' || a !== USERINFO_URL);
     if (auds.length === 0 || !auds.every((a) => Object.hasOwn(RESOURCE_SERVERS, a))) {
       throw invalidGrant('subject_token is not an access token for a resource of this provider', 'audience');
     }
@@ -543,12 +744,16 @@ provider.registerGrantType(
 
 // ---------------------------------------------------------------------------------------------
 // stats: successful token issuances by grant type (grant.success fires after the response body is
-// built), token requests by grant type, and revocation requests. Node runs these handlers on one
-// thread, so plain increments are race-free.
+// built) and by the audience of the access token issued ("userinfo" for an opaque userinfo-only
+// token), in total and per grant type, token requests by grant type, and revocation requests.
+// Node runs these handlers on one thread, so plain increments are race-free.
 
 function zeroStats() {
   return {
+    profile: IDP_PROFILE,
     grants: { authorization_code: 0, refresh_token: 0, [TOKEN_EXCHANGE]: 0 },
+    issued: {},
+    issued_by_grant: {},
     token_requests: { authorization_code: 0, refresh_token: 0, [TOKEN_EXCHANGE]: 0, other: 0 },
     revocations: 0,
     revocation_requests: 0,
@@ -560,6 +765,10 @@ let stats = zeroStats();
 provider.on('grant.success', (ctx) => {
   const gty = ctx.oidc.params.grant_type;
   stats.grants[gty] = (stats.grants[gty] || 0) + 1;
+  const aud = ctx.oidc.entities.AccessToken?.resourceServer?.identifier() ?? 'userinfo';
+  stats.issued[aud] = (stats.issued[aud] || 0) + 1;
+  const byGrant = stats.issued_by_grant[gty] ?? (stats.issued_by_grant[gty] = {});
+  byGrant[aud] = (byGrant[aud] || 0) + 1;
   log('grant.success', {
     grant_type: gty,
     client: ctx.oidc.client?.clientId,
@@ -598,6 +807,93 @@ provider.use(async (ctx, next) => {
     stats.introspections += 1;
   }
 });
+
+// ---------------------------------------------------------------------------------------------
+// provider profiles at the edge (see "provider profiles" above): the request's parameters are
+// translated before oidc-provider reads them (a GET's query is replaced; a form body is read here
+// and handed over as an already parsed body, which oidc-provider accepts with a one-time
+// warning), the token endpoint's JSON answer is shaped after it.
+
+const DIALECT_PATHS = { '/auth': 'authorization', '/request': 'authorization', '/token': 'token' };
+const FORM_LIMIT = 56 * 1024; // oidc-provider's own limit
+
+async function readLimited(req, limit) {
+  let size = 0;
+  const chunks = [];
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size <= limit) chunks.push(chunk);
+  }
+  return size > limit ? undefined : Buffer.concat(chunks).toString('utf8');
+}
+
+function tokenError(ctx, status, error, description) {
+  ctx.status = status;
+  ctx.set('cache-control', 'no-store');
+  ctx.body = { error, error_description: description };
+}
+
+async function dialectEdge(ctx, next) {
+  const kind = Object.hasOwn(DIALECT_PATHS, ctx.path) ? DIALECT_PATHS[ctx.path] : undefined;
+  const viaQuery = ctx.method === 'GET' && ctx.path === '/auth';
+  const viaBody = ctx.method === 'POST' && Boolean(ctx.is('application/x-www-form-urlencoded'));
+  if (!kind || !(viaQuery || viaBody)) return next();
+
+  let params;
+  if (viaQuery) {
+    params = { ...ctx.query };
+  } else {
+    const text = await readLimited(ctx.req, FORM_LIMIT);
+    if (text === undefined) return tokenError(ctx, 400, 'invalid_request', 'request body too large');
+    params = querystring.parse(text);
+  }
+  if (kind === 'token') {
+    const gty = typeof params.grant_type === 'string' && Object.hasOwn(stats.token_requests, params.grant_type) ? params.grant_type : 'other';
+    delete params[DIALECT_ERROR_PARAM];
+    try {
+      translateToken(params);
+    } catch (err) {
+      if (!(err instanceof DialectError)) throw err;
+      // answered here, so counted here (the counting middleware sees no provider route)
+      stats.token_requests[gty] += 1;
+      log('grant.error', {
+        grant_type: gty, profile: IDP_PROFILE, error: err.code, description: err.message,
+      });
+      return tokenError(ctx, 400, err.code, err.message);
+    }
+  } else {
+    delete params[DIALECT_ERROR_PARAM];
+    try {
+      translateAuthorization(params);
+    } catch (err) {
+      if (!(err instanceof DialectError)) throw err;
+      params[DIALECT_ERROR_PARAM] = `${err.code} ${err.message}`;
+    }
+  }
+  if (viaQuery) ctx.query = params;
+  else ctx.req.body = querystring.stringify(params);
+  return next();
+}
+
+/** The token endpoint's answer in the profile's shape (and without `scope` if so configured). */
+async function shapeTokenResponse(ctx, next) {
+  await next();
+  if (ctx.method !== 'POST' || ctx.path !== '/token' || ctx.status !== 200) return;
+  const { body } = ctx;
+  if (!body || typeof body !== 'object' || Buffer.isBuffer(body) || typeof body.pipe === 'function') return;
+  const at = ctx.oidc?.entities?.AccessToken;
+  const rs = at?.resourceServer;
+  if (rs && IDP_PROFILE === 'auth0') {
+    const scopes = auth0Scope(ctx, at);
+    if (scopes.length) body.scope = scopes.join(' ');
+  } else if (rs && IDP_PROFILE === 'entra' && typeof body.scope === 'string') {
+    body.scope = splitScope(body.scope).map((sc) => `${rs.identifier()}/${sc}`).join(' ');
+  }
+  if (OMIT_SCOPE) delete body.scope;
+}
+
+if (IDP_PROFILE !== 'default') provider.use(dialectEdge);
+if (IDP_PROFILE !== 'default' || OMIT_SCOPE) provider.use(shapeTokenResponse);
 
 // ---------------------------------------------------------------------------------------------
 // interactions: login form, then consent granted server-side with the scopes the user may hold
@@ -894,6 +1190,8 @@ server.listen(PORT, '127.0.0.1', () => {
     issuer: ISSUER,
     access_token_ttl: ACCESS_TOKEN_TTL,
     rotate_refresh: ROTATE_REFRESH,
+    profile: IDP_PROFILE === 'default' ? undefined : IDP_PROFILE,
+    omit_scope: OMIT_SCOPE ? true : undefined,
     backchannel_logout_uri: BACKCHANNEL_URI || 'off',
   });
 });
