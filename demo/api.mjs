@@ -9,7 +9,8 @@
 // Every API answer is JSON with "api" and "seen": {"authorization", "cookie", "claims"} where
 // claims is the payload of the bearer JWT verified against the identity provider's JWKS (issuer,
 // audience, signature, expiry, typ at+jwt), or null. A missing or unverifiable token gets 401
-// invalid_token, a token without the scope gets 403 insufficient_scope.
+// invalid_token, a token without the scope (claim `scope`, or `scp` as Entra ID writes it) gets
+// 403 insufficient_scope.
 //
 // Every listener answers GET /__stats -> {"requests": n} (requests received other than /__stats
 // and /__reset) and POST /__reset (zeroes that listener's counter; on orders also the orders).
@@ -89,8 +90,10 @@ function seenOf(req, claims) {
   };
 }
 
+// `scope` (RFC 9068), else `scp` (Entra ID's claim: tokens of the IdP's entra profile)
 function scopesOf(claims) {
-  return new Set(typeof claims?.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : []);
+  const raw = typeof claims?.scope === 'string' ? claims.scope : claims?.scp;
+  return new Set(typeof raw === 'string' ? raw.split(' ').filter(Boolean) : []);
 }
 
 function send(res, status, body, headers = {}) {
