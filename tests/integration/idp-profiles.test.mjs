@@ -6,8 +6,10 @@
 // endpoint directly with client_secret_basic. Access tokens are verified against the provider's
 // JWKS before their claims are asserted.
 //
-// Ports: IDP_PROFILES_PORT_BASE (default 19400) + 0..3, on 127.0.0.1. Run inside a network
-// namespace when others may use those ports.
+// The entra block also starts the demo APIs, to show that they accept its `scp` tokens.
+//
+// Ports: IDP_PROFILES_PORT_BASE (default 19400) + 0..3, and + 12..14 for the APIs, on 127.0.0.1.
+// Run inside a network namespace when others may use those ports.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -32,16 +34,63 @@ const START_DEADLINE_MS = 20_000;
 // ---------------------------------------------------------------------------------------------
 // one provider process
 
-/** Starts demo/idp.mjs with `env` on `port`; resolves when its discovery document answers. */
-async function startIdp(name, port, env = {}) {
+/**
+ * Spawns `node demo/<script>` with `env` (logs to dir/<name>.log); resolves once `readyUrl`
+ * answers 200, polling (never a fixed sleep), or fails with the log when the process exits or
+ * the deadline passes.
+ */
+async function startProcess(name, script, env, readyUrl, dir) {
+  const logFile = path.join(dir, `${name}.log`);
+  const out = fs.openSync(logFile, 'a');
+  const child = spawn(process.execPath, [path.join(ROOT, 'demo', script)], {
+    cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', out, out],
+  });
+  fs.closeSync(out);
+  const exited = new Promise((r) => { child.on('exit', (code, signal) => r({ code, signal })); });
+  let gone = null;
+  exited.then((e) => { gone = e; });
+  const end = Date.now() + START_DEADLINE_MS;
+  for (;;) {
+    if (gone) throw new Error(`${name} exited (${JSON.stringify(gone)}) before answering:\n${fs.readFileSync(logFile, 'utf8')}`);
+    try {
+      const r = await fetch(readyUrl, { signal: AbortSignal.timeout(1000) });
+      if (r.status === 200) break;
+    } catch { /* not listening yet */ }
+    if (Date.now() > end) {
+      child.kill('SIGKILL');
+      throw new Error(`${name} not ready within ${START_DEADLINE_MS} ms:\n${fs.readFileSync(logFile, 'utf8')}`);
+    }
+    await new Promise((r) => { setTimeout(r, 100); });
+  }
+  return {
+    log: () => fs.readFileSync(logFile, 'utf8'),
+    async stop() {
+      if (gone) return;
+      child.kill('SIGTERM');
+      const res = await Promise.race([exited, new Promise((r) => { setTimeout(() => r(null), 5000); })]);
+      if (res === null) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
+  };
+}
+
+/**
+ * The demo provider with `env` on `port` (fresh secret and key file), and with `apis: true` the
+ * demo APIs trusting it on port + 10 (orders), + 11 (profile), + 12 (public).
+ */
+async function startIdp(name, port, env = {}, { apis = false } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `bffgate-idp-${name}-`));
   const secret = crypto.randomBytes(32).toString('base64url');
-  const logFile = path.join(dir, 'idp.log');
-  const out = fs.openSync(logFile, 'a');
-  const child = spawn(process.execPath, [path.join(ROOT, 'demo/idp.mjs')], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
+  const issuer = `http://localhost:${port}`;
+  const procs = [];
+  const stopAll = async () => {
+    for (const p of procs.reverse()) await p.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    procs.push(await startProcess('idp', 'idp.mjs', {
       BFFGATE_CLIENT_SECRET: secret,
       BFFGATE_IDP_PORT: String(port),
       BFFGATE_IDP_KEYS: path.join(dir, 'idp-keys.json'),
@@ -49,26 +98,18 @@ async function startIdp(name, port, env = {}) {
       BFFGATE_IDP_PROFILE: '',
       BFFGATE_IDP_OMIT_SCOPE: '',
       ...env,
-    },
-    stdio: ['ignore', out, out],
-  });
-  fs.closeSync(out);
-  const exited = new Promise((r) => { child.on('exit', (code, signal) => r({ code, signal })); });
-  let gone = null;
-  exited.then((e) => { gone = e; });
-  const issuer = `http://localhost:${port}`;
-  const end = Date.now() + START_DEADLINE_MS;
-  for (;;) {
-    if (gone) throw new Error(`${name}: idp exited (${JSON.stringify(gone)}) before answering:\n${fs.readFileSync(logFile, 'utf8')}`);
-    try {
-      const r = await fetch(`${issuer}/.well-known/openid-configuration`, { signal: AbortSignal.timeout(1000) });
-      if (r.status === 200) break;
-    } catch { /* not listening yet */ }
-    if (Date.now() > end) {
-      child.kill('SIGKILL');
-      throw new Error(`${name}: idp not ready within ${START_DEADLINE_MS} ms:\n${fs.readFileSync(logFile, 'utf8')}`);
+    }, `${issuer}/.well-known/openid-configuration`, dir));
+    if (apis) {
+      procs.push(await startProcess('api', 'api.mjs', {
+        BFFGATE_IDP_ISSUER: issuer,
+        BFFGATE_API_ORDERS_PORT: String(port + 10),
+        BFFGATE_API_PROFILE_PORT: String(port + 11),
+        BFFGATE_API_PUBLIC_PORT: String(port + 12),
+      }, `http://127.0.0.1:${port + 12}/__stats`, dir));
     }
-    await new Promise((r) => { setTimeout(r, 100); });
+  } catch (err) {
+    await stopAll();
+    throw err;
   }
   const jwks = createLocalJWKSet(await (await fetch(`${issuer}/jwks`)).json());
   return {
@@ -76,19 +117,9 @@ async function startIdp(name, port, env = {}) {
     issuer,
     secret,
     jwks,
-    logFile,
-    log: () => fs.readFileSync(logFile, 'utf8'),
-    async stop() {
-      if (!gone) {
-        child.kill('SIGTERM');
-        const res = await Promise.race([exited, new Promise((r) => { setTimeout(() => r(null), 5000); })]);
-        if (res === null) {
-          child.kill('SIGKILL');
-          await exited;
-        }
-      }
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
+    api: { orders: `http://127.0.0.1:${port + 10}`, profile: `http://127.0.0.1:${port + 11}` },
+    log: () => procs[0].log(),
+    stop: stopAll,
   };
 }
 
@@ -388,7 +419,9 @@ describe('auth0 profile (audience parameter)', () => {
 
 describe('entra profile (resource-qualified scopes, scp)', () => {
   let idp;
-  before(async () => { idp = await startIdp('entra', PORT_BASE + 2, { BFFGATE_IDP_PROFILE: 'entra' }); }, { timeout: 30_000 });
+  before(async () => {
+    idp = await startIdp('entra', PORT_BASE + 2, { BFFGATE_IDP_PROFILE: 'entra' }, { apis: true });
+  }, { timeout: 45_000 });
   after(async () => { await idp?.stop(); }, { timeout: 10_000 });
 
   const ENTRA_LOGIN = `openid profile offline_access ${ORDERS}/orders:read ${ORDERS}/orders:write`;
@@ -481,6 +514,26 @@ describe('entra profile (resource-qualified scopes, scp)', () => {
     assert.equal(e.json.scope, `${PROFILE}/profile`);
     assertTokenError(await exchange(idp, alice.access_token, [['audience', PROFILE], ['resource', PROFILE]]),
       'invalid_target', 'exchange without scope');
+  });
+
+  test('the demo APIs take the scopes of an entra token from scp', async () => {
+    const bearer = (t) => ({ authorization: `Bearer ${t}` });
+    const ok = await req('GET', `${idp.api.orders}/api/orders`, { headers: bearer(alice.access_token) });
+    assert.equal(ok.status, 200, short(ok));
+    const login = await loginCode(idp, 'bob', [['scope', ENTRA_LOGIN]]);
+    const bob = await exchangeCode(idp, login);
+    assert.equal(bob.status, 200, short(bob));
+    const read = await req('GET', `${idp.api.orders}/api/orders`, { headers: bearer(bob.json.access_token) });
+    assert.equal(read.status, 200, short(read));
+    const write = await fetch(`${idp.api.orders}/api/orders`, {
+      method: 'POST', headers: { ...bearer(bob.json.access_token), 'content-type': 'application/json' }, body: '{"item":"x"}',
+    });
+    assert.equal(write.status, 403, 'bob: scp orders:read only, POST needs orders:write');
+    const p = await refresh(idp, alice.refresh_token, [['scope', `${PROFILE}/profile`]]);
+    const prof = await req('GET', `${idp.api.profile}/api/profile`, { headers: bearer(p.json.access_token) });
+    assert.equal(prof.status, 200, short(prof));
+    const wrongAud = await req('GET', `${idp.api.profile}/api/profile`, { headers: bearer(alice.access_token) });
+    assert.equal(wrongAud.status, 401, 'an orders token at the profile API');
   });
 });
 
