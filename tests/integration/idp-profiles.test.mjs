@@ -353,6 +353,18 @@ describe('auth0 profile (audience parameter)', () => {
     assert.ok(!words(c.scope).some((s) => s.startsWith('orders:')), c.scope);
   });
 
+  test('login audience profile: the code exchange and refresh without audience give profile tokens', async () => {
+    const login = await loginCode(idp, 'alice', [['scope', ALICE_SCOPE], ['audience', PROFILE]]);
+    const r = await exchangeCode(idp, login);
+    const c = await claimsOf(idp, r);
+    assert.deepEqual(c.aud, [PROFILE, `${idp.issuer}/me`]);
+    const again = await claimsOf(idp, await refresh(idp, r.json.refresh_token));
+    assert.deepEqual(again.aud, [PROFILE, `${idp.issuer}/me`]);
+    const o = await claimsOf(idp, await refresh(idp, r.json.refresh_token, [['audience', ORDERS]]));
+    assert.deepEqual(o.aud, [ORDERS, `${idp.issuer}/me`]);
+    assert.ok(words(o.scope).includes('orders:write'), 'the other API gets every scope the user holds');
+  });
+
   test('refresh with audience=profile gives a profile token (multi-resource refresh token); resource is ignored', async () => {
     const p = await refresh(idp, alice.refresh_token, [['audience', PROFILE], ['resource', ORDERS]]);
     const pc = await claimsOf(idp, p);
@@ -470,6 +482,19 @@ describe('entra profile (resource-qualified scopes, scp)', () => {
     const c2 = await claimsOf(idp, await exchangeCode(idp, login2));
     assert.equal(c2.aud, ORDERS);
     assert.deepEqual(words(c2.scp), ['orders:read', 'orders:write']);
+  });
+
+  test('login with profile scopes: the code exchange and refresh without scope give profile tokens', async () => {
+    const login = await loginCode(idp, 'alice', [['scope', `openid offline_access ${PROFILE}/profile`]]);
+    const r = await exchangeCode(idp, login);
+    const c = await claimsOf(idp, r);
+    assert.equal(c.aud, PROFILE);
+    assert.equal(c.scp, 'profile');
+    const again = await claimsOf(idp, await refresh(idp, r.json.refresh_token));
+    assert.equal(again.aud, PROFILE);
+    const o = await claimsOf(idp, await refresh(idp, r.json.refresh_token, [['scope', `${ORDERS}/.default`]]));
+    assert.equal(o.aud, ORDERS);
+    assert.deepEqual(words(o.scp), ['orders:read', 'orders:write']);
   });
 
   test('scopes of two resources in one request: invalid_scope at /auth and at /token', async () => {
