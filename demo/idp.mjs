@@ -212,6 +212,8 @@ const DIALECT_ERROR_PARAM = 'bffgate_profile_error';
 const resourceScopes = (r) => RESOURCE_SERVERS[r].scope.split(' ');
 const splitScope = (v) => String(v || '').split(' ').filter(Boolean);
 const uniq = (list) => [...new Set(list)];
+// a client's value in an error_description only when it has no character RFC 6749 excludes there
+const echo = (v) => (/^[\x21\x23-\x5B\x5D-\x7E]{1,256}$/.test(v) ? v : '(value not shown)');
 
 /** The value of a parameter given at most once (undefined when absent or empty). */
 function once(params, name) {
@@ -245,10 +247,10 @@ function parseEntraScope(raw) {
       continue;
     }
     const r = Object.keys(RESOURCE_SERVERS).find((id) => s.startsWith(`${id}/`));
-    if (!r) throw new DialectError('invalid_scope', `scope ${s} does not name a known resource (<resource>/<scope>)`);
+    if (!r) throw new DialectError('invalid_scope', `scope ${echo(s)} does not name a known resource (<resource>/<scope>)`);
     const name = s.slice(r.length + 1);
     if (name !== '.default' && !resourceScopes(r).includes(name)) {
-      throw new DialectError('invalid_scope', `scope ${name} is not defined by ${r}`);
+      throw new DialectError('invalid_scope', `scope ${echo(name)} is not defined by ${r}`);
     }
     if (!byResource.has(r)) byResource.set(r, new Set());
     byResource.get(r).add(name);
@@ -271,7 +273,7 @@ function translateAuthorization(params) {
     const audience = once(params, 'audience');
     delete params.audience;
     if (audience === undefined) return;
-    if (!Object.hasOwn(RESOURCE_SERVERS, audience)) throw new DialectError('access_denied', `Service not found: ${audience}`);
+    if (!Object.hasOwn(RESOURCE_SERVERS, audience)) throw new DialectError('access_denied', `Service not found: ${echo(audience)}`);
     multiResource(params, audience, splitScope(once(params, 'scope')));
   } else {
     delete params.audience;
@@ -835,7 +837,7 @@ function tokenError(ctx, status, error, description) {
 
 async function dialectEdge(ctx, next) {
   const kind = Object.hasOwn(DIALECT_PATHS, ctx.path) ? DIALECT_PATHS[ctx.path] : undefined;
-  const viaQuery = ctx.method === 'GET' && ctx.path === '/auth';
+  const viaQuery = (ctx.method === 'GET' || ctx.method === 'HEAD') && ctx.path === '/auth';
   const viaBody = ctx.method === 'POST' && Boolean(ctx.is('application/x-www-form-urlencoded'));
   if (!kind || !(viaQuery || viaBody)) return next();
 

@@ -315,6 +315,14 @@ describe('default profile (RFC 8707 resource)', () => {
     assert.equal(s1.issued_by_grant.authorization_code[ORDERS] - (s0.issued_by_grant.authorization_code?.[ORDERS] || 0), 1);
     assert.equal(s1.issued_by_grant.refresh_token[PROFILE] - (s0.issued_by_grant.refresh_token?.[PROFILE] || 0), 1);
   });
+
+  test('bob never gets orders:write', async () => {
+    const login = await loginCode(idp, 'bob', [['scope', ALICE_SCOPE], ['resource', ORDERS], ['resource', PROFILE]]);
+    const r = await exchangeCode(idp, login, [['resource', ORDERS]]);
+    assert.equal((await claimsOf(idp, r)).scope, 'orders:read');
+    assertTokenError(await refresh(idp, r.json.refresh_token, [['resource', ORDERS], ['scope', 'orders:write']]),
+      'invalid_scope', 'bob: refresh asking orders:write');
+  });
 });
 
 describe('auth0 profile (audience parameter)', () => {
@@ -512,8 +520,11 @@ describe('entra profile (resource-qualified scopes, scp)', () => {
       'invalid_scope', 'refresh with an unqualified resource scope');
     assertTokenError(await refresh(idp, alice.refresh_token, [['scope', `${ORDERS}/.default ${ORDERS}/orders:read`]]),
       'invalid_scope', '.default mixed with a named scope');
+    const odd = await refresh(idp, alice.refresh_token, [['scope', `${ORDERS}/"x\\`]]);
+    assertTokenError(odd, 'invalid_scope', 'a scope with characters RFC 6749 excludes');
+    assert.doesNotMatch(odd.json.error_description, /["\\]/, 'the description does not echo them');
     const s1 = await stats(idp);
-    assert.equal(s1.token_requests.refresh_token - s0.token_requests.refresh_token, 3, 'refused requests are counted');
+    assert.equal(s1.token_requests.refresh_token - s0.token_requests.refresh_token, 4, 'refused requests are counted');
     assert.equal(s1.grants.refresh_token - s0.grants.refresh_token, 0, 'and issue nothing');
   });
 
