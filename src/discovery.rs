@@ -13,8 +13,9 @@
 //!   the same way. The error names both values.
 //! - **Required** (the REQUIRED members of OIDC Discovery §3 that bffgate relies on):
 //!   `authorization_endpoint`, `token_endpoint`, `jwks_uri`, `response_types_supported` (must
-//!   list `code`) and `id_token_signing_alg_values_supported` (must list RS256 or ES256, the
-//!   algorithms `jose` verifies; OIDC Discovery makes RS256 mandatory to list). A document
+//!   list `code`) and `id_token_signing_alg_values_supported` (must list one of the
+//!   algorithms `jose` verifies: RS*, PS*, ES256, ES384, HS*; OIDC Discovery makes RS256
+//!   mandatory to list). A document
 //!   without the latter is OAuth-only metadata (RFC 8414), not an OpenID provider's, and is
 //!   refused. `subject_types_supported` is REQUIRED too but unused, so its absence is not
 //!   refused.
@@ -50,7 +51,7 @@ pub const SHOWN: usize = 200;
 pub const WELL_KNOWN: &str = "/.well-known/openid-configuration";
 
 /// The algorithms bffgate verifies ID tokens with (`jose`).
-pub const VERIFIED_ALGS: &[&str] = &["RS256", "ES256"];
+pub const VERIFIED_ALGS: &[&str] = crate::jose::ALGS;
 
 /// A provider's metadata, checked (see the module documentation for the rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +88,7 @@ pub struct Discovered {
     pub require_pushed_authorization_requests: bool,
     /// Default `["client_secret_basic"]`.
     pub token_endpoint_auth_methods_supported: Vec<String>,
-    /// Lists RS256 or ES256 (required).
+    /// Lists one of the algorithms `jose` verifies (required).
     pub id_token_signing_alg_values_supported: Vec<String>,
     /// Empty when absent; lists `S256` when present.
     pub code_challenge_methods_supported: Vec<String>,
@@ -454,7 +455,7 @@ pub fn parse(body: &[u8], expected_issuer: &str) -> Result<Discovered, Discovery
     {
         return Err(DiscoveryError::Unsupported {
             field: "id_token_signing_alg_values_supported",
-            needs: "RS256 or ES256 (the ID token signatures bffgate verifies)",
+            needs: "one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, HS256, HS384, HS512 (the ID token signatures bffgate verifies)",
         });
     }
     let code_challenge_methods_supported = match strings(&doc, "code_challenge_methods_supported")?

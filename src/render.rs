@@ -142,7 +142,7 @@ pub fn validate(
 /// which endpoints the configuration overrides) or the configuration alone.
 pub fn provider_summary(cfg: &Config) -> String {
     let by_hand = cfg.provider.by_hand.fields();
-    match &cfg.provider.discovery {
+    let mut s = match &cfg.provider.discovery {
         Some(d) => {
             let mut s = format!(
                 "provider: endpoints from discovery ({}, read again after {} s)",
@@ -159,7 +159,15 @@ pub fn provider_summary(cfg: &Config) -> String {
             "provider: discovery off; every endpoint set by hand: {}",
             by_hand.join(", ")
         ),
-    }
+    };
+    let algs = match (&cfg.provider.id_token_algs, &cfg.provider.discovery) {
+        (Some(p), Some(_)) => format!("{} (pinned), those the provider lists", p.join(", ")),
+        (Some(p), None) => format!("{} (pinned)", p.join(", ")),
+        (None, Some(_)) => "those the provider lists".to_string(),
+        (None, None) => crate::jose::ASYMMETRIC_ALGS.join(", "),
+    };
+    s.push_str(&format!("; ID token algorithms: {algs}"));
+    s
 }
 
 /// Replaces the placeholder line with the pretty JSON, indented like the placeholder.

@@ -149,7 +149,7 @@ fn every_fixture_parses_with_its_issuer() {
         assert!(d
             .id_token_signing_alg_values_supported
             .iter()
-            .any(|a| a == "RS256" || a == "ES256"));
+            .any(|a| bffgate::jose::ALGS.contains(&a.as_str())));
         assert!(
             d.code_challenge_methods_supported.is_empty()
                 || d.code_challenge_methods_supported
@@ -633,8 +633,8 @@ fn lists_without_what_the_code_flow_needs_are_refused() {
         ),
         (
             "id_token_signing_alg_values_supported",
-            json!(["HS256", "PS256", "EdDSA", "none"]),
-            "RS256 or ES256",
+            json!(["EdDSA", "ES512", "ES256K", "none"]),
+            "one of RS256",
         ),
     ] {
         let e = parse_map(&with("okta", field, v)).unwrap_err();
@@ -647,14 +647,16 @@ fn lists_without_what_the_code_flow_needs_are_refused() {
             "{e}"
         );
     }
-    // ES256 alone is enough.
-    let d = parse_map(&with(
-        "okta",
-        "id_token_signing_alg_values_supported",
-        json!(["ES256"]),
-    ))
-    .unwrap();
-    assert_eq!(d.id_token_signing_alg_values_supported, ["ES256"]);
+    // Any one verified algorithm alone is enough (HS512: LemonLDAP::NG's default).
+    for alg in ["ES256", "PS384", "HS512"] {
+        let d = parse_map(&with(
+            "okta",
+            "id_token_signing_alg_values_supported",
+            json!([alg]),
+        ))
+        .unwrap();
+        assert_eq!(d.id_token_signing_alg_values_supported, [alg]);
+    }
 }
 
 #[test]

@@ -574,3 +574,177 @@ fn discovery_settings_are_checked_at_load() {
         "/tenant-a/v2.0/.well-known/openid-configuration"
     );
 }
+
+/// An HS256/384/512 JWS of `claims` under `secret` (OIDC Core 10.1: the client secret's octets).
+fn sign_hmac(alg: &str, secret: &[u8], claims: &Value) -> String {
+    use hmac::{Mac, SimpleHmac};
+    let input = format!(
+        "{}.{}",
+        bffgate::util::b64url(json!({"alg": alg, "typ": "JWT"}).to_string().as_bytes()),
+        bffgate::util::b64url(claims.to_string().as_bytes())
+    );
+    let mac = match alg {
+        "HS256" => {
+            let mut m = SimpleHmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+            m.update(input.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        }
+        "HS384" => {
+            let mut m = SimpleHmac::<sha2::Sha384>::new_from_slice(secret).unwrap();
+            m.update(input.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        }
+        _ => {
+            let mut m = SimpleHmac::<sha2::Sha512>::new_from_slice(secret).unwrap();
+            m.update(input.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        }
+    };
+    format!("{input}.{}", bffgate::util::b64url(&mac))
+}
+
+/// A login through discovery whose ID token is made by `sign` from the right claims: the
+/// callback's reply.
+fn login_with(g: &mut Gate, idp: &mut Idp, sign: &dyn Fn(&Value) -> String) -> Reply {
+    let mut b = Browser::default();
+    let location = login(g, idp, &mut b);
+    let q = location.split_once('?').unwrap().1;
+    let (state, nonce) = (param(q, "state").unwrap(), param(q, "nonce").unwrap());
+    let id = sign(&g.id_claims(ALICE, &nonce));
+    g.register(&id);
+    let (access, refresh) = (g.mint("at-orders"), g.mint("rt"));
+    idp.tokens.push(answer_json(
+        200,
+        &json!({"access_token": access, "token_type": "Bearer", "expires_in": g.token_ttl,
+                "scope": "openid offline_access orders:read", "refresh_token": refresh,
+                "id_token": id}),
+    ));
+    let code = g.mint("code");
+    let step = g.callback_with(&b, &qs(&[("code", &code), ("state", &state)]));
+    reply(run(g, idp, step))
+}
+
+#[test]
+fn hmac_id_tokens_are_verified_with_the_client_secret_and_no_keys() {
+    // LemonLDAP::NG's default: HS512 with the client secret, which the provider lists.
+    for alg in ["HS256", "HS384", "HS512"] {
+        let mut g = issuer_only(|_| {});
+        let mut idp = Idp::new(answer(
+            200,
+            &document(|d| d["id_token_signing_alg_values_supported"] = json!([alg, "RS256"])),
+        ));
+        let r = login_with(&mut g, &mut idp, &|c| {
+            sign_hmac(alg, CLIENT_SECRET.as_bytes(), c)
+        });
+        assert_eq!(r.status, 302, "{alg}: {r:?}");
+        assert_eq!(g.live_sessions(), 1, "{alg}");
+        assert_eq!(
+            idp.count("/jwks"),
+            0,
+            "{alg}: an HMAC token needs no key set"
+        );
+        // Another secret (someone else's client at the same provider): refused.
+        let mut g = issuer_only(|_| {});
+        let mut idp = Idp::new(answer(
+            200,
+            &document(|d| d["id_token_signing_alg_values_supported"] = json!([alg])),
+        ));
+        let r = login_with(&mut g, &mut idp, &|c| sign_hmac(alg, b"other-secret", c));
+        assert_error(&r, 400, "login_failed");
+        assert_eq!(g.live_sessions(), 0, "{alg}");
+    }
+}
+
+#[test]
+fn only_the_algorithms_the_provider_lists_and_the_config_pins_are_accepted() {
+    let es256 = |c: &Value| bffgate::testkit::sign_jwt(c);
+    let hs256 = |c: &Value| sign_hmac("HS256", CLIENT_SECRET.as_bytes(), c);
+    // (document's list, pinned, signer, accepted)
+    type Signer<'a> = &'a dyn Fn(&Value) -> String;
+    let cases: [(Value, Option<Value>, Signer, bool); 6] = [
+        (json!(["ES256", "RS256"]), None, &es256, true),
+        // The provider signs with ES256 but says it uses RS256 only: refused (a downgrade or
+        // a key confusion is not guessed at).
+        (json!(["RS256"]), None, &es256, false),
+        // An HMAC token from a provider that lists only asymmetric algorithms: refused,
+        // whatever the client secret.
+        (json!(["ES256", "RS256"]), None, &hs256, false),
+        // Pinned narrower than the provider's list.
+        (
+            json!(["ES256", "RS256"]),
+            Some(json!(["RS256"])),
+            &es256,
+            false,
+        ),
+        (
+            json!(["ES256", "HS256"]),
+            Some(json!(["ES256"])),
+            &hs256,
+            false,
+        ),
+        (
+            json!(["ES256", "HS256"]),
+            Some(json!(["HS256", "ES256"])),
+            &hs256,
+            true,
+        ),
+    ];
+    for (i, (listed, pinned, sign, ok)) in cases.into_iter().enumerate() {
+        let mut g = issuer_only(|v| {
+            if let Some(p) = &pinned {
+                v["provider"]["id_token_signing_algs"] = p.clone();
+            }
+        });
+        let mut idp = Idp::new(answer(
+            200,
+            &document(|d| d["id_token_signing_alg_values_supported"] = listed.clone()),
+        ));
+        let r = login_with(&mut g, &mut idp, sign);
+        if ok {
+            assert_eq!(r.status, 302, "case {i}: {r:?}");
+            assert_eq!(g.live_sessions(), 1, "case {i}");
+        } else {
+            assert_error(&r, 400, "login_failed");
+            assert_eq!(g.live_sessions(), 0, "case {i}");
+        }
+    }
+}
+
+#[test]
+fn pinned_algorithms_are_checked_at_load() {
+    let refuse = |patch: &dyn Fn(&mut Value), field: &str, says: &str| {
+        let mut v = demo_config();
+        patch(&mut v);
+        let e = Config::from_json(v.to_string().as_bytes(), &bffgate::testkit::test_secrets)
+            .unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    };
+    refuse(
+        &|v| v["provider"]["id_token_signing_algs"] = json!(["RS256", "none"]),
+        "provider.id_token_signing_algs[1]",
+        "\"none\" is not an algorithm bffgate verifies",
+    );
+    refuse(
+        &|v| v["provider"]["id_token_signing_algs"] = json!(["EdDSA"]),
+        "provider.id_token_signing_algs[0]",
+        "one of RS256",
+    );
+    refuse(
+        &|v| v["provider"]["id_token_signing_algs"] = json!([]),
+        "provider.id_token_signing_algs",
+        "at least one",
+    );
+    // Without discovery: the RS, PS and ES algorithms unless pinned.
+    let c = config_with(K1, |_| {});
+    let ep = c.provider.fixed(&c.client).unwrap();
+    assert!(ep.id_token_algs.iter().all(|a| !bffgate::jose::is_hmac(a)));
+    assert!(ep.id_token_algs.iter().any(|a| a == "PS256"));
+    let c = config_with(K1, |v| {
+        v["provider"]["id_token_signing_algs"] = json!(["HS512"])
+    });
+    assert_eq!(
+        c.provider.fixed(&c.client).unwrap().id_token_algs,
+        ["HS512"]
+    );
+}

@@ -13,6 +13,17 @@ pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, 
     let (origin, prefix) = origin(raw)?;
     let provider = provider(&raw.provider)?;
     let client = client(&raw.client, secrets, &origin, &prefix)?;
+    if client.auth_method == Some(AuthMethod::PrivateKeyJwt)
+        && provider
+            .id_token_algs
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|a| crate::jose::is_hmac(a)))
+    {
+        return Err(err(
+            "provider.id_token_signing_algs",
+            "HS256/HS384/HS512 are verified with the client secret, which private_key_jwt has not",
+        ));
+    }
     let admin_token = admin_token(raw, secrets)?;
     let cookie = cookies(&raw.cookie, secrets)?;
     session(&raw.session)?;
@@ -176,6 +187,30 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
         ));
     }
 
+    let id_token_algs = match &pr.id_token_signing_algs {
+        None => None,
+        Some(algs) => {
+            if algs.is_empty() {
+                return Err(err(
+                    "provider.id_token_signing_algs",
+                    "must list at least one algorithm (or be left out)",
+                ));
+            }
+            for (i, a) in algs.iter().enumerate() {
+                if !crate::jose::ALGS.contains(&a.as_str()) {
+                    return Err(err(
+                        format!("provider.id_token_signing_algs[{i}]"),
+                        format!(
+                            "{a:?} is not an algorithm bffgate verifies (one of {})",
+                            crate::jose::ALGS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            Some(algs.clone())
+        }
+    };
+
     Ok(Provider {
         issuer: pr.issuer.clone(),
         discovery,
@@ -187,6 +222,7 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
         revoke_access_tokens: pr.revoke_access_tokens,
         userinfo: pr.userinfo,
         frontchannel_logout: pr.frontchannel_logout,
+        id_token_algs,
     })
 }
 

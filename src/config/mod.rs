@@ -101,6 +101,8 @@ pub struct Provider {
     pub userinfo: bool,
     /// Serve front-channel logout.
     pub frontchannel_logout: bool,
+    /// ID-token signature algorithms pinned by the configuration (else the provider's).
+    pub id_token_algs: Option<Vec<String>>,
 }
 
 /// Where the provider's discovery document is read.
@@ -217,10 +219,12 @@ impl Provider {
             jwks: h.jwks.clone(),
             userinfo: h.userinfo.clone(),
             auth_method: client.auth_method.unwrap_or_default(),
-            id_token_algs: crate::discovery::VERIFIED_ALGS
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
+            id_token_algs: self.id_token_algs.clone().unwrap_or_else(|| {
+                crate::jose::ASYMMETRIC_ALGS
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect()
+            }),
         })
     }
 
@@ -255,7 +259,15 @@ impl Provider {
             jwks: or(&h.jwks, &Some(meta.jwks_uri.clone())),
             userinfo: or(&h.userinfo, &meta.userinfo_endpoint),
             auth_method,
-            id_token_algs: meta.id_token_algs.clone(),
+            id_token_algs: match &self.id_token_algs {
+                Some(pinned) => meta
+                    .id_token_algs
+                    .iter()
+                    .filter(|a| pinned.contains(a))
+                    .cloned()
+                    .collect(),
+                None => meta.id_token_algs.clone(),
+            },
         })
     }
 

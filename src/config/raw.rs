@@ -118,6 +118,13 @@ pub struct RawProvider {
     /// provider offers it.
     #[serde(default)]
     pub frontchannel_logout: bool,
+    /// Pins the ID-token (and logout-token) signature algorithms accepted, e.g. `[ES256]`:
+    /// of those the provider's discovery document lists, only these. Default: every one the
+    /// provider lists that bffgate verifies (RS256/384/512, PS256/384/512, ES256, ES384, and
+    /// HS256/384/512 with the client secret); without discovery, the RS, PS and ES ones (HMAC
+    /// only when listed here). HMAC needs a client secret (not with `private_key_jwt`).
+    #[serde(default)]
+    pub id_token_signing_algs: Option<Vec<String>>,
 }
 
 fn d_true() -> bool {

@@ -225,13 +225,40 @@ impl Engine<'_> {
         if cfg.provider.revoke_access_tokens && meta.revocation_endpoint.is_none() {
             line.push_str("; no revocation endpoint: logout cannot revoke tokens at the provider");
         }
+        if let Some(pinned) = &cfg.provider.id_token_algs {
+            if !meta.id_token_algs.iter().any(|a| pinned.contains(a)) {
+                line.push_str(&format!(
+                    "; none of provider.id_token_signing_algs ({}) is among the provider's ({}): every ID token will be refused",
+                    pinned.join(", "),
+                    meta.id_token_algs.join(", ")
+                ));
+            }
+        }
         self.notes.push(line);
     }
 
-    /// Verifies a JWS with the cached JWKS; asks for a fetch if the cache is missing, stale,
-    /// or lacks the token's key (at most one refetch every 10 s, so forged `kid`s cannot make
-    /// bffgate hammer the provider).
+    /// Verifies a JWS with the algorithms in effect (the provider's advertised ones, or those
+    /// pinned by `provider.id_token_signing_algs`): an HMAC one with the client secret and no
+    /// key set; the others with the cached JWKS, asking for a fetch if the cache is missing,
+    /// stale, or lacks the token's key (at most one refetch every 10 s, so forged `kid`s cannot
+    /// make bffgate hammer the provider).
     pub(super) fn verify_jws(&mut self, jwt: &str, may_fetch: bool) -> JwsCheck {
+        use crate::jose::{self, JoseError, KeySet, Policy};
+        let algs = self
+            .known_endpoints()
+            .map(|e| e.id_token_algs)
+            .unwrap_or_default();
+        let secret = self.cfg.client.secret.expose().as_bytes();
+        let policy = Policy {
+            algs: &algs,
+            hmac_secret: (!secret.is_empty()).then_some(secret),
+        };
+        if jose::header_alg(jwt).is_some_and(|a| jose::is_hmac(&a)) {
+            return match jose::verify_with(jwt, &KeySet::default(), policy) {
+                Ok(claims) => JwsCheck::Verified(claims),
+                Err(e) => JwsCheck::Refused(e),
+            };
+        }
         let cached = self.store.doc(Doc::Jwks);
         let fresh = cached
             .as_ref()
@@ -240,18 +267,23 @@ impl Engine<'_> {
             .as_ref()
             .is_some_and(|(_, at)| self.now.saturating_sub(*at) < JWKS_MIN_REFETCH);
         if let (Some((doc, _)), true) = (&cached, fresh) {
-            let set = crate::jose::parse_jwks(doc).unwrap_or_default();
-            match crate::jose::verify(jwt, &set) {
+            let set = jose::parse_jwks(doc).unwrap_or_default();
+            match jose::verify_with(jwt, &set, policy) {
                 Ok(claims) => return JwsCheck::Verified(claims),
-                Err(crate::jose::JoseError::UnknownKey) if may_fetch && !recently => {}
+                Err(JoseError::UnknownKey) if may_fetch && !recently => {}
                 Err(e) => return JwsCheck::Refused(e),
             }
         } else if !may_fetch {
-            return JwsCheck::Refused(crate::jose::JoseError::UnknownKey);
+            return JwsCheck::Refused(JoseError::UnknownKey);
+        } else if let Some(alg) = jose::header_alg(jwt) {
+            // Refuse an algorithm out of policy before fetching anything for it.
+            if !algs.contains(&alg) {
+                return JwsCheck::Refused(JoseError::Algorithm);
+            }
         }
         match self.known_endpoints().and_then(|e| e.jwks) {
             Some(t) => JwsCheck::Fetch(oauth::get_request(self.cfg, &t)),
-            None => JwsCheck::Refused(crate::jose::JoseError::UnknownKey),
+            None => JwsCheck::Refused(JoseError::UnknownKey),
         }
     }
 
