@@ -332,7 +332,7 @@ mod tests {
             p.remove("revocation_endpoint");
             p.remove("end_session_endpoint");
         }));
-        assert_eq!(s, "provider: endpoints from discovery (http://localhost:9000/.well-known/openid-configuration, read again after 3600 s); set by hand: provider.token_endpoint");
+        assert_eq!(s, "provider: endpoints from discovery (http://localhost:9000/.well-known/openid-configuration, read again after 3600 s); set by hand: provider.token_endpoint; ID token algorithms: those the provider lists");
         let s = provider_summary(&c(&|v| {
             let p = v["provider"].as_object_mut().unwrap();
             for k in [
@@ -344,7 +344,24 @@ mod tests {
                 p.remove(k);
             }
         }));
-        assert!(s.ends_with("; none set by hand"), "{s}");
+        assert!(
+            s.ends_with("; none set by hand; ID token algorithms: those the provider lists"),
+            "{s}"
+        );
+        let s = provider_summary(&c(&|v| {
+            v["provider"]["id_token_signing_algs"] = json!(["PS256", "ES384"]);
+        }));
+        assert!(
+            s.ends_with("; ID token algorithms: PS256, ES384 (pinned)"),
+            "{s}"
+        );
+        let s = provider_summary(&c(&|_| {}));
+        assert!(
+            s.ends_with(
+                "; ID token algorithms: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384"
+            ),
+            "{s}"
+        );
     }
 
     #[test]

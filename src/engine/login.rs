@@ -272,15 +272,22 @@ impl Engine<'_> {
                 ))
             }
             Err(e) => {
+                // The provider's error code (filtered) says which: invalid_client is the
+                // client's credentials or assertion, invalid_request a parameter, and so on.
                 let why = match e {
-                    TokenError::InvalidGrant => "the authorization code was refused",
-                    TokenError::OAuth(_) => "the token endpoint refused the client",
-                    _ => "the token endpoint answered nonsense",
+                    TokenError::InvalidGrant => {
+                        "the authorization code was refused (invalid_grant)".to_string()
+                    }
+                    TokenError::OAuth(_) => format!(
+                        "the token endpoint refused the request ({})",
+                        super::tokens::provider_error(&e)
+                    ),
+                    _ => "the token endpoint answered nonsense".to_string(),
                 };
                 return Step::Respond(self.login_failed(
                     400,
                     ErrorCode::LoginFailed,
-                    why,
+                    &why,
                     Some(flow_cookie),
                 ));
             }
