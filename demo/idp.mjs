@@ -39,6 +39,9 @@
 //                              see "provider profiles" below
 //   BFFGATE_IDP_OMIT_SCOPE     "1" leaves `scope` out of every token endpoint response (any
 //                              profile, any grant; RFC 6749 5.1: then it is the requested scope)
+//   BFFGATE_IDP_PKJWT_JWKS     a public JWKS (JSON): adds client `<client id>-pkjwt`, which has no
+//                              secret and authenticates with private_key_jwt (RFC 7523) signed by
+//                              a key of that set; otherwise it is like the first client
 //
 // Never logs tokens, codes, secrets or query strings.
 
@@ -80,6 +83,18 @@ function intEnv(name, dflt, min, max) {
 const PORT = intEnv('BFFGATE_IDP_PORT', 9000, 1, 65535);
 const ISSUER = (process.env.BFFGATE_IDP_ISSUER || `http://localhost:${PORT}`).replace(/\/+$/, '');
 const CLIENT_ID = process.env.BFFGATE_IDP_CLIENT_ID || 'bffgate';
+const PKJWT_CLIENT_ID = `${CLIENT_ID}-pkjwt`;
+let PKJWT_JWKS = null;
+if (process.env.BFFGATE_IDP_PKJWT_JWKS) {
+  try {
+    PKJWT_JWKS = JSON.parse(process.env.BFFGATE_IDP_PKJWT_JWKS);
+  } catch {
+    PKJWT_JWKS = null;
+  }
+  if (!Array.isArray(PKJWT_JWKS?.keys) || PKJWT_JWKS.keys.some((k) => k.d !== undefined)) {
+    fail('BFFGATE_IDP_PKJWT_JWKS must be a JSON key set of public keys ({"keys":[...]}, no private part)');
+  }
+}
 const ACCESS_TOKEN_TTL = intEnv('BFFGATE_ACCESS_TOKEN_TTL', 300, 1, 86400);
 const ROTATE_REFRESH = process.env.BFFGATE_ROTATE_REFRESH === '1';
 const KEYS_FILE = path.resolve(process.env.BFFGATE_IDP_KEYS || '.run/idp-keys.json');
@@ -487,7 +502,7 @@ const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 
 async function getResourceServerInfo(ctx, resourceIndicator, client) {
   const rs = Object.hasOwn(RESOURCE_SERVERS, resourceIndicator) ? RESOURCE_SERVERS[resourceIndicator] : undefined;
-  if (!rs || client.clientId !== CLIENT_ID) {
+  if (!rs || ![CLIENT_ID, PKJWT_CLIENT_ID].includes(client.clientId)) {
     throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
   }
   // refresh_token grant with `scope` (down-scoping): oidc-provider checks the scopes against the
@@ -511,21 +526,37 @@ async function getResourceServerInfo(ctx, resourceIndicator, client) {
   };
 }
 
+// The client(s): `bffgate` with its secret; with BFFGATE_IDP_PKJWT_JWKS also `<id>-pkjwt`, the
+// same but authenticated by private_key_jwt with a key of that set.
+const baseClient = {
+  client_id: CLIENT_ID,
+  client_secret: CLIENT_SECRET,
+  client_name: 'bffgate demo',
+  token_endpoint_auth_method: 'client_secret_basic',
+  redirect_uris: [`${PUBLIC_ORIGIN}/auth/callback`],
+  post_logout_redirect_uris: [`${PUBLIC_ORIGIN}/`],
+  grant_types: ['authorization_code', 'refresh_token', TOKEN_EXCHANGE],
+  response_types: ['code'],
+  ...(BACKCHANNEL_URI ? {
+    backchannel_logout_uri: BACKCHANNEL_URI,
+    backchannel_logout_session_required: true,
+  } : {}),
+};
+const clients = [baseClient];
+if (PKJWT_JWKS) {
+  const { client_secret: _unused, ...rest } = baseClient;
+  clients.push({
+    ...rest,
+    client_id: PKJWT_CLIENT_ID,
+    client_name: 'bffgate demo (private_key_jwt)',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks: PKJWT_JWKS,
+  });
+}
+
 const provider = new Provider(ISSUER, {
-  clients: [{
-    client_id: CLIENT_ID,
-    client_secret: CLIENT_SECRET,
-    client_name: 'bffgate demo',
-    token_endpoint_auth_method: 'client_secret_basic',
-    redirect_uris: [`${PUBLIC_ORIGIN}/auth/callback`],
-    post_logout_redirect_uris: [`${PUBLIC_ORIGIN}/`],
-    grant_types: ['authorization_code', 'refresh_token', TOKEN_EXCHANGE],
-    response_types: ['code'],
-    ...(BACKCHANNEL_URI ? {
-      backchannel_logout_uri: BACKCHANNEL_URI,
-      backchannel_logout_session_required: true,
-    } : {}),
-  }],
+  clients,
   jwks: { keys: keyData.keys },
   cookies: { keys: keyData.cookieKeys },
   findAccount,
@@ -760,6 +791,8 @@ function zeroStats() {
     revocations: 0,
     revocation_requests: 0,
     introspections: 0,
+    // grants by the client's authentication method (client_secret_basic, private_key_jwt, ...)
+    client_auth: {},
   };
 }
 let stats = zeroStats();
@@ -767,6 +800,8 @@ let stats = zeroStats();
 provider.on('grant.success', (ctx) => {
   const gty = ctx.oidc.params.grant_type;
   stats.grants[gty] = (stats.grants[gty] || 0) + 1;
+  const method = ctx.oidc.client?.clientAuthMethod || 'unknown';
+  stats.client_auth[method] = (stats.client_auth[method] || 0) + 1;
   const aud = ctx.oidc.entities.AccessToken?.resourceServer?.identifier() ?? 'userinfo';
   stats.issued[aud] = (stats.issued[aud] || 0) + 1;
   const byGrant = stats.issued_by_grant[gty] ?? (stats.issued_by_grant[gty] = {});

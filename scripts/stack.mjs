@@ -46,6 +46,8 @@ const PORTS_HINT = 'A stale stack is probably running: `node scripts/stack.mjs s
  * @param {string} [opts.envoyLogLevel='info'] Envoy -l
  * @param {string} [opts.componentLogLevel]    Envoy --component-log-level, e.g. 'wasm:debug'
  * @param {object} [opts.env]                  extra environment for the IdP (e.g. BFFGATE_ACCESS_TOKEN_TTL)
+ * @param {object} [opts.envoyEnv]             extra environment for Envoy only (e.g. a secret the
+ *                                             config names in host_env_keys)
  * @param {string} [opts.envoyConfig='envoy/envoy.yaml'] relative to the repo root or absolute
  * @param {string} [opts.logDir='.run/logs']
  * @param {number} [opts.baseId=0]             Envoy --base-id
@@ -62,6 +64,7 @@ export async function startStack(opts = {}) {
     envoyLogLevel: 'info',
     componentLogLevel: undefined,
     env: {},
+    envoyEnv: {},
     envoyConfig: 'envoy/envoy.yaml',
     logDir: '.run/logs',
     baseId: 0,
@@ -117,7 +120,7 @@ export async function startStack(opts = {}) {
         logLevel: o.envoyLogLevel,
         componentLogLevel: o.componentLogLevel,
       }),
-      env: { ...baseEnv, ...secrets },
+      env: { ...baseEnv, ...secrets, ...o.envoyEnv },
       logFile: logs.envoy,
     });
 
