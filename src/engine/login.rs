@@ -13,7 +13,7 @@ use crate::redirect::sanitize_return_to;
 use crate::reply::{error_reply, redirect, with_cookie, ErrorCode, Reply};
 use crate::secret::Secret;
 use crate::session::{AudienceToken, Session, SessionId};
-use crate::store::PendingLogin;
+use crate::store::{PendingLogin, Replaced};
 use crate::util::{ct_eq, hex, random_token, sha256};
 use serde_json::Value;
 
@@ -559,7 +559,11 @@ impl Engine<'_> {
             Ok((id, evicted)) => {
                 if let Some(ev) = evicted {
                     self.event(Event::SessionEnded {
-                        reason: EndReason::Evicted,
+                        reason: match ev.why {
+                            Replaced::Evicted => EndReason::Evicted,
+                            Replaced::Idle => EndReason::Idle,
+                            Replaced::Expired => EndReason::Expired,
+                        },
                         session: ev.handle,
                         sub: Some(ev.sub),
                     });

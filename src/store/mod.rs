@@ -97,13 +97,28 @@ pub const SAMPLE: u32 = 64;
 /// full table costs this many reads of a binary record head, never a scan of the whole table.
 pub const FREE_SEARCH: u32 = 4 * SAMPLE;
 
-/// A session ended by the store to make room, for audit and metrics.
+/// A session whose slot a new session took, for audit and metrics: a live one evicted to make
+/// room, or a dead one (idle or expired) that the sweeper had not reclaimed yet. Either way its
+/// end is recorded once, so every session created is accounted for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evicted {
-    /// Audit handle of the evicted session.
+    /// Audit handle of the session.
     pub handle: String,
     /// Its subject.
     pub sub: String,
+    /// Why it was no longer there.
+    pub why: Replaced,
+}
+
+/// Why a session's slot could be taken by a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// It was live, and the least recently used of those looked at (`when_full: evict`).
+    Evicted,
+    /// It had been idle longer than `session.idle_timeout_s`.
+    Idle,
+    /// It was past its absolute lifetime.
+    Expired,
 }
 
 /// How far a store's local view of a session can be trusted ([`Store::remote_state`]).

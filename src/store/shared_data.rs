@@ -14,7 +14,7 @@
 //! recently used of the sampled sessions (default), or refuse the login.
 
 use super::{
-    random_u32, Cas, Doc, Evicted, PendingLogin, ScanKind, SharedData, Store, StoreError,
+    random_u32, Cas, Doc, Evicted, PendingLogin, Replaced, ScanKind, SharedData, Store, StoreError,
     FREE_SEARCH, SAMPLE,
 };
 use crate::config::{Limits, WhenFull};
@@ -343,10 +343,25 @@ impl<D: SharedData> Store for SharedStore<D> {
                 let Some((last_seen, _)) = live else {
                     match self.claim(slot, cas, s, rng) {
                         Ok(id) => {
+                            // A dead session not swept yet: its end is recorded now (decoded
+                            // only here, for its audit line).
+                            let dead = v
+                                .as_deref()
+                                .filter(|v| !v.is_empty())
+                                .and_then(crate::record::decode)
+                                .map(|d| Evicted {
+                                    why: if now >= d.expires {
+                                        Replaced::Expired
+                                    } else {
+                                        Replaced::Idle
+                                    },
+                                    handle: d.handle,
+                                    sub: d.sub,
+                                });
                             if v.as_deref().is_none_or(<[u8]>::is_empty) {
                                 self.adjust(SESSIONS_KEY, 1);
                             }
-                            return Ok((id, None));
+                            return Ok((id, dead));
                         }
                         Err(StoreError::CasMismatch) => continue,
                         Err(e) => return Err(e),
@@ -367,6 +382,7 @@ impl<D: SharedData> Store for SharedStore<D> {
                         let evicted = victim.map(|v| Evicted {
                             handle: v.handle,
                             sub: v.sub,
+                            why: Replaced::Evicted,
                         });
                         return Ok((id, evicted));
                     }
@@ -671,14 +687,29 @@ mod tests {
         );
         st.limits.when_full = WhenFull::EvictLeastRecentlyUsed;
         let (_, ev) = st.create_session(&session("x", 20), &mut rng, 20).unwrap();
-        assert_eq!(ev.unwrap().sub, "u");
+        let ev = ev.unwrap();
+        assert_eq!((ev.sub.as_str(), ev.why), ("u", Replaced::Evicted));
         assert_eq!(st.data.keys(), keys, "no key is ever added after init");
-        // Dead sessions are reclaimed without eviction.
+        // Dead sessions free their slot without eviction, and their end is reported (the
+        // sweeper would have reported it; a login got there first).
         let (_, ev) = st
             .create_session(&session("y", 500), &mut rng, 500)
             .unwrap();
-        assert!(ev.is_none(), "idle sessions free their slot");
+        assert_eq!(ev.map(|e| e.why), Some(Replaced::Idle), "idle, not evicted");
         assert_eq!(st.data.keys(), keys);
+        let before = st.occupancy().0;
+        let mut past_expiry = session("z", 5000);
+        past_expiry.expires = 6000;
+        let mut st1 = memory_store(limits(1, WhenFull::Refuse));
+        st1.init_slots();
+        st1.create_session(&past_expiry, &mut rng, 5000).unwrap();
+        let (_, ev) = st1
+            .create_session(&session("w", 6001), &mut rng, 6001)
+            .unwrap();
+        let ev = ev.expect("the expired session's end is reported");
+        assert_eq!((ev.sub.as_str(), ev.why), ("z", Replaced::Expired));
+        assert_eq!(st1.occupancy().0, 1, "one replaced by one");
+        assert_eq!(st.occupancy().0, before);
     }
 
     #[test]
