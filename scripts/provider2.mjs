@@ -42,7 +42,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { Proc, ROOT, expect200, installHooks, parseArgs, portFree, tail, waitFor } from './stack.mjs';
+import { parseArgs } from './lib/cli.mjs';
+import { expect200 } from './lib/http.mjs';
+import { tail } from './lib/logs.mjs';
+import { ROOT } from './lib/paths.mjs';
+import {
+  Proc, installHooks, portFree, waitFor,
+} from './lib/processes.mjs';
 
 export const GLEWLWYD_BIN = '/usr/bin/glewlwyd';
 /** The package's SQLite schema (dbconfig-common's copy; the same tables as docs/database/init.sqlite3.sql). */
