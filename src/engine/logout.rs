@@ -185,23 +185,35 @@ impl Engine<'_> {
         self.backchannel_token(&token, true)
     }
 
-    /// Validates a logout token (OIDC Back-Channel Logout 1.0, 2.6) and ends its sessions.
+    /// Validates a logout token (OIDC Back-Channel Logout 1.0, 2.6) and ends its sessions; a
+    /// refused one is answered 400 and logged with the reason (a provider whose tokens are
+    /// always refused shows in the log, not only in its own).
     pub(super) fn backchannel_token(&mut self, token: &str, may_fetch: bool) -> Step {
-        let bad = |why: &str| Step::Respond(error_reply(400, ErrorCode::InvalidRequest, why));
+        match self.backchannel_checked(token, may_fetch) {
+            Ok(step) => step,
+            Err(why) => {
+                self.notes
+                    .push(format!("back-channel logout refused: {why}"));
+                Step::Respond(error_reply(400, ErrorCode::InvalidRequest, why))
+            }
+        }
+    }
+
+    fn backchannel_checked(&mut self, token: &str, may_fetch: bool) -> Result<Step, &'static str> {
         let claims = match self.verify_jws(token, may_fetch) {
             JwsCheck::Verified(c) => c,
             JwsCheck::Fetch(request) => {
-                return Step::Call {
+                return Ok(Step::Call {
                     request,
                     then: Box::new(AfterCall::BackchannelJwks {
                         token: token.to_string(),
                     }),
-                }
+                })
             }
-            JwsCheck::Refused(_) => return bad("logout_token signature refused"),
+            JwsCheck::Refused(_) => return Err("logout_token signature refused"),
         };
         if claims.get("iss").and_then(Value::as_str) != Some(self.cfg.provider.issuer.as_str()) {
-            return bad("logout_token: wrong iss");
+            return Err("logout_token: wrong iss");
         }
         let aud_ok = match claims.get("aud") {
             Some(Value::String(a)) => *a == self.cfg.client.client_id,
@@ -211,19 +223,19 @@ impl Engine<'_> {
             _ => false,
         };
         if !aud_ok {
-            return bad("logout_token: wrong aud");
+            return Err("logout_token: wrong aud");
         }
         match claims.get("iat").and_then(Value::as_u64) {
             Some(iat)
                 if iat <= self.now.saturating_add(CLOCK_LEEWAY)
                     && self.now.saturating_sub(iat) <= 600 => {}
-            _ => return bad("logout_token: iat missing or out of range"),
+            _ => return Err("logout_token: iat missing or out of range"),
         }
         // Back-Channel Logout 1.0, 2.4: `exp` is required.
         match claims.get("exp").and_then(Value::as_u64) {
-            None => return bad("logout_token: exp missing"),
+            None => return Err("logout_token: exp missing"),
             Some(e) if e.saturating_add(CLOCK_LEEWAY) <= self.now => {
-                return bad("logout_token: expired")
+                return Err("logout_token: expired")
             }
             Some(_) => {}
         }
@@ -232,7 +244,7 @@ impl Engine<'_> {
         if let Some(typ) = crate::jose::header_typ(token) {
             let t = typ.to_ascii_lowercase();
             if t != "logout+jwt" && t != "application/logout+jwt" {
-                return bad("logout_token: typ is not logout+jwt");
+                return Err("logout_token: typ is not logout+jwt");
             }
         }
         let event_ok = claims
@@ -241,10 +253,10 @@ impl Engine<'_> {
             .and_then(|e| e.get(BCL_EVENT))
             .is_some_and(Value::is_object);
         if !event_ok {
-            return bad("logout_token: not a back-channel logout event");
+            return Err("logout_token: not a back-channel logout event");
         }
         if claims.contains_key("nonce") {
-            return bad("logout_token: must not carry a nonce");
+            return Err("logout_token: must not carry a nonce");
         }
         let sub = claims
             .get("sub")
@@ -255,16 +267,16 @@ impl Engine<'_> {
             .and_then(Value::as_str)
             .map(str::to_string);
         if sub.is_none() && sid.is_none() {
-            return bad("logout_token: neither sub nor sid");
+            return Err("logout_token: neither sub nor sid");
         }
         let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
-            return bad("logout_token: no jti");
+            return Err("logout_token: no jti");
         };
         if !self
             .store
             .remember_jti(jti, self.now.saturating_add(600 + CLOCK_LEEWAY), self.now)
         {
-            return bad("logout_token: replayed");
+            return Err("logout_token: replayed");
         }
         // Sessions on other Envoys of a fleet too (sessions this Envoy never saw).
         if let Some(r) = self.store.remote() {
@@ -286,12 +298,12 @@ impl Engine<'_> {
         }
         let mut headers = base_headers();
         headers.push(("content-type".into(), "application/json".into()));
-        Step::Respond(Reply {
+        Ok(Step::Respond(Reply {
             status: 200,
             headers,
             body: json!({"sessions_ended": ended.len()}).to_string(),
             kind: ReplyKind::Endpoint,
-        })
+        }))
     }
 
     /// OIDC Front-Channel Logout 1.0: the provider's logout page loads
