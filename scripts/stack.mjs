@@ -46,6 +46,8 @@ const PORTS_HINT = 'A stale stack is probably running: `node scripts/stack.mjs s
  * @param {string} [opts.envoyLogLevel='info'] Envoy -l
  * @param {string} [opts.componentLogLevel]    Envoy --component-log-level, e.g. 'wasm:debug'
  * @param {object} [opts.env]                  extra environment for the IdP (e.g. BFFGATE_ACCESS_TOKEN_TTL)
+ * @param {object} [opts.apiEnv]               extra environment for the demo APIs (e.g.
+ *                                             BFFGATE_IDP_ISSUER of another provider)
  * @param {object} [opts.envoyEnv]             extra environment for Envoy only (e.g. a secret the
  *                                             config names in host_env_keys)
  * @param {string} [opts.envoyConfig='envoy/envoy.yaml'] relative to the repo root or absolute
@@ -65,6 +67,7 @@ export async function startStack(opts = {}) {
     componentLogLevel: undefined,
     env: {},
     envoyEnv: {},
+    apiEnv: {},
     envoyConfig: 'envoy/envoy.yaml',
     logDir: '.run/logs',
     baseId: 0,
@@ -108,7 +111,7 @@ export async function startStack(opts = {}) {
       logFile: logs.idp,
     });
   const makeApi = () =>
-    new Proc('api', { cmd: process.execPath, args: [o.apiScript], env: { ...baseEnv }, logFile: logs.api });
+    new Proc('api', { cmd: process.execPath, args: [o.apiScript], env: { ...baseEnv, ...o.apiEnv }, logFile: logs.api });
   const makeEnvoy = () =>
     new Proc('envoy', {
       cmd: envoyBin,

@@ -316,8 +316,16 @@ pub fn parse_token_response(status: u16, body: &[u8], now: u64) -> Result<TokenS
                 .and_then(|j| j.get("error"))
                 .and_then(Value::as_str)
                 .unwrap_or("");
+            // A 400 or 401 with no body at all is the token endpoint refusing without saying
+            // why (Glewlwyd answers a revoked refresh token or a wrong secret so): a refusal,
+            // not an outage. Any other 4xx without an error code (an HTML 404 of a misrouted
+            // cluster) is the provider being unreachable as configured.
+            let empty = body.iter().all(u8::is_ascii_whitespace);
             return Err(match code {
                 "invalid_grant" => TokenError::InvalidGrant,
+                "" if empty && (status == 400 || status == 401) => {
+                    TokenError::OAuth(format!("http_{status}_without_error"))
+                }
                 "" => TokenError::Unavailable(status),
                 other => TokenError::OAuth(other.chars().take(64).collect()),
             });
@@ -497,6 +505,20 @@ mod tests {
         assert_eq!(
             parse_token_response(404, b"<html>", 0),
             Err(TokenError::Unavailable(404))
+        );
+        // A refusal without a body (Glewlwyd): terminal, named by its status.
+        for (status, body) in [(400, &b""[..]), (401, b"\r\n")] {
+            let e = parse_token_response(status, body, 0).unwrap_err();
+            assert_eq!(e, TokenError::OAuth(format!("http_{status}_without_error")));
+            assert!(e.is_terminal());
+        }
+        assert_eq!(
+            parse_token_response(403, b"", 0),
+            Err(TokenError::Unavailable(403))
+        );
+        assert_eq!(
+            parse_token_response(400, b"<html>bad request</html>", 0),
+            Err(TokenError::Unavailable(400))
         );
         for (b, why) in [
             (&b"not json"[..], "token response is not a JSON object"),
