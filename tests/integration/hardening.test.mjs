@@ -15,7 +15,9 @@ import { after, before, test } from 'node:test';
 import {
   APP, Browser, IDP, apiCount, describe as d, idpStats, login, loginOk, rawRequest, startLogin,
 } from '../lib/client.mjs';
-import { ACCEPT_JSON, CSRF, assertJsonError, bootStack } from '../lib/harness.mjs';
+import {
+  ACCEPT_JSON, CSRF, assertJsonError, bootStack, forEachLogChunk,
+} from '../lib/harness.mjs';
 import { OPERATOR, logSince, operatorRequest, operatorToken, prometheus } from '../lib/observe.mjs';
 import { renderVariant } from '../lib/variant.mjs';
 
@@ -112,13 +114,18 @@ test('a fetch aborted while its request renews the token loses nothing: the rota
   }
 });
 
-/** The VM memory each Envoy thread's filter last logged (`vm memory N KiB`), in KiB. */
+/**
+ * The VM memory each Envoy thread's filter logged (`vm memory N KiB`) since this file's stack
+ * started, in KiB. Read a chunk at a time: the log of a whole suite at trace level is larger
+ * than a string can be.
+ */
 function vmMemory() {
   const byThread = new Map();
-  for (const line of logSince(boot.stack.logs.envoy, 0).split('\n')) {
-    const m = /^\[[^\]]*\]\[(\d+)\].*vm memory (\d+) KiB/.exec(line);
-    if (m) byThread.set(m[1], Math.max(byThread.get(m[1]) || 0, Number(m[2])));
-  }
+  forEachLogChunk(boot.stack.logs.envoy, boot.offset, (text) => {
+    for (const m of text.matchAll(/^\[[^\]]*\]\[(\d+)\][^\n]*vm memory (\d+) KiB/gm)) {
+      byThread.set(m[1], Math.max(byThread.get(m[1]) || 0, Number(m[2])));
+    }
+  });
   return byThread;
 }
 
