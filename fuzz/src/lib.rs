@@ -123,8 +123,10 @@ pub const TOKEN_MARK: &str = "Q9zX7tok";
 
 /// A good token-endpoint answer: access token (a JWT with `scope`), refresh token, ID token.
 pub fn token_answer(scope: &str, id_token: Option<&str>, expires_in: Value, serial: u32) -> String {
-    let at_claims =
-        json!({"scope": scope, "exp": T0 + 300, "jti": format!("{TOKEN_MARK}-at-{serial}")});
+    // For every audience of the demo configuration, so that the engine's token check (a JWT
+    // must name the audience it is used for) lets the harness's logins and renewals through.
+    let at_claims = json!({"scope": scope, "exp": T0 + 300, "jti": format!("{TOKEN_MARK}-at-{serial}"),
+                           "aud": ["https://orders.api.local", "https://profile.api.local"]});
     let at = format!(
         "{}.{}.{TOKEN_MARK}sig{serial}",
         URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
