@@ -170,6 +170,14 @@ pub fn provider_summary(cfg: &Config) -> String {
     s
 }
 
+/// An Envoy config whose access log prints bffgate's filter state while the settings do not set
+/// it (`access_log_state` off): the fields would always be empty.
+pub fn access_log_state_problem(envoy_yaml: &str, raw: &RawConfig) -> Option<String> {
+    (envoy_yaml.contains("FILTER_STATE(wasm.bffgate_") && !raw.access_log_state).then(|| {
+        "an access log prints %FILTER_STATE(wasm.bffgate_...)% but access_log_state is off: set `access_log_state: true` (or drop those fields)".to_string()
+    })
+}
+
 /// Replaces the placeholder line with the pretty JSON, indented like the placeholder.
 pub fn render_template(template: &str, json: &Value) -> Result<String, RenderError> {
     let pretty = serde_json::to_string_pretty(json).map_err(|e| RenderError(e.to_string()))?;
@@ -362,6 +370,18 @@ mod tests {
             ),
             "{s}"
         );
+    }
+
+    #[test]
+    fn an_access_log_of_filter_state_needs_access_log_state() {
+        let mut raw = crate::testkit::test_raw();
+        let log = "json_format:\n  d: \"%FILTER_STATE(wasm.bffgate_decision:PLAIN)%\"\n";
+        raw.access_log_state = false;
+        let p = access_log_state_problem(log, &raw).expect("refused");
+        assert!(p.contains("access_log_state: true"), "{p}");
+        assert!(access_log_state_problem("json_format: {}", &raw).is_none());
+        raw.access_log_state = true;
+        assert!(access_log_state_problem(log, &raw).is_none());
     }
 
     #[test]

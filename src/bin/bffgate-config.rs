@@ -198,7 +198,11 @@ fn run() -> Result<(), String> {
             }
             if let Some(e) = &a.envoy {
                 let name = e.display().to_string();
-                let v: Value = yaml_to(&name, &read(e)?)?;
+                let text = read(e)?;
+                if let Some(p) = render::access_log_state_problem(&text, &raw) {
+                    problems.push(format!("{name}: {p}"));
+                }
+                let v: Value = yaml_to(&name, &text)?;
                 let facts = render::envoy_facts(&v);
                 for (i, (plugin, _)) in facts.plugins.iter().enumerate() {
                     if let Err(err) = bffgate::config::Config::from_json(plugin.as_bytes(), &secret)

@@ -47,6 +47,7 @@ pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, 
         routes,
         keep_claims,
         admin: raw.admin,
+        access_log_state: raw.access_log_state,
         admin_token,
     })
 }

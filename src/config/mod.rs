@@ -371,6 +371,8 @@ pub struct Config {
     pub admin: bool,
     /// The operator API's bearer token (`Some` exactly when `admin`).
     pub admin_token: Option<Secret>,
+    /// Set the access log's filter-state values on every request.
+    pub access_log_state: bool,
 }
 
 impl Config {

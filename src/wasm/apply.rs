@@ -11,9 +11,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, LogLevel, MapType, MetricType};
 use std::time::Duration;
 
-/// Records the decision for the access log (filter state `wasm.bffgate_decision` and
-/// `wasm.bffgate_subject`) and metrics, once the request's fate is known.
-pub(super) fn record_decision(shared: &Shared, step: &Step, subject: Option<&str>) {
+/// Records the decision in the metrics and, with `access_log_state`, for the access log (filter
+/// state `wasm.bffgate_decision` and `wasm.bffgate_subject`), once the request's fate is known.
+pub(super) fn record_decision(shared: &Shared, cfg: &Config, step: &Step, subject: Option<&str>) {
     let d = step.decision();
     if d == Decision::Pending {
         return;
@@ -35,6 +35,9 @@ pub(super) fn record_decision(shared: &Shared, step: &Step, subject: Option<&str
         }
     } else if let Some(m) = d.metric() {
         shared.count(&m);
+    }
+    if !cfg.access_log_state {
+        return;
     }
     let _ = hostcalls::set_property(vec!["bffgate_decision"], Some(d.as_str().as_bytes()));
     if let Some(sub) = subject {
@@ -246,7 +249,7 @@ pub(super) fn deliver(shared: &Shared, cfg: &Config, ctx: u32, ran: Ran, failed_
             if hostcalls::set_effective_context(ctx).is_err() {
                 return;
             }
-            record_decision(shared, &step, ran.subject.as_deref());
+            record_decision(shared, cfg, &step, ran.subject.as_deref());
             match step {
                 Step::Wait { .. } | Step::ReadBody { .. } if failed_dispatch => {
                     fail_closed(shared, ctx, "the identity provider is unreachable");

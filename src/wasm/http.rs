@@ -27,7 +27,7 @@ fn body_done(shared: &Shared, ctx: u32, body: Option<&[u8]>) -> Action {
         return fail_closed(shared, ctx, "bffgate is not configured");
     };
     let ran = run(shared, &cfg, |e| e.on_body(pending, body));
-    record_decision(shared, &ran.step, ran.subject.as_deref());
+    record_decision(shared, &cfg, &ran.step, ran.subject.as_deref());
     apply(shared, &cfg, ctx, ran.step, false)
 }
 
@@ -123,7 +123,7 @@ impl HttpContext for Http {
         if let Some(origin) = ran.cors.take() {
             self.shared.cors.borrow_mut().insert(self.id, origin);
         }
-        record_decision(&self.shared, &ran.step, ran.subject.as_deref());
+        record_decision(&self.shared, &cfg, &ran.step, ran.subject.as_deref());
         let action = apply(&self.shared, &cfg, self.id, ran.step, false);
         if end_of_stream && self.shared.body_waiters.borrow().contains_key(&self.id) {
             return body_done(&self.shared, self.id, Some(b""));
