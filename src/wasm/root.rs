@@ -120,6 +120,7 @@ impl RootContext for Root {
         let shared = &self.shared;
         let Some(cfg) = shared.config() else { return };
         self.ticks = self.ticks.wrapping_add(1);
+        shared.flush_hot_counters();
         // A safety net: anything queued whose notification went missing.
         if !shared.outgoing.borrow().is_empty() {
             dispatch_outgoing(shared, &cfg, true);
