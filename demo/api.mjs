@@ -149,6 +149,22 @@ let orders = new Map(); // sub -> [{id, item, created_at}]
 
 async function ordersHandler(req, res, path) {
   const api = 'orders';
+  if ((path === '/api/orders/export' || path === '/api/orders/audit') && (req.method === 'GET' || req.method === 'HEAD')) {
+    const claims = await authorize(req, res, api, ORDERS_AUD, 'orders:read');
+    if (!claims) return undefined;
+    if (path === '/api/orders/audit') {
+      // An API that asks for step-up itself (RFC 9470): the audit trail always wants a sign-in
+      // with a second factor made in the last minute, which an access token cannot show here;
+      // bffgate turns this challenge into its own JSON answer for the browser.
+      return send(res, 401, {
+        api, error: 'insufficient_user_authentication', seen: seenOf(req, claims),
+      }, { 'www-authenticate': 'Bearer error="insufficient_user_authentication", error_description="A second factor is required", acr_values="urn:bffgate:demo:mfa", max_age="60"' });
+    }
+    // The export: bffgate's route policy requires a recent second-factor sign-in before it
+    // gets here (orders-export in policies/orders.yaml).
+    const list = orders.get(claims.sub) || [];
+    return send(res, 200, { api, export: { format: 'json', count: list.length, orders: list }, seen: seenOf(req, claims) });
+  }
   if (path !== '/api/orders' && path !== '/api/orders/') {
     drain(req);
     const { claims } = await verify(req, ORDERS_AUD);

@@ -53,7 +53,7 @@ import * as path from 'node:path';
 import * as querystring from 'node:querystring';
 
 import { calculateJwkThumbprint, createLocalJWKSet, jwtVerify } from 'jose';
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 
 // ---------------------------------------------------------------------------------------------
 // settings
@@ -163,6 +163,52 @@ const USERS = {
 const EXCHANGE_TARGETS = new Set(EXCHANGE_TARGETS_RAW.split(',').map((s) => s.trim()).filter(Boolean));
 for (const t of EXCHANGE_TARGETS) {
   if (!Object.hasOwn(RESOURCE_SERVERS, t)) fail(`BFFGATE_EXCHANGE_TARGETS: ${JSON.stringify(t)} is not a resource server of this IdP`);
+}
+
+// Sign-in levels (`acr`): a password, or a password and a one-time code (RFC 6238 TOTP from the
+// user's demo authenticator secret below). A route of the demo needs the second
+// (`acr_values`); a login that asks for it gets the one-time-code field, and the ID token says
+// which level the sign-in reached.
+const ACR_PWD = 'urn:bffgate:demo:pwd';
+const ACR_MFA = 'urn:bffgate:demo:mfa';
+// Demo authenticator secrets (base32), public like the demo passwords.
+const TOTP_SECRETS = { alice: 'JBSWY3DPEHPK3PXP', bob: 'KRSXG5CTMVRXEZLU' };
+
+function base32Decode(s) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = 0; let value = 0; const out = [];
+  for (const c of s.replace(/=+$/, '').toUpperCase()) {
+    const i = alphabet.indexOf(c);
+    if (i < 0) throw new Error('not base32');
+    value = (value << 5) | i; bits += 5;
+    if (bits >= 8) { out.push((value >>> (bits - 8)) & 0xff); bits -= 8; }
+  }
+  return Buffer.from(out);
+}
+
+/** The RFC 6238 code (SHA-1, 30 s, 6 digits) of `secret` at `ms`. */
+function totp(secret, ms = Date.now()) {
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(ms / 30000)));
+  const h = crypto.createHmac('sha1', base32Decode(secret)).update(counter).digest();
+  const o = h[h.length - 1] & 0xf;
+  const n = ((h[o] & 0x7f) << 24) | (h[o + 1] << 16) | (h[o + 2] << 8) | h[o + 3];
+  return String(n % 1_000_000).padStart(6, '0');
+}
+
+function checkTotp(login, code) {
+  const secret = Object.hasOwn(TOTP_SECRETS, login) ? TOTP_SECRETS[login] : undefined;
+  const given = Buffer.from(String(code || '').trim().padEnd(6, ' ').slice(0, 6));
+  let ok = false;
+  for (const step of [-1, 0, 1]) {
+    const want = Buffer.from(secret ? totp(secret, Date.now() + step * 30000) : 'xxxxxx');
+    ok = crypto.timingSafeEqual(want, given) || ok;
+  }
+  return Boolean(secret) && ok;
+}
+
+function wantsMfa(params) {
+  return String(params?.acr_values || '').split(' ').includes(ACR_MFA);
 }
 
 function checkPassword(login, password) {
@@ -479,14 +525,17 @@ function sendJson(res, status, value) {
   res.end(`${JSON.stringify(value)}\n`);
 }
 
-function loginPage(uid, { error, login = '', clientId } = {}) {
+function loginPage(uid, { error, login = '', clientId, mfa = false } = {}) {
   const action = `/interaction/${encodeURIComponent(uid)}`;
-  return page('Sign in', `<h1>Sign in</h1>
+  const codes = Object.entries(TOTP_SECRETS).map(([u, sec]) => `${u} ${totp(sec)}`).join(', ');
+  return page('Sign in', `<h1>${mfa ? 'Confirm it is you' : 'Sign in'}</h1>
 <p class="hint">to <b>${esc(clientId || 'the application')}</b> &mdash; demo users: alice / alice, bob / bob</p>
+${mfa ? `<p id="mfa-hint" class="hint">This action needs a second factor: the one-time code of your authenticator (demo authenticator now shows: ${esc(codes)}).</p>` : ''}
 ${error ? `<p id="error" class="error" role="alert">${esc(error)}</p>` : ''}
 <form id="login-form" method="post" action="${esc(action)}" autocomplete="off">
 <label>Username <input id="login" name="login" type="text" value="${esc(login)}" required autofocus></label>
 <label>Password <input id="password" name="password" type="password" required></label>
+${mfa ? '<label>One-time code <input id="otp" name="otp" type="text" inputmode="numeric" pattern="[0-9]{6}" required></label>' : ''}
 <button id="submit" type="submit">Sign in</button>
 </form>
 <form id="abort-form" method="post" action="${esc(`${action}/abort`)}">
@@ -537,6 +586,8 @@ const baseClient = {
   post_logout_redirect_uris: [`${PUBLIC_ORIGIN}/`],
   grant_types: ['authorization_code', 'refresh_token', TOKEN_EXCHANGE],
   response_types: ['code'],
+  // auth_time in every ID token, so a route's max_age can be checked after any sign-in.
+  require_auth_time: true,
   ...(BACKCHANNEL_URI ? {
     backchannel_logout_uri: BACKCHANNEL_URI,
     backchannel_logout_session_required: true,
@@ -555,16 +606,32 @@ if (PKJWT_JWKS) {
   });
 }
 
+// The login prompt also comes up when a client asks for the second factor (`acr_values` naming
+// it) and the provider's session did not reach it: acr_values alone is voluntary in
+// oidc-provider, which would otherwise answer from the existing session at the lower level.
+function stepUpPolicy() {
+  const { base, Check } = interactionPolicy;
+  const policy = base();
+  policy.get('login').checks.add(new Check('acr_step_up', 'the requested sign-in level needs a second factor', 'login_required', (ctx) => {
+    const { oidc } = ctx;
+    return wantsMfa(oidc.params) && oidc.session?.acr !== ACR_MFA ? Check.REQUEST_PROMPT : Check.NO_NEED_TO_PROMPT;
+  }));
+  return policy;
+}
+
 const provider = new Provider(ISSUER, {
   clients,
   jwks: { keys: keyData.keys },
   cookies: { keys: keyData.cookieKeys },
   findAccount,
   claims: {
-    openid: ['sub'],
+    // acr and amr with openid: every ID token says which sign-in level the session reached.
+    openid: ['sub', 'acr', 'amr'],
     profile: ['name', 'preferred_username'],
     email: ['email', 'email_verified'],
+    auth_time: null,
   },
+  acrValues: [ACR_PWD, ACR_MFA],
   scopes: ['openid', 'offline_access', 'profile', 'email'],
   responseTypes: ['code'],
   pkce: {
@@ -635,6 +702,7 @@ ${form}
   },
   interactions: {
     url: (ctx, interaction) => `/interaction/${interaction.uid}`,
+    policy: stepUpPolicy(),
   },
   ...(IDP_PROFILE === 'default' ? {} : {
     // runs at the end of the authorization request's validation (redirect_uri checked)
@@ -1016,8 +1084,9 @@ async function handleInteraction(req, res, uid, action) {
   }
 
   if (prompt.name === 'login') {
+    const mfa = wantsMfa(params);
     if (req.method === 'GET') {
-      sendHtml(res, 200, loginPage(uid, { clientId: params.client_id }));
+      sendHtml(res, 200, loginPage(uid, { clientId: params.client_id, mfa }));
       return;
     }
     if (req.method !== 'POST') {
@@ -1029,11 +1098,19 @@ async function handleInteraction(req, res, uid, action) {
     const accountId = checkPassword(login, form.get('password') || '');
     if (!accountId) {
       log('login.failed', { login: login.slice(0, 64) });
-      sendHtml(res, 401, loginPage(uid, { error: 'Invalid username or password.', login, clientId: params.client_id }));
+      sendHtml(res, 401, loginPage(uid, { error: 'Invalid username or password.', login, clientId: params.client_id, mfa }));
       return;
     }
-    log('login.success', { account: accountId });
-    await provider.interactionFinished(req, res, { login: { accountId } }, { mergeWithLastSubmission: false });
+    if (mfa && !checkTotp(accountId, form.get('otp'))) {
+      log('login.failed', { login: login.slice(0, 64), factor: 'otp' });
+      sendHtml(res, 401, loginPage(uid, { error: 'Invalid one-time code.', login, clientId: params.client_id, mfa }));
+      return;
+    }
+    const acr = mfa ? ACR_MFA : ACR_PWD;
+    log('login.success', { account: accountId, acr });
+    await provider.interactionFinished(req, res, {
+      login: { accountId, acr, amr: mfa ? ['pwd', 'otp'] : ['pwd'] },
+    }, { mergeWithLastSubmission: false });
     return;
   }
 

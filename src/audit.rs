@@ -27,6 +27,8 @@ pub enum EndReason {
     FrontChannel,
     /// Ended by an operator through the admin endpoint.
     Admin,
+    /// The same user signed in again (a step-up): the session went on under a fresh id.
+    SteppedUp,
 }
 
 impl EndReason {
@@ -43,10 +45,11 @@ impl EndReason {
             EndReason::Backchannel => "backchannel",
             EndReason::FrontChannel => "frontchannel",
             EndReason::Admin => "admin",
+            EndReason::SteppedUp => "stepped_up",
         }
     }
     /// Every reason (metrics are defined for each).
-    pub const ALL: [EndReason; 10] = [
+    pub const ALL: [EndReason; 11] = [
         EndReason::Logout,
         EndReason::Idle,
         EndReason::Expired,
@@ -57,6 +60,7 @@ impl EndReason {
         EndReason::Backchannel,
         EndReason::FrontChannel,
         EndReason::Admin,
+        EndReason::SteppedUp,
     ];
 }
 
@@ -256,6 +260,7 @@ pub fn all_counters() -> Vec<String> {
         "bffgate_discovery_failed",
         "bffgate_csrf_rejections",
         "bffgate_upstream_cookies_removed",
+        "bffgate_upstream_step_up",
         "bffgate_callouts_dispatched",
         "bffgate_callouts_ok",
         "bffgate_callouts_http_error",

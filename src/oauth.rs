@@ -44,6 +44,7 @@ pub fn authorize_url(
     state: &str,
     nonce: &str,
     challenge: &str,
+    step_up: &crate::policy::StepUp,
 ) -> String {
     let mut q = form_urlencoded::Serializer::new(String::with_capacity(512));
     q.append_pair("response_type", "code")
@@ -64,8 +65,27 @@ pub fn authorize_url(
             q.append_pair("audience", &a.id);
         }
     }
+    // A step-up (RFC 9470) asks for a sign-in level: its parameters win over the configured
+    // extras of the same name, and `max_age` 0 means a sign-in now (`prompt=login`).
+    let stepped = |k: &str| match k {
+        "acr_values" => step_up.acr_values.is_some(),
+        "max_age" => step_up.max_age.is_some(),
+        "prompt" => step_up.max_age == Some(0),
+        _ => false,
+    };
     for (k, v) in &cfg.client.extra_authorize_params {
-        q.append_pair(k, v);
+        if !stepped(k) {
+            q.append_pair(k, v);
+        }
+    }
+    if let Some(a) = &step_up.acr_values {
+        q.append_pair("acr_values", a);
+    }
+    if let Some(m) = step_up.max_age {
+        q.append_pair("max_age", &m.to_string());
+        if m == 0 {
+            q.append_pair("prompt", "login");
+        }
     }
     format!("{}?{}", ep.authorization, q.finish())
 }
@@ -397,7 +417,7 @@ mod tests {
     fn authorize_url_carries_pkce_state_nonce_and_resources() {
         let c = cfg();
         let ep = c.provider.fixed(&c.client).unwrap();
-        let u = authorize_url(&c, &ep, "st", "no", "ch");
+        let u = authorize_url(&c, &ep, "st", "no", "ch", &crate::policy::StepUp::default());
         assert!(u.starts_with("http://localhost:9000/auth?response_type=code&client_id=bffgate"));
         for part in [
             "state=st",

@@ -33,6 +33,14 @@ pub struct RawPolicy {
     /// Origins besides the public origin allowed to make unsafe requests (`https://host[:port]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// Step-up (RFC 9470): the session's sign-in must have one of these `acr` values (in order
+    /// of preference; the list is sent to the provider as `acr_values`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acr_values: Vec<String>,
+    /// Step-up (RFC 9470): the sign-in (`auth_time`) must be at most this many seconds old; 0
+    /// means a sign-in made for this very request (`prompt=login`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_s: Option<u64>,
 }
 
 /// Who may call a route.
@@ -101,6 +109,22 @@ pub struct Policy {
     pub unauthenticated: UnauthMode,
     /// Extra origins allowed for unsafe methods.
     pub allowed_origins: Vec<String>,
+    /// Accepted `acr` values of the sign-in (empty: any).
+    pub acr_values: Vec<String>,
+    /// Maximum age of the sign-in in seconds (`None`: any).
+    pub max_age_s: Option<u64>,
+}
+
+/// What a route asks of the sign-in that the session does not have (RFC 9470): the answer
+/// names it so a new sign-in can be asked for with exactly these parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StepUp {
+    /// `acr_values` to ask for (space-separated), if the route requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr_values: Option<String>,
+    /// `max_age` to ask for, if the route requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
 }
 
 /// Why a request was refused by policy.
@@ -113,6 +137,162 @@ pub enum Denial {
     Forbidden,
 }
 
+impl StepUp {
+    /// Whether anything is asked.
+    pub fn is_empty(&self) -> bool {
+        self.acr_values.is_none() && self.max_age.is_none()
+    }
+
+    /// Parses `acr_values` and `max_age` as a browser or an upstream's challenge sends them:
+    /// `acr_values` space-separated tokens (at most 16, each at most 128 characters, no quotes),
+    /// `max_age` decimal seconds up to a year. Anything else is refused (`Err` names the
+    /// parameter).
+    pub fn parse(acr_values: Option<&str>, max_age: Option<&str>) -> Result<Self, &'static str> {
+        let acr_values = match acr_values.map(str::trim) {
+            None | Some("") => None,
+            Some(v) => {
+                let parts: Vec<&str> = v.split(' ').filter(|p| !p.is_empty()).collect();
+                let ok = parts.len() <= 16
+                    && parts.iter().all(|p| {
+                        p.len() <= 128
+                            && p.bytes()
+                                .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+                    });
+                if !ok {
+                    return Err("acr_values");
+                }
+                Some(parts.join(" "))
+            }
+        };
+        let max_age = match max_age.map(str::trim) {
+            None | Some("") => None,
+            Some(v) => {
+                if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("max_age");
+                }
+                let n: u64 = v.parse().map_err(|_| "max_age")?;
+                if n > 366 * 86_400 {
+                    return Err("max_age");
+                }
+                Some(n)
+            }
+        };
+        Ok(StepUp {
+            acr_values,
+            max_age,
+        })
+    }
+}
+
+/// The auth-params of the `Bearer` challenge(s) in `WWW-Authenticate` values (RFC 9110 11.6.1):
+/// `name=token` or `name="quoted \\"string\\""`, names lowercased; at most 16 params of at most
+/// 1024 bytes each, values longer than that skipped. Anything unparsable ends the challenge.
+fn bearer_params(value: &str) -> Vec<(String, String)> {
+    let b = value.as_bytes();
+    let at = |i: usize| b.get(i).copied();
+    let is_tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut in_bearer = false;
+    while i < b.len() && out.len() < 16 {
+        while at(i).is_some_and(|c| matches!(c, b' ' | b'\t' | b',')) {
+            i += 1;
+        }
+        let start = i;
+        while at(i).is_some_and(is_tchar) {
+            i += 1;
+        }
+        if i == start {
+            break;
+        }
+        let name = value.get(start..i).unwrap_or_default();
+        let mut j = i;
+        while at(j) == Some(b' ') {
+            j += 1;
+        }
+        if at(j) != Some(b'=') {
+            // A new challenge: its scheme.
+            in_bearer = name.eq_ignore_ascii_case("bearer");
+            i = j;
+            continue;
+        }
+        // An auth-param.
+        j += 1;
+        while at(j) == Some(b' ') {
+            j += 1;
+        }
+        let mut v = String::new();
+        if at(j) == Some(b'"') {
+            j += 1;
+            let mut closed = false;
+            while let Some(c) = at(j) {
+                match c {
+                    b'"' => {
+                        closed = true;
+                        j += 1;
+                        break;
+                    }
+                    b'\\' => {
+                        if let Some(n) = at(j + 1) {
+                            v.push(char::from(n));
+                        }
+                        j += 2;
+                    }
+                    c => {
+                        v.push(char::from(c));
+                        j += 1;
+                    }
+                }
+            }
+            if !closed {
+                break;
+            }
+        } else {
+            let vs = j;
+            while at(j).is_some_and(is_tchar) {
+                j += 1;
+            }
+            v.push_str(value.get(vs..j).unwrap_or_default());
+        }
+        if in_bearer && v.len() <= 1024 {
+            out.push((name.to_ascii_lowercase(), v));
+        }
+        i = j;
+    }
+    out
+}
+
+impl StepUp {
+    /// An upstream's step-up challenge (RFC 9470): a `Bearer` challenge with
+    /// `error="insufficient_user_authentication"` among `values` (the response's
+    /// `WWW-Authenticate` headers). Its `acr_values` and `max_age` are kept only when valid
+    /// (`StepUp::parse`); a garbage parameter is dropped, never echoed. `None` when no such
+    /// challenge is there.
+    pub fn from_challenge<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<StepUp> {
+        for v in values {
+            if v.len() > 8192 {
+                continue;
+            }
+            let params = bearer_params(v);
+            let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+            if get("error") != Some("insufficient_user_authentication") {
+                continue;
+            }
+            let acr = StepUp::parse(get("acr_values"), None)
+                .ok()
+                .and_then(|s| s.acr_values);
+            let max_age = StepUp::parse(None, get("max_age"))
+                .ok()
+                .and_then(|s| s.max_age);
+            return Some(StepUp {
+                acr_values: acr,
+                max_age,
+            });
+        }
+        None
+    }
+}
+
 impl Policy {
     /// Claims check against the session's stored claims.
     pub fn claims_ok(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
@@ -123,6 +303,39 @@ impl Policy {
                 Some(v) => accepted.contains(v),
                 None => false,
             })
+    }
+
+    /// Whether the route asks anything of the sign-in (`acr_values` or `max_age_s`).
+    pub fn wants_step_up(&self) -> bool {
+        !self.acr_values.is_empty() || self.max_age_s.is_some()
+    }
+
+    /// The step-up check (RFC 9470) against the session's sign-in: its `acr` must be one of
+    /// the route's `acr_values`, and its `auth_time` at most `max_age_s` old at `now`, with
+    /// `skew` seconds of clock difference allowed either way. A missing `acr` or `auth_time`
+    /// (or an `auth_time` in the future) never satisfies a route that asks for it.
+    pub fn step_up(
+        &self,
+        acr: Option<&str>,
+        auth_time: Option<u64>,
+        now: u64,
+        skew: u64,
+    ) -> Result<(), StepUp> {
+        let acr_ok = self.acr_values.is_empty()
+            || acr.is_some_and(|a| self.acr_values.iter().any(|v| v == a));
+        let age_ok = match self.max_age_s {
+            None => true,
+            Some(max) => auth_time.is_some_and(|t| {
+                t <= now.saturating_add(skew) && now <= t.saturating_add(max).saturating_add(skew)
+            }),
+        };
+        if acr_ok && age_ok {
+            return Ok(());
+        }
+        Err(StepUp {
+            acr_values: (!self.acr_values.is_empty()).then(|| self.acr_values.join(" ")),
+            max_age: self.max_age_s,
+        })
     }
 
     /// Scopes check against the space-separated scopes of the audience token.
@@ -173,6 +386,8 @@ mod tests {
             csrf: CsrfMode::UnsafeMethods,
             unauthenticated: UnauthMode::Auto,
             allowed_origins: vec![],
+            acr_values: vec![],
+            max_age_s: None,
         }
     }
 

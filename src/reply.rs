@@ -48,11 +48,13 @@ pub enum ErrorCode {
     IdpUnavailable,
     /// The session store (etcd, in fleet mode) could not be reached.
     StoreUnavailable,
+    /// The route (or its upstream) needs a newer or stronger sign-in (RFC 9470 step-up).
+    InsufficientUserAuthentication,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::Unauthenticated,
         ErrorCode::InsufficientScope,
         ErrorCode::Forbidden,
@@ -61,6 +63,7 @@ impl ErrorCode {
         ErrorCode::LoginFailed,
         ErrorCode::IdpUnavailable,
         ErrorCode::StoreUnavailable,
+        ErrorCode::InsufficientUserAuthentication,
     ];
 
     /// The wire code.
@@ -74,6 +77,7 @@ impl ErrorCode {
             ErrorCode::LoginFailed => "login_failed",
             ErrorCode::IdpUnavailable => "idp_unavailable",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::InsufficientUserAuthentication => "insufficient_user_authentication",
         }
     }
 }
@@ -105,6 +109,39 @@ pub fn error_reply(status: u16, code: ErrorCode, description: &str) -> Reply {
         body: json!({"error": code.as_str(), "error_description": description}).to_string(),
         kind: ReplyKind::Error(code),
     }
+}
+
+/// `401 insufficient_user_authentication` (RFC 9470): what sign-in the request needs, where to
+/// get it (`login_url`, a step-up login that comes back to `return_to`), and the challenge in
+/// the RFC's form. Only validated values reach here (`StepUp::parse` or the route's policy).
+pub fn step_up_reply(step: &crate::policy::StepUp, login_url: &str) -> Reply {
+    let mut r = error_reply(
+        401,
+        ErrorCode::InsufficientUserAuthentication,
+        "a newer or stronger sign-in is required",
+    );
+    let mut challenge = String::from(
+        "Bearer error=\"insufficient_user_authentication\", error_description=\"A different authentication level is required\"",
+    );
+    let mut body = serde_json::Map::new();
+    body.insert("error".into(), json!("insufficient_user_authentication"));
+    body.insert(
+        "error_description".into(),
+        json!("a newer or stronger sign-in is required"),
+    );
+    body.insert("login_url".into(), json!(login_url));
+    if let Some(a) = &step.acr_values {
+        challenge.push_str(&format!(", acr_values=\"{a}\""));
+        body.insert("acr_values".into(), json!(a));
+    }
+    if let Some(m) = step.max_age {
+        challenge.push_str(&format!(", max_age=\"{m}\""));
+        body.insert("max_age".into(), json!(m));
+    }
+    r.headers.retain(|(k, _)| k != "www-authenticate");
+    r.headers.push(("www-authenticate".into(), challenge));
+    r.body = Value::Object(body).to_string();
+    r
 }
 
 /// `503 store_unavailable`: the session store could not confirm the session or a write.

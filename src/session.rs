@@ -149,6 +149,12 @@ pub struct Session {
     /// waiting on it then fail fast instead of queueing more renewals.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refresh_failed_at: u64,
+    /// The ID token's `acr` at the last sign-in (step-up, RFC 9470).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// The ID token's `auth_time` at the last sign-in (step-up `max_age`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -227,6 +233,8 @@ mod tests {
             tokens: vec![],
             refreshing_until: 0,
             refresh_failed_at: 0,
+            acr: None,
+            auth_time: None,
         }
     }
 

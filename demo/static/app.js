@@ -14,6 +14,12 @@
 //                  (class "error" on failures)
 //   #public        result of GET /api/public/hello
 //   #apis          section holding #orders, #profile and #create-order (hidden when signed out)
+//   #level         the sign-in level of the session (acr) and when the sign-in was made
+//   #export-orders button: GET /api/orders/export (a route that needs step-up)
+//   #export        its result, or "Step-up required: ..." when bffgate answers
+//                  401 insufficient_user_authentication
+//   #stepup        button shown then: a step-up login (the answer's acr_values and max_age) that
+//                  comes back to /?then=export and runs the export again
 
 'use strict';
 
@@ -126,6 +132,36 @@ async function loadPublic() {
   return undefined;
 }
 
+let stepUp = null;
+
+async function exportOrders() {
+  const node = $('export');
+  clear(node);
+  const r = await call('GET', '/api/orders/export');
+  if (r.status === 200 && r.body?.export) {
+    node.appendChild(el('p', `Exported ${r.body.export.count} order(s)`, 'ok'));
+    $('stepup').hidden = true;
+    return;
+  }
+  if (r.status === 401 && r.body?.error === 'insufficient_user_authentication') {
+    stepUp = r.body;
+    const what = [r.body.acr_values && `sign-in level ${r.body.acr_values}`,
+      Number.isInteger(r.body.max_age) && `made in the last ${r.body.max_age} s`].filter(Boolean).join(', ');
+    node.appendChild(el('p', `Step-up required: ${what || 'a new sign-in'}`, 'error'));
+    $('stepup').hidden = false;
+    return;
+  }
+  renderError(node, r);
+}
+
+// The step-up login: the parameters bffgate named, back to this page, which then exports.
+function doStepUp() {
+  const q = new URLSearchParams({ return_to: '/?then=export' });
+  if (typeof stepUp?.acr_values === 'string') q.set('acr_values', stepUp.acr_values);
+  if (Number.isInteger(stepUp?.max_age)) q.set('max_age', String(stepUp.max_age));
+  window.location.assign(`/auth/login?${q}`);
+}
+
 let orderCounter = 0;
 async function createOrder() {
   const button = $('create-order');
@@ -169,6 +205,8 @@ async function init() {
   $('signin').addEventListener('click', signIn);
   $('signout').addEventListener('click', signOut);
   $('create-order').addEventListener('click', createOrder);
+  $('export-orders').addEventListener('click', exportOrders);
+  $('stepup').addEventListener('click', doStepUp);
   loadPublic();
 
   const r = await call('GET', '/auth/user');
@@ -181,9 +219,15 @@ async function init() {
       exp.textContent = `Session expires ${new Date(u.expires_at * 1000).toLocaleString()}`;
       exp.hidden = false;
     }
+    if (typeof u.acr === 'string') {
+      const when = typeof u.auth_time === 'number' ? `, signed in ${new Date(u.auth_time * 1000).toLocaleTimeString()}` : '';
+      $('level').textContent = `Sign-in level: ${u.acr}${when}`;
+      $('level').hidden = false;
+    }
     $('signout').hidden = false;
     $('apis').hidden = false;
     await Promise.all([loadOrders(), loadProfile()]);
+    if (new URLSearchParams(window.location.search).get('then') === 'export') await exportOrders();
   } else if (r.status === 401) {
     $('status').textContent = 'Not signed in';
     $('signin').hidden = false;

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
             flow_hash: format!("h{i}"),
             expires: 1000,
             state_hash: String::new(),
+            step_up: Default::default(),
         };
         match st.create_pending(&p, &mut rng, 1) {
             Ok(s) => states.push(s),

@@ -164,6 +164,9 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
             "must name the Envoy cluster of the provider",
         ));
     }
+    if pr.clock_skew_s > 600 {
+        return Err(err("provider.clock_skew_s", "must be at most 600"));
+    }
     if pr.timeout_ms == 0 || pr.timeout_ms > 60_000 {
         return Err(err("provider.timeout_ms", "must be between 1 and 60000"));
     }
@@ -223,6 +226,7 @@ fn provider(pr: &RawProvider) -> Result<Provider, ConfigError> {
         revoke_access_tokens: pr.revoke_access_tokens,
         userinfo: pr.userinfo,
         frontchannel_logout: pr.frontchannel_logout,
+        clock_skew_s: pr.clock_skew_s,
         id_token_algs,
     })
 }
@@ -642,6 +646,27 @@ fn routes(raw: &RawConfig, audiences: &[Audience]) -> Result<(Routes, Vec<String
                 }
             }
         }
+        if rp.access == Access::Public && (!rp.acr_values.is_empty() || rp.max_age_s.is_some()) {
+            return Err(err(
+                f("access"),
+                "a public route cannot require a sign-in level (acr_values, max_age_s)",
+            ));
+        }
+        for (i, a) in rp.acr_values.iter().enumerate() {
+            // Sent to the provider space-separated and echoed in a quoted challenge parameter.
+            if !scope_token_ok(a) || a.contains('"') || a.contains('\\') || a.len() > 128 {
+                return Err(err(
+                    format!("routes.{name}.acr_values[{i}]"),
+                    "must be a non-empty token of at most 128 characters without spaces or quotes",
+                ));
+            }
+        }
+        if rp.acr_values.len() > 16 {
+            return Err(err(f("acr_values"), "at most 16 values"));
+        }
+        if rp.max_age_s.is_some_and(|m| m > 366 * 86_400) {
+            return Err(err(f("max_age_s"), "must be at most 31622400 (a year)"));
+        }
         let mut claims = Vec::new();
         for (cname, rule) in &rp.claims {
             let accepted = match rule {
@@ -670,6 +695,8 @@ fn routes(raw: &RawConfig, audiences: &[Audience]) -> Result<(Routes, Vec<String
                 csrf: rp.csrf,
                 unauthenticated: rp.unauthenticated,
                 allowed_origins: rp.allowed_origins.clone(),
+                acr_values: rp.acr_values.clone(),
+                max_age_s: rp.max_age_s,
             },
         );
     }

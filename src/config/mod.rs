@@ -101,6 +101,8 @@ pub struct Provider {
     pub userinfo: bool,
     /// Serve front-channel logout.
     pub frontchannel_logout: bool,
+    /// Clock difference tolerated on `auth_time` (seconds).
+    pub clock_skew_s: u64,
     /// ID-token signature algorithms pinned by the configuration (else the provider's).
     pub id_token_algs: Option<Vec<String>>,
 }

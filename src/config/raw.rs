@@ -124,6 +124,10 @@ pub struct RawProvider {
     /// provider offers it.
     #[serde(default)]
     pub frontchannel_logout: bool,
+    /// Seconds of clock difference with the provider tolerated when a sign-in's `auth_time` is
+    /// checked against a route's `max_age_s` (and refused when it lies in the future).
+    #[serde(default = "d_clock_skew_s")]
+    pub clock_skew_s: u64,
     /// Pins the ID-token (and logout-token) signature algorithms accepted, e.g. `[ES256]`:
     /// of those the provider's discovery document lists, only these. Default: every one the
     /// provider lists that bffgate verifies (RS256/384/512, PS256/384/512, ES256, ES384, and
@@ -472,6 +476,9 @@ pub enum Indicator {
 
 fn d_auth_prefix() -> String {
     "/auth".into()
+}
+fn d_clock_skew_s() -> u64 {
+    60
 }
 fn d_timeout_ms() -> u64 {
     5000

@@ -9,6 +9,7 @@ use crate::callout::{CallResult, Callout};
 use crate::cookie;
 use crate::jwt;
 use crate::oauth::{self, TokenError};
+use crate::policy::StepUp;
 use crate::redirect::sanitize_return_to;
 use crate::reply::{error_reply, redirect, with_cookie, ErrorCode, Reply};
 use crate::secret::Secret;
@@ -39,6 +40,32 @@ impl Engine<'_> {
             Ok(v) => sanitize_return_to(v.as_deref()),
             Err(Repeated) => "/".to_string(),
         };
+        // A step-up login (RFC 9470): the sign-in level a route asked for. Only asks the
+        // provider for more; whatever comes back is checked at the callback and again by the
+        // route.
+        let (acr, max_age) = match (
+            query_param(query, "acr_values"),
+            query_param(query, "max_age"),
+        ) {
+            (Ok(a), Ok(m)) => (a, m),
+            _ => {
+                return Step::Respond(error_reply(
+                    400,
+                    ErrorCode::InvalidRequest,
+                    "repeated parameters",
+                ))
+            }
+        };
+        let step_up = match StepUp::parse(acr.as_deref(), max_age.as_deref()) {
+            Ok(s) => s,
+            Err(name) => {
+                return Step::Respond(error_reply(
+                    400,
+                    ErrorCode::InvalidRequest,
+                    &format!("invalid {name}: acr_values are space-separated tokens (at most 16 of 128 characters), max_age whole seconds up to a year"),
+                ))
+            }
+        };
         let nonce = random_token(self.rng, 16);
         let verifier = random_token(self.rng, 32);
         let flow_secret = random_token(self.rng, 32);
@@ -49,6 +76,7 @@ impl Engine<'_> {
             flow_hash: hex(&sha256(flow_secret.as_bytes())),
             expires: self.now.saturating_add(self.cfg.session.login_timeout_s),
             state_hash: String::new(),
+            step_up,
         };
         let state = match self.store.create_pending(&pending, self.rng, self.now) {
             Ok(s) => s,
@@ -62,7 +90,7 @@ impl Engine<'_> {
             }
         };
         let challenge = oauth::pkce_challenge(&verifier);
-        let url = oauth::authorize_url(self.cfg, &ep, &state, &nonce, &challenge);
+        let url = oauth::authorize_url(self.cfg, &ep, &state, &nonce, &challenge, &pending.step_up);
         let flow = cookie::set_cookie(
             &self.flow_cookie_name(&state),
             &flow_secret,
@@ -496,6 +524,12 @@ impl Engine<'_> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        let (acr, auth_time) = match self.sign_in_level(&login, &claims) {
+            Ok(v) => v,
+            Err(why) => {
+                return self.login_failed(400, ErrorCode::LoginFailed, &why, Some(flow_cookie))
+            }
+        };
         let mut kept = serde_json::Map::new();
         for k in &self.cfg.keep_claims {
             if let Some(v) = claims.get(k) {
@@ -529,7 +563,19 @@ impl Engine<'_> {
                 Some(flow_cookie),
             );
         }
-        let session = Session {
+        // A step-up (or any new sign-in) by the same user in a browser that has a live session
+        // upgrades it: a fresh id (no fixation) that keeps the tokens of the other audiences and
+        // the absolute lifetime. A different user's session ends (below).
+        let carried = old_session
+            .as_ref()
+            .and_then(|old| self.store.get_session(old))
+            .map(|(s, _)| s)
+            .filter(|s| {
+                s.sub == sub
+                    && s.liveness(self.now, self.cfg.session.idle_timeout_s)
+                        == crate::session::Liveness::Live
+            });
+        let mut session = Session {
             owner: String::new(),
             handle: String::new(),
             sub: sub.clone(),
@@ -554,7 +600,19 @@ impl Engine<'_> {
             }],
             refreshing_until: 0,
             refresh_failed_at: 0,
+            acr,
+            auth_time,
         };
+        let upgraded = carried.is_some();
+        if let Some(prev) = carried {
+            session.created = prev.created;
+            session.expires = prev.expires.min(session.expires);
+            for t in prev.tokens {
+                if t.aud != self.cfg.login_audience {
+                    session.put_token(t);
+                }
+            }
+        }
         let id = match self.store.create_session(&session, self.rng, self.now) {
             Ok((id, evicted)) => {
                 if let Some(ev) = evicted {
@@ -584,7 +642,11 @@ impl Engine<'_> {
             // so much the better).
             let _ = self.store.delete_session(&old);
             self.event(Event::SessionEnded {
-                reason: EndReason::Relogin,
+                reason: if upgraded {
+                    EndReason::SteppedUp
+                } else {
+                    EndReason::Relogin
+                },
                 session: old.handle(),
                 sub: None,
             });
@@ -600,5 +662,64 @@ impl Engine<'_> {
         r.headers
             .push(("set-cookie".into(), self.clear_flow_cookie(flow_cookie)));
         r
+    }
+
+    /// The sign-in level of a login's ID token: its `acr` and `auth_time`, kept in the session
+    /// for the routes that ask for them (RFC 9470). An `auth_time` that is not a time in the
+    /// past (beyond `provider.clock_skew_s`) refuses the login; a step-up login also needs the
+    /// `acr` it asked for (a provider that ignores `acr_values` must not satisfy it) and an
+    /// `auth_time` within the `max_age` it asked for.
+    fn sign_in_level(
+        &self,
+        login: &PendingLogin,
+        claims: &serde_json::Map<String, Value>,
+    ) -> Result<(Option<String>, Option<u64>), String> {
+        let skew = self.cfg.provider.clock_skew_s;
+        let auth_time = match claims.get("auth_time") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(t) if t <= self.now.saturating_add(skew) => Some(t),
+                _ => {
+                    return Err(
+                        "the ID token's auth_time is not a time in the past (see provider.clock_skew_s)"
+                            .into(),
+                    )
+                }
+            },
+        };
+        let acr = claims
+            .get("acr")
+            .and_then(Value::as_str)
+            .filter(|a| a.len() <= 128 && a.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+            .map(str::to_string);
+        if let Some(want) = &login.step_up.acr_values {
+            if !acr
+                .as_deref()
+                .is_some_and(|a| want.split(' ').any(|w| w == a))
+            {
+                let got = acr
+                    .as_deref()
+                    .map_or("none".to_string(), |a| format!("`{a}`"));
+                return Err(format!(
+                    "the identity provider did not sign in at the level asked for (acr_values `{want}`; the ID token's acr: {got})"
+                ));
+            }
+        }
+        if let Some(max) = login.step_up.max_age {
+            match auth_time {
+                Some(t) if self.now <= t.saturating_add(max).saturating_add(skew) => {}
+                Some(_) => {
+                    return Err(format!(
+                        "the identity provider did not sign the user in again (auth_time older than the max_age {max} asked for)"
+                    ))
+                }
+                None => {
+                    return Err(
+                        "the ID token has no auth_time, but max_age was asked for".into(),
+                    )
+                }
+            }
+        }
+        Ok((acr, auth_time))
     }
 }

@@ -4,11 +4,11 @@
 
 use super::cookies::{CookieView, SessionCookie, SessionLookup};
 use super::{header_is, Engine, Request, Resume, Step};
-use crate::policy::{is_safe_method, CsrfMode, Policy, UnauthMode};
+use crate::policy::{is_safe_method, CsrfMode, Policy, StepUp, UnauthMode};
 use crate::redirect::sanitize_return_to;
 use crate::reply::{
-    base_headers, cors_headers, error_reply, json_reply, redirect, store_unavailable, with_cookie,
-    ErrorCode, Reply, ReplyKind,
+    base_headers, cors_headers, error_reply, json_reply, redirect, step_up_reply,
+    store_unavailable, with_cookie, ErrorCode, Reply, ReplyKind,
 };
 use crate::secret::Secret;
 use crate::util::ct_eq;
@@ -40,11 +40,13 @@ pub enum FastPathMiss {
     NoToken,
     /// The token lacks a scope the route requires.
     Scope,
+    /// The route asks for a sign-in level (`acr_values`, `max_age_s`): decided on the full path.
+    StepUp,
 }
 
 impl FastPathMiss {
     /// Every reason (their counters are defined at start).
-    pub const ALL: [FastPathMiss; 11] = [
+    pub const ALL: [FastPathMiss; 12] = [
         Self::Claims,
         Self::Csrf,
         Self::NoAudience,
@@ -56,6 +58,7 @@ impl FastPathMiss {
         Self::TouchDue,
         Self::NoToken,
         Self::Scope,
+        Self::StepUp,
     ];
 
     /// The counter of this reason.
@@ -72,8 +75,30 @@ impl FastPathMiss {
             Self::TouchDue => "bffgate_fast_path_missed_touch_due",
             Self::NoToken => "bffgate_fast_path_missed_no_token",
             Self::Scope => "bffgate_fast_path_missed_scope",
+            Self::StepUp => "bffgate_fast_path_missed_step_up",
         }
     }
+}
+
+/// The login URL that comes back to `path`, asking for the sign-in `step` names.
+fn step_up_location(cfg: &crate::config::Config, path: &str, step: &StepUp) -> String {
+    let rt = sanitize_return_to(Some(path));
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("return_to", &rt);
+    if let Some(a) = &step.acr_values {
+        q.append_pair("acr_values", a);
+    }
+    if let Some(m) = step.max_age {
+        q.append_pair("max_age", &m.to_string());
+    }
+    format!("{}/login?{}", cfg.auth_prefix, q.finish())
+}
+
+/// What the browser gets when the upstream of `path` answered with a step-up challenge
+/// (RFC 9470): the same `401 insufficient_user_authentication` as a route's own step-up, with
+/// the challenge's valid parameters and a login URL that comes back to `path`.
+pub fn upstream_step_up_reply(cfg: &crate::config::Config, path: &str, step: &StepUp) -> Reply {
+    step_up_reply(step, &step_up_location(cfg, path, step))
 }
 
 impl Engine<'_> {
@@ -186,6 +211,9 @@ impl Engine<'_> {
         if !policy.claims.is_empty() {
             return Err(M::Claims);
         }
+        if policy.wants_step_up() {
+            return Err(M::StepUp);
+        }
         if !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
             return Err(M::Csrf);
         }
@@ -272,6 +300,19 @@ impl Engine<'_> {
                 "not allowed for this user",
             ));
         }
+        if let Err(need) = policy.step_up(
+            session.acr.as_deref(),
+            session.auth_time,
+            self.now,
+            self.cfg.provider.clock_skew_s,
+        ) {
+            self.deny(
+                ErrorCode::InsufficientUserAuthentication,
+                &policy.route,
+                Some(id.handle()),
+            );
+            return Step::Respond(self.step_up_needed(navigation, &req.path, &need));
+        }
         let Some(audience) = policy.audience.clone() else {
             return Step::Respond(error_reply(
                 403,
@@ -344,10 +385,25 @@ impl Engine<'_> {
     }
 
     fn login_location(&self, path: &str) -> String {
-        let rt = sanitize_return_to(Some(path));
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        q.append_pair("return_to", &rt);
-        format!("{}/login?{}", self.cfg.auth_prefix, q.finish())
+        self.step_up_location(path, &StepUp::default())
+    }
+
+    /// The login URL that comes back to `path`, asking for the sign-in `step` names.
+    pub(super) fn step_up_location(&self, path: &str, step: &StepUp) -> String {
+        step_up_location(self.cfg, path, step)
+    }
+
+    /// The session's sign-in is not enough for the route (RFC 9470): a navigation goes to a
+    /// step-up login and comes back; anything else gets `401 insufficient_user_authentication`.
+    pub(super) fn step_up_needed(&self, navigation: bool, path: &str, step: &StepUp) -> Reply {
+        let url = self.step_up_location(path, step);
+        if navigation {
+            let mut r = redirect(&url);
+            r.kind = ReplyKind::LoginRedirect;
+            r
+        } else {
+            step_up_reply(step, &url)
+        }
     }
 
     /// No valid session: a redirect to login for a navigation, else `401`; a dead or forged
@@ -390,6 +446,8 @@ impl Engine<'_> {
                         "expires_at": idle_exp.min(s.expires),
                         "absolute_expires_at": s.expires,
                         "idle_expires_at": idle_exp,
+                        "acr": s.acr,
+                        "auth_time": s.auth_time,
                     }),
                 )
             }

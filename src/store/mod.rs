@@ -87,6 +87,10 @@ pub struct PendingLogin {
     /// Hex SHA-256 of the state (set by the store): the slot must match the state presented.
     #[serde(default)]
     pub state_hash: String,
+    /// A step-up login (RFC 9470): the sign-in level asked of the provider, checked against
+    /// the ID token at the callback.
+    #[serde(default, skip_serializing_if = "crate::policy::StepUp::is_empty")]
+    pub step_up: crate::policy::StepUp,
 }
 
 /// How many slots a claim looks at before applying the full-table policy (the least recently

@@ -746,6 +746,7 @@ mod tests {
             flow_hash: "h".into(),
             expires: 10,
             state_hash: String::new(),
+            step_up: Default::default(),
         };
         let state = st.create_pending(&p, &mut rng, 1).unwrap();
         let slot = state.split_once('.').unwrap().0;
@@ -771,6 +772,7 @@ mod tests {
             flow_hash: "h".into(),
             expires: e,
             state_hash: String::new(),
+            step_up: Default::default(),
         };
         let a = st.create_pending(&mk(100), &mut rng, 1).unwrap();
         let b = st.create_pending(&mk(200), &mut rng, 1).unwrap();

@@ -3,10 +3,10 @@
 //! `on_done`, and edits the response (CORS for allowed origins; no bffgate cookie set by an
 //! upstream).
 
-use super::apply::{apply, fail_closed, on_call_done, record_decision};
+use super::apply::{apply, fail_closed, on_call_done, record_decision, respond};
 use super::{log, run, Shared};
 use crate::config::Config;
-use crate::engine::Request;
+use crate::engine::{Request, Step};
 use crate::secret::Secret;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -29,6 +29,12 @@ fn body_done(shared: &Shared, ctx: u32, body: Option<&[u8]>) -> Action {
     let ran = run(shared, &cfg, |e| e.on_body(pending, body));
     record_decision(shared, &cfg, &ran.step, ran.subject.as_deref());
     apply(shared, &cfg, ctx, ran.step, false)
+}
+
+/// A reply in place of an upstream's response (headers not yet sent downstream): Envoy sends
+/// it directly.
+fn respond_upstream(shared: &Shared, ctx: u32, r: crate::reply::Reply) -> Action {
+    respond(shared, ctx, r.status, &r.headers, &r.body)
 }
 
 /// A header value as text: moved, not copied, when it is UTF-8 (nearly always).
@@ -89,6 +95,30 @@ impl Http {
         req
     }
 
+    /// An upstream's `401` with a step-up challenge (`Bearer
+    /// error="insufficient_user_authentication"`) becomes bffgate's own answer: the JSON with a
+    /// `login_url` that comes back to the request's path. The upstream's challenge and body are
+    /// not passed on, and nothing is retried.
+    fn upstream_step_up(&self, map: &[(String, Vec<u8>)], path: &str) -> Option<Action> {
+        let status = map.iter().find(|(k, _)| k == ":status")?;
+        if status.1 != b"401" {
+            return None;
+        }
+        let step = crate::policy::StepUp::from_challenge(
+            map.iter()
+                .filter(|(k, _)| k == "www-authenticate")
+                .filter_map(|(_, v)| std::str::from_utf8(v).ok()),
+        )?;
+        let cfg = self.shared.config()?;
+        let r = crate::engine::upstream_step_up_reply(&cfg, path, &step);
+        log(
+            LogLevel::Info,
+            "an upstream asked for a step-up (insufficient_user_authentication); answered for it",
+        );
+        self.shared.count("bffgate_upstream_step_up");
+        Some(respond_upstream(&self.shared, self.id, r))
+    }
+
     fn paused(&self) -> bool {
         self.shared.stopped.borrow().contains(&self.id)
     }
@@ -108,6 +138,7 @@ impl Context for Http {
         s.body_waiters.borrow_mut().remove(&self.id);
         s.stopped.borrow_mut().remove(&self.id);
         s.header_counts.borrow_mut().remove(&self.id);
+        s.bearer.borrow_mut().remove(&self.id);
         s.cors.borrow_mut().remove(&self.id);
         true
     }
@@ -122,6 +153,16 @@ impl HttpContext for Http {
         let mut ran = run(&self.shared, &cfg, |e| e.on_request(&req));
         if let Some(origin) = ran.cors.take() {
             self.shared.cors.borrow_mut().insert(self.id, origin);
+        }
+        if matches!(
+            &ran.step,
+            Step::Forward {
+                authorization: Some(_),
+                ..
+            } | Step::Call { .. }
+                | Step::Wait { .. }
+        ) {
+            self.shared.bearer.borrow_mut().insert(self.id, req.path);
         }
         record_decision(&self.shared, &cfg, &ran.step, ran.subject.as_deref());
         let action = apply(&self.shared, &cfg, self.id, ran.step, false);
@@ -165,6 +206,18 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         const H: MapType = MapType::HttpResponseHeaders;
+        // An upstream called with a bearer token may ask for a step-up (RFC 9470): its whole
+        // header map is read once (status, challenge and cookies in one host call).
+        let path = self.shared.bearer.borrow_mut().remove(&self.id);
+        let map = if let Some(path) = path {
+            let map = hostcalls::get_map_bytes(H).unwrap_or_default();
+            if let Some(action) = self.upstream_step_up(&map, &path) {
+                return action;
+            }
+            Some(map)
+        } else {
+            None
+        };
         if let Some(origin) = self.shared.cors.borrow_mut().remove(&self.id) {
             for (k, v) in crate::reply::cors_headers(origin) {
                 let _ = hostcalls::set_map_value(H, &k, Some(&v));
@@ -172,14 +225,18 @@ impl HttpContext for Http {
         }
         // An upstream must not set bffgate's cookies (it would swap the browser into another
         // session, or plant a flow cookie): one host call when it sets no cookie at all.
-        if !matches!(hostcalls::get_map_value_bytes(H, "set-cookie"), Ok(Some(_))) {
+        let sets_cookie = match &map {
+            Some(m) => m.iter().any(|(k, _)| k == "set-cookie"),
+            None => matches!(hostcalls::get_map_value_bytes(H, "set-cookie"), Ok(Some(_))),
+        };
+        if !sets_cookie {
             return Action::Continue;
         }
         let Some(cfg) = self.shared.config() else {
             return Action::Continue;
         };
-        let all: Vec<Vec<u8>> = hostcalls::get_map_bytes(H)
-            .unwrap_or_default()
+        let all: Vec<Vec<u8>> = map
+            .unwrap_or_else(|| hostcalls::get_map_bytes(H).unwrap_or_default())
             .into_iter()
             .filter(|(k, _)| k == "set-cookie")
             .map(|(_, v)| v)

@@ -157,6 +157,10 @@ struct Shared {
     /// How many `authorization` and `cookie` headers each request arrived with (to edit them
     /// with the fewest host calls; they do not change while a request is paused).
     header_counts: RefCell<IdMap<(usize, usize)>>,
+    /// Requests forwarded (or that may be, after a callout) with a bearer token, and their
+    /// path: the upstream's answer is read for a step-up challenge (RFC 9470), whose login URL
+    /// comes back to that path (the request's headers cannot be read in the response phase).
+    bearer: RefCell<IdMap<String>>,
     /// Session cookie values this VM has verified (bound to the key ring that verified them).
     verified: VerifiedCookies,
 }

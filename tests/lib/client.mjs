@@ -358,7 +358,7 @@ export function startLogin(browser, { returnTo, query } = {}) {
  * (or presses Cancel with `cancel: true`). Consent is granted server-side by the demo IdP.
  * @returns {Promise<URL>} the callback URL the IdP sent the browser to
  */
-export async function authorizeAtIdp(browser, authorizeUrl, user, password, { cancel = false, maxHops = 12 } = {}) {
+export async function authorizeAtIdp(browser, authorizeUrl, user, password, { cancel = false, maxHops = 12, otp } = {}) {
   let r = await browser.navigate(authorizeUrl);
   const trail = [];
   for (let hop = 0; hop < maxHops; hop += 1) {
@@ -378,6 +378,8 @@ export async function authorizeAtIdp(browser, authorizeUrl, user, password, { ca
       if (!f?.action) throw new Error(`no ${formId} on the IdP page ${r.url}`);
       const action = new URL(f.action, r.url).href;
       const fields = cancel ? new URLSearchParams() : new URLSearchParams({ login: user, password });
+      // The second factor, when the form asks for it (a step-up login) and the test has one.
+      if (!cancel && otp !== undefined && /<input[^>]*id="otp"/i.test(r.text)) fields.set('otp', typeof otp === 'function' ? otp() : otp);
       r = await browser.request('POST', action, {
         form: fields,
         headers: { accept: 'text/html', origin: new URL(IDP).origin, 'sec-fetch-mode': 'navigate', 'sec-fetch-site': 'same-origin' },
@@ -404,14 +406,14 @@ export function deliverCallback(browser, callbackUrl, o = {}) {
  * @param {boolean} [o.cancel]  press Cancel on the IdP's login page
  */
 export async function login(browser, user, password, {
-  returnTo, stopBeforeCallback = false, beforeCallback, cancel = false,
+  returnTo, query, stopBeforeCallback = false, beforeCallback, cancel = false, otp,
 } = {}) {
-  const start = await startLogin(browser, { returnTo });
+  const start = await startLogin(browser, { returnTo, query });
   if (start.status !== 302 || !start.location) {
     throw new Error(`GET /auth/login: expected 302, got ${start.status} ${start.text.slice(0, 200)}`);
   }
   const authorizeUrl = start.location;
-  let callbackUrl = await authorizeAtIdp(browser, authorizeUrl, user, password, { cancel });
+  let callbackUrl = await authorizeAtIdp(browser, authorizeUrl, user, password, { cancel, otp });
   const ctx = { login: start, authorizeUrl, callbackUrl };
   if (beforeCallback) {
     const rewritten = await beforeCallback(callbackUrl, ctx);

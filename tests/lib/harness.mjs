@@ -23,6 +23,7 @@ export const CSRF = Object.freeze({ 'x-csrf': '1' });
 /** Error codes of the contract. */
 export const ERROR_CODES = new Set([
   'unauthenticated', 'insufficient_scope', 'forbidden', 'csrf', 'invalid_request', 'login_failed', 'idp_unavailable',
+  'insufficient_user_authentication',
 ]);
 
 /**
