@@ -29,6 +29,8 @@ pub enum EndReason {
     Admin,
     /// The same user signed in again (a step-up): the session went on under a fresh id.
     SteppedUp,
+    /// An anomaly whose action is `revoke` (`session.on_anomaly`).
+    Anomaly,
 }
 
 impl EndReason {
@@ -46,10 +48,11 @@ impl EndReason {
             EndReason::FrontChannel => "frontchannel",
             EndReason::Admin => "admin",
             EndReason::SteppedUp => "stepped_up",
+            EndReason::Anomaly => "anomaly",
         }
     }
     /// Every reason (metrics are defined for each).
-    pub const ALL: [EndReason; 11] = [
+    pub const ALL: [EndReason; 12] = [
         EndReason::Logout,
         EndReason::Idle,
         EndReason::Expired,
@@ -61,6 +64,7 @@ impl EndReason {
         EndReason::FrontChannel,
         EndReason::Admin,
         EndReason::SteppedUp,
+        EndReason::Anomaly,
     ];
 }
 
@@ -111,6 +115,17 @@ pub enum Event {
     RefreshCoalesced {
         /// Session handle.
         session: String,
+    },
+    /// A session was used in an unusual way (see `anomaly`).
+    SessionAnomaly {
+        /// `refusals`, `rate`, `user_agent` or `network`.
+        kind: crate::anomaly::Kind,
+        /// For `refusals`: the refusal code.
+        code: Option<&'static str>,
+        /// The session's handle.
+        session: String,
+        /// What was done: `log`, `step_up` or `revoke`.
+        action: crate::anomaly::Action,
     },
     /// A request was refused.
     Denied {
@@ -194,6 +209,19 @@ impl Event {
                 route,
                 session,
             } => json!({"event": "denied", "code": code, "route": route, "session": session}),
+            Event::SessionAnomaly {
+                kind,
+                code,
+                session,
+                action,
+            } => {
+                let mut v = json!({"event": "session_anomaly", "kind": kind.as_str(),
+                                   "session": session, "action": action.as_str()});
+                if let (Some(c), Some(o)) = (code, v.as_object_mut()) {
+                    o.insert("code".into(), json!(c));
+                }
+                v
+            }
             Event::Revocation { session, results } => {
                 let results: Vec<Value> = results
                     .iter()
@@ -237,6 +265,9 @@ impl Event {
             Event::RefreshFailed { .. } => "bffgate_refreshes_failed".into(),
             Event::RefreshCoalesced { .. } => "bffgate_refreshes_coalesced".into(),
             Event::Denied { .. } => return None,
+            Event::SessionAnomaly { kind, .. } => {
+                format!("bffgate_session_anomalies_{}", kind.as_str())
+            }
             Event::Revocation { .. } => "bffgate_revocations_sent".into(),
             Event::TokenRefused { .. } => "bffgate_tokens_refused".into(),
             Event::DiscoveryFailed { .. } => "bffgate_discovery_failed".into(),
@@ -280,6 +311,9 @@ pub fn all_counters() -> Vec<String> {
     }
     for code in crate::reply::ErrorCode::ALL {
         v.push(format!("bffgate_denied_{}", code.as_str()));
+    }
+    for k in crate::anomaly::Kind::ALL {
+        v.push(format!("bffgate_session_anomalies_{}", k.as_str()));
     }
     v
 }

@@ -21,6 +21,7 @@
 //! values and runs natively under `cargo test`, and a thin shell in `wasm` that is the only code
 //! touching `proxy_wasm`.
 
+pub mod anomaly;
 pub mod assertion;
 pub mod audit;
 pub mod callout;

@@ -6,14 +6,22 @@
 //! Layout: `b"B2"`, then `owner` (u8 length + bytes), `sub` (u16 + bytes), `expires` and
 //! `last_seen` (u64 big-endian), a token count (u8) and per token `aud`, `scope`, `token`
 //! (u16 + bytes each), `exp` and `obtained` (u64); then the JSON of the session without its
-//! tokens. `B1` records (written before tokens carried `obtained`) are still read, with
-//! `obtained` 0.
+//! tokens. `B3` adds, after `last_seen`, a flags byte (bit 0: a fresh sign-in is required) and
+//! the client binding (key id: u8 length + bytes; a presence byte, bit 0 User-Agent hash, bit 1
+//! network hash; then those 8-byte hashes). `B2` records (no flags, no binding) and `B1` records
+//! (written before tokens carried `obtained`, read with `obtained` 0) are still read.
 
 use crate::session::{renew_at, AudienceToken, Session};
 
-const MAGIC: &[u8; 2] = b"B2";
-/// The previous layout: no `obtained` per token.
+const MAGIC: &[u8; 2] = b"B3";
+/// The layout before flags and the client binding.
+const MAGIC_V2: &[u8; 2] = b"B2";
+/// The layout before that: no `obtained` per token.
 const MAGIC_V1: &[u8; 2] = b"B1";
+
+/// Head flag: the session's next request to a `session` route needs a fresh sign-in (an
+/// anomaly's `step_up` action).
+pub const FLAG_REAUTH: u8 = 1;
 
 /// A cursor over the head; every read is bounds-checked.
 struct Cur<'a> {
@@ -68,6 +76,13 @@ pub fn encode(s: &Session) -> Option<Vec<u8>> {
     put_u16_str(&mut out, &s.sub)?;
     out.extend_from_slice(&s.expires.to_be_bytes());
     out.extend_from_slice(&s.last_seen.to_be_bytes());
+    out.push(if s.reauth { FLAG_REAUTH } else { 0 });
+    out.push(u8::try_from(s.binding.kid.len()).ok()?);
+    out.extend_from_slice(s.binding.kid.as_bytes());
+    out.push(u8::from(s.binding.ua.is_some()) | (u8::from(s.binding.net.is_some()) << 1));
+    for h in [&s.binding.ua, &s.binding.net].into_iter().flatten() {
+        out.extend_from_slice(h);
+    }
     out.push(u8::try_from(s.tokens.len()).ok()?);
     for t in &s.tokens {
         put_u16_str(&mut out, &t.aud)?;
@@ -92,6 +107,14 @@ pub struct Head<'a> {
     pub expires: u64,
     /// Last use.
     pub last_seen: u64,
+    /// Flags ([`FLAG_REAUTH`]).
+    pub flags: u8,
+    /// Key id of the client binding's hashes (empty: no binding).
+    pub bind_kid: &'a str,
+    /// Keyed hash of the User-Agent the session was bound to.
+    pub bind_ua: Option<[u8; 8]>,
+    /// Keyed hash of the network the session was bound to.
+    pub bind_net: Option<[u8; 8]>,
     tokens: Cur<'a>,
     count: u8,
     /// Whether tokens carry `obtained` (layout `B2`).
@@ -102,9 +125,10 @@ impl<'a> Head<'a> {
     /// Parses the head (not the tokens yet).
     pub fn parse(b: &'a [u8]) -> Option<Head<'a>> {
         let mut c = Cur { b, at: 0 };
-        let v2 = match c.take(2)? {
-            m if m == MAGIC => true,
-            m if m == MAGIC_V1 => false,
+        let (v2, v3) = match c.take(2)? {
+            m if m == MAGIC => (true, true),
+            m if m == MAGIC_V2 => (true, false),
+            m if m == MAGIC_V1 => (false, false),
             _ => return None,
         };
         let n = usize::from(c.u8()?);
@@ -112,12 +136,31 @@ impl<'a> Head<'a> {
         let sub = c.str16()?;
         let expires = c.u64()?;
         let last_seen = c.u64()?;
+        let (mut flags, mut bind_kid, mut bind_ua, mut bind_net) = (0, "", None, None);
+        if v3 {
+            flags = c.u8()?;
+            let n = usize::from(c.u8()?);
+            bind_kid = std::str::from_utf8(c.take(n)?).ok()?;
+            let present = c.u8()?;
+            let mut hash = |bit: u8| -> Option<Option<[u8; 8]>> {
+                if present & bit == 0 {
+                    return Some(None);
+                }
+                Some(Some(<[u8; 8]>::try_from(c.take(8)?).ok()?))
+            };
+            bind_ua = hash(1)?;
+            bind_net = hash(2)?;
+        }
         let count = c.u8()?;
         Some(Head {
             owner,
             sub,
             expires,
             last_seen,
+            flags,
+            bind_kid,
+            bind_ua,
+            bind_net,
             tokens: c,
             count,
             v2,
@@ -188,6 +231,12 @@ pub fn decode(b: &[u8]) -> Option<Session> {
     s.sub = head.sub.to_string();
     s.expires = head.expires;
     s.last_seen = head.last_seen;
+    s.reauth = head.flags & FLAG_REAUTH != 0;
+    s.binding = crate::anomaly::Binding {
+        kid: head.bind_kid.to_string(),
+        ua: head.bind_ua,
+        net: head.bind_net,
+    };
     Some(s)
 }
 

@@ -98,6 +98,18 @@ impl KeyRing {
         mac
     }
 
+    /// A key derived from the key `kid` for `label` (an HMAC of the label under it): for keyed
+    /// hashes that must not be the cookie MAC itself. `None` if `kid` is not in the ring.
+    pub fn derive(&self, kid: &str, label: &str) -> Option<[u8; 32]> {
+        let (_, base) = self.keys.iter().find(|(k, _)| k == kid)?;
+        let tag = Self::mac_for(base, "bffgate-derived-key", kid, label.as_bytes())
+            .finalize()
+            .into_bytes();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&tag);
+        Some(out)
+    }
+
     /// Signs `payload` for the cookie `name` with the current key.
     pub fn seal(&self, name: &str, payload: &[u8]) -> String {
         let Some((kid, base)) = self.keys.first() else {

@@ -155,6 +155,13 @@ pub struct Session {
     /// The ID token's `auth_time` at the last sign-in (step-up `max_age`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<u64>,
+    /// The next request to a `session` route needs a fresh sign-in (an anomaly's `step_up`).
+    /// Kept in the record's head.
+    #[serde(skip)]
+    pub reauth: bool,
+    /// The client binding made at sign-in (keyed hashes only). Kept in the record's head.
+    #[serde(skip)]
+    pub binding: crate::anomaly::Binding,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -235,6 +242,8 @@ mod tests {
             refresh_failed_at: 0,
             acr: None,
             auth_time: None,
+            reauth: false,
+            binding: Default::default(),
         }
     }
 

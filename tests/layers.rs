@@ -1,7 +1,7 @@
 //! The core is layered and its imports only point down (docs/architecture.md):
 //!
 //! 0. values and codecs with nothing below them: `util`, `secret`, `cookie`, `redirect`,
-//!    `policy`, `reply`, `callout`, `audit`, `keyspec`, `jwt`;
+//!    `policy`, `reply`, `callout`, `audit`, `keyspec`, `jwt`, `anomaly`;
 //! 1. values built on those: `seal`, `vault`, `jose`, `assertion`, `session`, `record`,
 //!    `verified`, `discovery`;
 //! 2. `config`;
@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("audit", 0),
     ("keyspec", 0),
     ("jwt", 0),
+    ("anomaly", 0),
     ("seal", 1),
     ("vault", 1),
     ("jose", 1),

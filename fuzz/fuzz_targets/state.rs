@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
             expires: 1000,
             state_hash: String::new(),
             step_up: Default::default(),
+            binding: None,
         };
         match st.create_pending(&p, &mut rng, 1) {
             Ok(s) => states.push(s),

@@ -460,6 +460,40 @@ fn session(s: &RawSession) -> Result<(), ConfigError> {
     if s.login_timeout_s == 0 || s.login_timeout_s > 3600 {
         return Err(err("session.login_timeout_s", "must be between 1 and 3600"));
     }
+    let a = &s.anomaly;
+    if !(1..=3600).contains(&a.window_s) {
+        return Err(err(
+            "session.anomaly.window_s",
+            "must be between 1 and 3600",
+        ));
+    }
+    if a.max_requests_per_s > 100_000 {
+        return Err(err(
+            "session.anomaly.max_requests_per_s",
+            "must be at most 100000 (0 turns the rate signal off)",
+        ));
+    }
+    if a.max_refusals > 60_000 {
+        return Err(err(
+            "session.anomaly.max_refusals",
+            "must be at most 60000 (0 turns the refusal signal off)",
+        ));
+    }
+    let h = &a.client_address_header;
+    if h.is_empty()
+        || h.starts_with(':')
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(err(
+            "session.anomaly.client_address_header",
+            "must be a lower-case header name (e.g. x-forwarded-for)",
+        ));
+    }
+    if a.trusted_hops > 16 {
+        return Err(err("session.anomaly.trusted_hops", "must be at most 16"));
+    }
 
     Ok(())
 }

@@ -258,6 +258,12 @@ pub struct RawSession {
     /// Tokens are renewed this long before they expire.
     #[serde(default = "d_skew")]
     pub refresh_skew_s: u64,
+    /// How session anomalies are detected (docs/security.md).
+    #[serde(default)]
+    pub anomaly: RawAnomaly,
+    /// What each kind of anomaly does: `log`, `step_up` or `revoke`.
+    #[serde(default)]
+    pub on_anomaly: RawOnAnomaly,
 }
 
 impl Default for RawSession {
@@ -268,8 +274,102 @@ impl Default for RawSession {
             touch_interval_s: d_touch(),
             login_timeout_s: d_login_timeout(),
             refresh_skew_s: d_skew(),
+            anomaly: RawAnomaly::default(),
+            on_anomaly: RawOnAnomaly::default(),
         }
     }
+}
+
+/// Session anomaly detection (`session.anomaly`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnomaly {
+    /// The sliding window of the rate and refusal counts, seconds.
+    #[serde(default = "d_anomaly_window")]
+    pub window_s: u64,
+    /// Requests per second per session, averaged over the window, above which `rate` is
+    /// signalled (counted per filter VM, i.e. per Envoy worker); 0 turns it off.
+    #[serde(default = "d_anomaly_rps")]
+    pub max_requests_per_s: u64,
+    /// Refusals of one code (`csrf`, `insufficient_scope`, `forbidden`,
+    /// `insufficient_user_authentication`) per window above which `refusals` is signalled; 0
+    /// turns it off.
+    #[serde(default = "d_anomaly_refusals")]
+    pub max_refusals: u64,
+    /// Bind sessions to (a keyed hash of) the `User-Agent` at sign-in.
+    #[serde(default = "d_true")]
+    pub bind_user_agent: bool,
+    /// Bind sessions to (a keyed hash of) the client's network at sign-in: the /24 of an IPv4
+    /// address, the /48 of an IPv6 one, taken from `client_address_header`.
+    #[serde(default = "d_true")]
+    pub bind_network: bool,
+    /// The header holding the client address as Envoy resolved it: `x-forwarded-for`, to which
+    /// Envoy appends the peer address when the connection manager has `use_remote_address:
+    /// true`.
+    #[serde(default = "d_xff")]
+    pub client_address_header: String,
+    /// Proxies in front of Envoy that each append their peer to `client_address_header`: the
+    /// client address is the entry this many from the right.
+    #[serde(default)]
+    pub trusted_hops: u32,
+}
+
+impl Default for RawAnomaly {
+    fn default() -> Self {
+        RawAnomaly {
+            window_s: d_anomaly_window(),
+            max_requests_per_s: d_anomaly_rps(),
+            max_refusals: d_anomaly_refusals(),
+            bind_user_agent: true,
+            bind_network: true,
+            client_address_header: d_xff(),
+            trusted_hops: 0,
+        }
+    }
+}
+
+/// What each kind of anomaly does (`session.on_anomaly`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnAnomaly {
+    /// Too many refusals of one code.
+    #[serde(default)]
+    pub refusals: crate::anomaly::Action,
+    /// Too many requests.
+    #[serde(default)]
+    pub rate: crate::anomaly::Action,
+    /// Another User-Agent than at sign-in.
+    #[serde(default)]
+    pub user_agent: crate::anomaly::Action,
+    /// Another network than at sign-in.
+    #[serde(default)]
+    pub network: crate::anomaly::Action,
+}
+
+impl RawOnAnomaly {
+    /// The action for `kind`.
+    pub fn action(&self, kind: crate::anomaly::Kind) -> crate::anomaly::Action {
+        use crate::anomaly::Kind;
+        match kind {
+            Kind::Refusals => self.refusals,
+            Kind::Rate => self.rate,
+            Kind::UserAgent => self.user_agent,
+            Kind::Network => self.network,
+        }
+    }
+}
+
+fn d_anomaly_window() -> u64 {
+    60
+}
+fn d_anomaly_rps() -> u64 {
+    50
+}
+fn d_anomaly_refusals() -> u64 {
+    10
+}
+fn d_xff() -> String {
+    "x-forwarded-for".into()
 }
 
 /// Session store settings (the embedded shared-data store).

@@ -77,6 +77,7 @@ impl Engine<'_> {
             expires: self.now.saturating_add(self.cfg.session.login_timeout_s),
             state_hash: String::new(),
             step_up,
+            binding: self.binding_of(req),
         };
         let state = match self.store.create_pending(&pending, self.rng, self.now) {
             Ok(s) => s,
@@ -602,6 +603,8 @@ impl Engine<'_> {
             refresh_failed_at: 0,
             acr,
             auth_time,
+            reauth: false,
+            binding: login.binding.clone().unwrap_or_default(),
         };
         let upgraded = carried.is_some();
         if let Some(prev) = carried {

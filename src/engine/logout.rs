@@ -58,16 +58,7 @@ impl Engine<'_> {
                 session: id.handle(),
                 sub: Some(s.sub.clone()),
             });
-            if let Some(rt) = &s.refresh_token {
-                revoke.push((rt.clone(), "refresh_token"));
-            }
-            if self.cfg.provider.revoke_access_tokens {
-                for t in &s.tokens {
-                    if t.exp > self.now {
-                        revoke.push((t.token.clone(), "access_token"));
-                    }
-                }
-            }
+            revoke = self.tokens_to_revoke(&s);
             id_token = s.id_token.clone();
             ended = Some(id.handle());
         }

@@ -19,6 +19,7 @@
 //! - `admin`: the operator API, and the sweep of dead sessions.
 
 mod admin;
+mod anomaly;
 mod cookies;
 mod login;
 mod logout;
@@ -77,6 +78,12 @@ pub struct Request {
     /// The `authorization` header's value: read by the operator API only (its credential);
     /// never forwarded, never logged.
     pub authorization: Option<Secret>,
+    /// `user-agent` (session anomaly signals: hashed, never kept).
+    pub user_agent: Option<String>,
+    /// The header of `session.anomaly.client_address_header` (`x-forwarded-for` by default), all
+    /// of its values joined with `, ` (session anomaly signals: only the client's network is
+    /// hashed, never kept).
+    pub client_address: Option<String>,
     /// Set by the engine when it re-decides a request after a store fetch (never twice).
     pub store_fetched: bool,
 }
@@ -333,6 +340,14 @@ pub struct Engine<'a> {
     endpoints: Option<Endpoints>,
     /// A discovery read failed in this run (no second read before the retry time).
     discovery_failed: bool,
+    /// The VM's session anomaly counters (see [`Engine::with_anomalies`]).
+    anomalies: Option<&'a crate::anomaly::Tracker>,
+    /// Signals the fast path found, for the full path to act on.
+    signals: crate::anomaly::Signals,
+    /// This request was counted for the rate signal already.
+    rate_counted: bool,
+    /// A refusal crossed the `refusals` threshold: its session and code.
+    refusal_anomaly: Option<(SessionId, &'static str)>,
 }
 
 impl<'a> Engine<'a> {
@@ -356,7 +371,19 @@ impl<'a> Engine<'a> {
             verified: None,
             endpoints: None,
             discovery_failed: false,
+            anomalies: None,
+            signals: Vec::new(),
+            rate_counted: false,
+            refusal_anomaly: None,
         }
+    }
+
+    /// Uses (and fills) a VM's session anomaly counters: request rate and refusals per session
+    /// in a sliding window, and a memo of the binding hashes. Without them only the binding
+    /// drift is checked.
+    pub fn with_anomalies(mut self, anomalies: &'a crate::anomaly::Tracker) -> Self {
+        self.anomalies = Some(anomalies);
+        self
     }
 
     /// Uses (and fills) a memo of session cookie values whose MAC verified before, so a repeated
@@ -468,6 +495,7 @@ impl<'a> Engine<'a> {
     /// Holds `step` until the writes this run queued for a remote store are in (nothing to do
     /// for the embedded store, which writes at once).
     fn finish(&mut self, step: Step) -> Step {
+        let step = self.apply_refusal_anomaly(step);
         let Some(outbox) = self.store.remote().and_then(|r| r.take_outbox()) else {
             return step;
         };

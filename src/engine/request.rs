@@ -42,11 +42,14 @@ pub enum FastPathMiss {
     Scope,
     /// The route asks for a sign-in level (`acr_values`, `max_age_s`): decided on the full path.
     StepUp,
+    /// A session anomaly signal (client binding drift, rate), or a session that must sign in
+    /// again: reported and acted on by the full path.
+    Anomaly,
 }
 
 impl FastPathMiss {
     /// Every reason (their counters are defined at start).
-    pub const ALL: [FastPathMiss; 12] = [
+    pub const ALL: [FastPathMiss; 13] = [
         Self::Claims,
         Self::Csrf,
         Self::NoAudience,
@@ -59,6 +62,7 @@ impl FastPathMiss {
         Self::NoToken,
         Self::Scope,
         Self::StepUp,
+        Self::Anomaly,
     ];
 
     /// The counter of this reason.
@@ -76,6 +80,7 @@ impl FastPathMiss {
             Self::NoToken => "bffgate_fast_path_missed_no_token",
             Self::Scope => "bffgate_fast_path_missed_scope",
             Self::StepUp => "bffgate_fast_path_missed_step_up",
+            Self::Anomaly => "bffgate_fast_path_missed_anomaly",
         }
     }
 }
@@ -231,6 +236,17 @@ impl Engine<'_> {
         if self.now >= head.expires {
             return Err(M::Expired);
         }
+        if head.flags & crate::record::FLAG_REAUTH != 0 {
+            return Err(M::Anomaly);
+        }
+        let mut sig = self.drift(req, head.bind_kid, head.bind_ua, head.bind_net);
+        if let Some(k) = self.count_request(super::anomaly::track_key(verifier)) {
+            sig.push((k, None));
+        }
+        if !sig.is_empty() {
+            self.signals = sig;
+            return Err(M::Anomaly);
+        }
         if self.now
             >= head
                 .last_seen
@@ -268,7 +284,10 @@ impl Engine<'_> {
         let found = self.lookup_session(req, cookie);
         if !self.csrf_ok(req, policy.csrf, &policy.allowed_origins) {
             let handle = match &found {
-                SessionLookup::Live(id, _, _) => Some(id.handle()),
+                SessionLookup::Live(id, _, _) => {
+                    self.refused(ErrorCode::Csrf, id);
+                    Some(id.handle())
+                }
                 _ => None,
             };
             self.deny(ErrorCode::Csrf, &policy.route, handle);
@@ -287,12 +306,42 @@ impl Engine<'_> {
             }
             SessionLookup::Invalid => {
                 self.deny(ErrorCode::Unauthenticated, &policy.route, None);
+                // A session bffgate ended itself (an anomaly): the page is told why.
+                let note = cookie.id().and_then(|id| self.ended_note(id));
+                if let (Some((text, _)), false) = (note, navigation) {
+                    return Step::Respond(with_cookie(
+                        error_reply(401, ErrorCode::Unauthenticated, text),
+                        self.clear_session_cookie(),
+                    ));
+                }
                 return Step::Respond(self.unauthenticated(navigation, &req.path, true));
             }
             SessionLookup::Fetch(sid, request) => return Self::fetch_then_retry(req, sid, request),
             SessionLookup::Unavailable => return Step::Respond(store_unavailable()),
         };
+        let sig = self.signals_of(req, &id, &session);
+        if let Some(step) = self.on_signals(sig, navigation, &req.path, &id, &session, cas) {
+            return step;
+        }
+        if session.reauth {
+            // An anomaly asked for a fresh sign-in: nothing is served until there is one.
+            self.refused(ErrorCode::InsufficientUserAuthentication, &id);
+            self.deny(
+                ErrorCode::InsufficientUserAuthentication,
+                &policy.route,
+                Some(id.handle()),
+            );
+            return Step::Respond(self.step_up_needed(
+                navigation,
+                &req.path,
+                &StepUp {
+                    acr_values: None,
+                    max_age: Some(0),
+                },
+            ));
+        }
         if !policy.claims_ok(&session.claims) {
+            self.refused(ErrorCode::Forbidden, &id);
             self.deny(ErrorCode::Forbidden, &policy.route, Some(id.handle()));
             return Step::Respond(error_reply(
                 403,
@@ -306,6 +355,7 @@ impl Engine<'_> {
             self.now,
             self.cfg.provider.clock_skew_s,
         ) {
+            self.refused(ErrorCode::InsufficientUserAuthentication, &id);
             self.deny(
                 ErrorCode::InsufficientUserAuthentication,
                 &policy.route,
@@ -448,15 +498,23 @@ impl Engine<'_> {
                         "idle_expires_at": idle_exp,
                         "acr": s.acr,
                         "auth_time": s.auth_time,
+                        "reauth_required": s.reauth,
                     }),
                 )
             }
             SessionLookup::Absent => error_reply(401, ErrorCode::Unauthenticated, "no session"),
             SessionLookup::Unavailable => store_unavailable(),
-            SessionLookup::Invalid => with_cookie(
-                error_reply(401, ErrorCode::Unauthenticated, "no session"),
-                self.clear_session_cookie(),
-            ),
+            SessionLookup::Invalid => {
+                let mut r = error_reply(401, ErrorCode::Unauthenticated, "no session");
+                // A session bffgate ended itself (an anomaly's `revoke`): why, in words and as
+                // a code the page can act on.
+                if let Some((text, reason)) = cookie.id().and_then(|id| self.ended_note(id)) {
+                    r.body = json!({"error": "unauthenticated", "error_description": text,
+                                    "reason": reason})
+                    .to_string();
+                }
+                with_cookie(r, self.clear_session_cookie())
+            }
         })
     }
 }

@@ -250,6 +250,7 @@ impl Engine<'_> {
                 cookie,
             },
             Err(Denial::InsufficientScope) => {
+                self.refused(ErrorCode::InsufficientScope, id);
                 self.deny(
                     ErrorCode::InsufficientScope,
                     &policy.route,

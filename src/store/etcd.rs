@@ -985,6 +985,14 @@ impl<D: SharedData, R: Random> Store for EtcdStore<'_, D, R> {
         self.local.remember_jti(jti, exp, now)
     }
 
+    fn note_ended(&mut self, handle: &str, reason: &str, until: u64, now: u64) {
+        self.local.note_ended(handle, reason, until, now)
+    }
+
+    fn ended_reason(&self, handle: &str, now: u64) -> Option<String> {
+        self.local.ended_reason(handle, now)
+    }
+
     fn state_of(&self, id: &SessionId) -> RemoteState {
         let Some((e, _)) = self.entry(id) else {
             return RemoteState::Stale;

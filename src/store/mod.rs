@@ -91,6 +91,10 @@ pub struct PendingLogin {
     /// the ID token at the callback.
     #[serde(default, skip_serializing_if = "crate::policy::StepUp::is_empty")]
     pub step_up: crate::policy::StepUp,
+    /// The browser's client binding at the start of the login (keyed hashes), given to the
+    /// session it makes (session anomaly signals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<crate::anomaly::Binding>,
 }
 
 /// How many slots a claim looks at before applying the full-table policy (the least recently
@@ -207,6 +211,14 @@ pub trait Store {
     fn set_doc(&mut self, kind: Doc, doc: &[u8], now: u64);
     /// Records a logout-token `jti` until `exp`; false if it was already seen (a replay).
     fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool;
+    /// Remembers why the session with audit handle `handle` was ended by bffgate itself (an
+    /// anomaly's `revoke`), until `until`, so that its cookie can be told why (bounded; per
+    /// Envoy).
+    fn note_ended(&mut self, _handle: &str, _reason: &str, _until: u64, _now: u64) {}
+    /// Why the session with `handle` was ended, if [`Store::note_ended`] still remembers it.
+    fn ended_reason(&self, _handle: &str, _now: u64) -> Option<String> {
+        None
+    }
     /// How far this store's local view of a session can be trusted: always current for a store
     /// that is its own source of truth ([`RemoteSync::state_of`] otherwise).
     fn state_of(&self, _id: &SessionId) -> RemoteState {
@@ -382,6 +394,12 @@ impl<D: SharedData, R: Random> Store for Backend<'_, D, R> {
     }
     fn remember_jti(&mut self, jti: &str, exp: u64, now: u64) -> bool {
         self.inner_mut().remember_jti(jti, exp, now)
+    }
+    fn note_ended(&mut self, handle: &str, reason: &str, until: u64, now: u64) {
+        self.inner_mut().note_ended(handle, reason, until, now)
+    }
+    fn ended_reason(&self, handle: &str, now: u64) -> Option<String> {
+        self.inner().ended_reason(handle, now)
     }
     fn state_of(&self, id: &SessionId) -> RemoteState {
         self.inner().state_of(id)

@@ -34,6 +34,10 @@ const SESSIONS_KEY: &str = "bffgate:n:sessions";
 /// Number of occupied pending-login slots.
 const PENDING_KEY: &str = "bffgate:n:pending";
 const JTI_KEY: &str = "bffgate:jti";
+/// Why sessions were ended by bffgate itself: `[(handle, reason, until)]`, bounded.
+const ENDED_KEY: &str = "bffgate:ended";
+/// Most remembered ended sessions.
+pub const MAX_ENDED: usize = 256;
 /// When the operator API last scanned the store (unix seconds).
 const SCAN_KEY: &str = "bffgate:admin:scan";
 /// When a front-channel logout last scanned the store (unix seconds).
@@ -564,6 +568,37 @@ impl<D: SharedData> Store for SharedStore<D> {
         false
     }
 
+    fn note_ended(&mut self, handle: &str, reason: &str, until: u64, now: u64) {
+        for _ in 0..RETRIES {
+            let (v, cas) = self.data.get(ENDED_KEY);
+            let mut list: Vec<(String, String, u64)> = v
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .unwrap_or_default();
+            list.retain(|(h, _, u)| *u > now && h != handle);
+            list.push((handle.to_string(), reason.to_string(), until));
+            if list.len() > MAX_ENDED {
+                list.sort_by_key(|(_, _, u)| *u);
+                let excess = list.len() - MAX_ENDED;
+                list.drain(..excess);
+            }
+            let Ok(bytes) = serde_json::to_vec(&list) else {
+                return;
+            };
+            match self.cas_set(ENDED_KEY, &bytes, cas) {
+                Err(StoreError::CasMismatch) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    fn ended_reason(&self, handle: &str, now: u64) -> Option<String> {
+        let (v, _) = self.data.get(ENDED_KEY);
+        let list: Vec<(String, String, u64)> = serde_json::from_slice(&v?).ok()?;
+        list.into_iter()
+            .find(|(h, _, u)| h == handle && *u > now)
+            .map(|(_, r, _)| r)
+    }
+
     fn delete_where(&mut self, pred: &dyn Fn(&Session) -> bool) -> Vec<Session> {
         let mut out = Vec::new();
         for i in 0..self.limits.max_sessions {
@@ -747,6 +782,7 @@ mod tests {
             expires: 10,
             state_hash: String::new(),
             step_up: Default::default(),
+            binding: None,
         };
         let state = st.create_pending(&p, &mut rng, 1).unwrap();
         let slot = state.split_once('.').unwrap().0;
@@ -773,6 +809,7 @@ mod tests {
             expires: e,
             state_hash: String::new(),
             step_up: Default::default(),
+            binding: None,
         };
         let a = st.create_pending(&mk(100), &mut rng, 1).unwrap();
         let b = st.create_pending(&mk(200), &mut rng, 1).unwrap();

@@ -77,9 +77,22 @@ impl Http {
                 "sec-fetch-mode" => req.sec_fetch_mode = Some(text(value)),
                 "sec-fetch-dest" => req.sec_fetch_dest = Some(text(value)),
                 "accept" => req.accept = Some(text(value)),
+                "user-agent" => req.user_agent = Some(text(value)),
                 "access-control-request-method" => req.cors_method = Some(text(value)),
                 "access-control-request-headers" => req.cors_headers = Some(text(value)),
                 n if n == cfg.csrf_header => req.csrf = Some(text(value)),
+                n if n == cfg.session.anomaly.client_address_header => {
+                    // Every value, in order (a proxy may add its own header line).
+                    let v = text(value);
+                    req.client_address = Some(match req.client_address.take() {
+                        None => v,
+                        Some(mut all) => {
+                            all.push_str(", ");
+                            all.push_str(&v);
+                            all
+                        }
+                    });
+                }
                 _ => {}
             }
         }

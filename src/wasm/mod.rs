@@ -163,6 +163,8 @@ struct Shared {
     bearer: RefCell<IdMap<String>>,
     /// Session cookie values this VM has verified (bound to the key ring that verified them).
     verified: VerifiedCookies,
+    /// Session anomaly counters of this VM (rate and refusals per session, binding hashes).
+    anomalies: crate::anomaly::Tracker,
 }
 
 impl Shared {
@@ -271,8 +273,9 @@ where
     let now = now_ms();
     let mut store = crate::store::open(cfg, HostData, now, HostRandom);
     let (step, subject, cors, notes, events, fast_path) = {
-        let mut engine =
-            Engine::new(cfg, now / 1000, &mut rng, &mut store).with_verified(&shared.verified);
+        let mut engine = Engine::new(cfg, now / 1000, &mut rng, &mut store)
+            .with_verified(&shared.verified)
+            .with_anomalies(&shared.anomalies);
         let step = f(&mut engine);
         let Engine {
             subject,

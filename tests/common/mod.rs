@@ -444,6 +444,8 @@ pub struct Gate {
     /// The VM's memo of verified session cookies, kept across requests as the wasm shell keeps
     /// it (so every spec also runs the repeated-cookie path; `cfg` may change under it).
     pub verified: VerifiedCookies,
+    /// The VM's session anomaly counters, kept across requests as the wasm shell keeps them.
+    pub anomalies: bffgate::anomaly::Tracker,
 }
 
 impl Gate {
@@ -464,6 +466,7 @@ impl Gate {
             secrets: Vec::new(),
             transcript: Vec::new(),
             verified: VerifiedCookies::default(),
+            anomalies: Default::default(),
         };
         g.register(CLIENT_SECRET);
         g
@@ -499,7 +502,8 @@ impl Gate {
 
     pub fn request(&mut self, req: &Request) -> Step {
         let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store)
-            .with_verified(&self.verified);
+            .with_verified(&self.verified)
+            .with_anomalies(&self.anomalies);
         let step = e.on_request(req);
         let notes = std::mem::take(&mut e.notes);
         self.observe(&step, &notes);
@@ -509,7 +513,8 @@ impl Gate {
     /// Resumes a paused request with a callout result, at the current time.
     pub fn resume(&mut self, then: AfterCall, result: CallResult) -> Step {
         let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store)
-            .with_verified(&self.verified);
+            .with_verified(&self.verified)
+            .with_anomalies(&self.anomalies);
         let step = e.on_callout(then, result);
         let notes = std::mem::take(&mut e.notes);
         self.observe(&step, &notes);
@@ -519,7 +524,8 @@ impl Gate {
     /// The shell's timer polls a request paused in [`Step::Wait`], at the current time.
     pub fn wake(&mut self, then: &AwaitToken) -> Option<Step> {
         let mut e = Engine::new(&self.cfg, self.now, &mut self.rng, &mut self.store)
-            .with_verified(&self.verified);
+            .with_verified(&self.verified)
+            .with_anomalies(&self.anomalies);
         let step = e.on_wake(then);
         let notes = std::mem::take(&mut e.notes);
         if let Some(step) = &step {

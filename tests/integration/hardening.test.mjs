@@ -190,16 +190,27 @@ for (const ttl of [2, 8, 60]) {
       // valid, requests that find the renewal in progress use it instead of waiting).
       await sleep((ttl + 1) * 1000 + 300);
       const s0 = await idpStats();
+      const renewedAt = Date.now();
       const rs = await Promise.all(Array.from({ length: 30 }, () => orders(b)));
       for (const r of rs) assert.equal(r.res.status, 200, d(r.res));
       const tokens = new Set(rs.map((r) => r.token));
       const s1 = await idpStats();
       assert.equal(grants(s1) - grants(s0), 1, `ttl ${ttl}: one refresh grant for 30 requests`);
       assert.equal(tokens.size, 1, `ttl ${ttl}: all 30 carry the same token (${tokens.size} distinct)`);
-      // The renewed token is not renewed again by the next requests.
+      // The renewed token is not renewed again by the next requests while it is not due: a
+      // token is due half way through its life, and never within 1 s of obtaining it (so a 2 s
+      // token is due again 1 s after the renewal, which a slow machine can reach before the
+      // next batch is out: then one more grant is right, and only one).
       const again = await Promise.all(Array.from({ length: 10 }, () => orders(b)));
-      assert.deepEqual(new Set(again.map((r) => r.token)), tokens);
-      assert.equal(grants(await idpStats()) - grants(s0), 1, `ttl ${ttl}: still one grant`);
+      const sinceRenewal = Date.now() - renewedAt;
+      const notDueMs = Math.max(1, ttl / 2) * 1000;
+      if (sinceRenewal < notDueMs) {
+        assert.deepEqual(new Set(again.map((r) => r.token)), tokens, `ttl ${ttl}: ${sinceRenewal} ms after the renewal`);
+        assert.equal(grants(await idpStats()) - grants(s0), 1, `ttl ${ttl}: still one grant`);
+      } else {
+        assert.ok(new Set(again.map((r) => r.token)).size <= 2, `ttl ${ttl}: at most one more token`);
+        assert.ok(grants(await idpStats()) - grants(s0) <= 2, `ttl ${ttl}: at most one more grant ${sinceRenewal} ms after the renewal`);
+      }
     } finally {
       await boot.stack.startIdp({ BFFGATE_ACCESS_TOKEN_TTL: '300' });
     }

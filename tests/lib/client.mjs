@@ -145,15 +145,22 @@ export class Browser {
    * @param {string} [o.name]
    * @param {boolean} [o.keepAlive=true]  reuse connections (per browser); false = one connection per request
    */
-  constructor({ name, keepAlive = true } = {}) {
+  /**
+   * @param {object} [o]
+   * @param {object} [o.headers]  sent with every request unless the request sets them
+   *   (e.g. a `user-agent`)
+   * @param {string} [o.localAddress]  the loopback address to connect from (e.g. 127.0.1.9:
+   *   another /24 than 127.0.0.1), as a client on another network would
+   */
+  constructor({ name, keepAlive = true, headers = {}, localAddress } = {}) {
     browserSeq += 1;
     this.name = name || `browser-${browserSeq}`;
     this.jar = new Map(); // key host\0name\0path -> cookie
     this.setCookieLog = []; // { url, status, lines }
-    this.keepAlive = keepAlive;
-    this.agents = keepAlive
-      ? { https: new https.Agent({ keepAlive: true, maxSockets: 4 }), http: new http.Agent({ keepAlive: true, maxSockets: 4 }) }
-      : null;
+    this.keepAlive = keepAlive || Boolean(localAddress);
+    this.defaultHeaders = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+    const ao = { keepAlive: true, maxSockets: 4, ...(localAddress ? { localAddress } : {}) };
+    this.agents = this.keepAlive ? { https: new https.Agent(ao), http: new http.Agent(ao) } : null;
   }
 
   /** Closes pooled connections. */
@@ -254,7 +261,7 @@ export class Browser {
     headers = {}, body, json, form, fresh = false, noJar = false, extraCookie, timeoutMs,
   } = {}) {
     const abs = new URL(url, APP).href;
-    const h = {};
+    const h = { ...this.defaultHeaders };
     for (const [k, v] of Object.entries(headers)) h[k.toLowerCase()] = v;
     if (!noJar && h.cookie === undefined) {
       const jarCookie = this.cookieHeader(abs);
