@@ -330,6 +330,10 @@ for (const l of LISTENERS) {
     }
   });
   server.on('error', (err) => fail(`${l.name}: cannot listen on 127.0.0.1:${l.port}: ${err.message}`));
+  // Envoy keeps idle upstream connections for an hour and reuses them; Node closes an idle
+  // keep-alive connection after 5 s by default, and a request Envoy sends on it just then is
+  // reset (503 UC under load). Envoy closes them: Node never does.
+  server.keepAliveTimeout = 0;
   server.listen(l.port, '127.0.0.1', () => log(`${l.name} listening on 127.0.0.1:${l.port} issuer=${ISSUER}`));
   servers.push(server);
 }

@@ -188,44 +188,55 @@ pub const REFUSAL_CODES: [&str; 4] = [
 /// Most sessions a VM tracks at once (about 40 bytes each plus the map's overhead).
 pub const MAX_TRACKED: usize = 4096;
 
-/// A memoized hash's key: the cookie key id, and the domain and value hashed.
-type MemoKey = (String, Vec<u8>);
+/// A memoized hash: the key id, domain and value it was made of (compared in full on a hit),
+/// and the hash.
+type MemoEntry = (String, &'static str, Vec<u8>, [u8; 8]);
 
 /// Most memoized hashes (User-Agent and network values seen lately).
 const MAX_MEMO: usize = 256;
+
+/// FNV-1a over the memo's inputs: where to look, not what to trust (a hit is compared in full).
+fn slot_of(kid: &str, domain: &str, value: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [kid.as_bytes(), b"\0", domain.as_bytes(), b"\0", value] {
+        for b in part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
 
 /// A VM's sliding-window counters per session, and a memo of keyed hashes (so the fast path
 /// does not compute an HMAC per request). Bounded: [`MAX_TRACKED`] sessions, [`MAX_MEMO`] hashes.
 #[derive(Debug, Default)]
 pub struct Tracker {
     tracks: RefCell<HashMap<[u8; 8], Track>>,
-    memo: RefCell<HashMap<MemoKey, [u8; 8]>>,
+    memo: RefCell<HashMap<u64, MemoEntry>>,
 }
 
 impl Tracker {
     /// [`keyed`] with the key `key` gives (derived only on a memo miss), memoized per (key id,
-    /// domain and value). `None` when the key is not there.
+    /// domain and value). `None` when the key is not there. A hit allocates nothing.
     pub fn hash(
         &self,
         kid: &str,
         key: impl FnOnce() -> Option<[u8; 32]>,
-        domain: &str,
+        domain: &'static str,
         value: &[u8],
     ) -> Option<[u8; 8]> {
-        let mut tag = Vec::with_capacity(domain.len() + 1 + value.len());
-        tag.extend_from_slice(domain.as_bytes());
-        tag.push(0);
-        tag.extend_from_slice(value);
-        let k = (kid.to_string(), tag);
-        if let Some(h) = self.memo.borrow().get(&k) {
-            return Some(*h);
+        let slot = slot_of(kid, domain, value);
+        if let Some((k, d, v, h)) = self.memo.borrow().get(&slot) {
+            if k == kid && *d == domain && v.as_slice() == value {
+                return Some(*h);
+            }
         }
         let h = keyed(&key()?, domain, value);
         let mut memo = self.memo.borrow_mut();
         if memo.len() >= MAX_MEMO {
             memo.clear();
         }
-        memo.insert(k, h);
+        memo.insert(slot, (kid.to_string(), domain, value.to_vec(), h));
         Some(h)
     }
 

@@ -342,3 +342,71 @@ fn anomaly_settings_are_checked_at_load() {
         assert!(e.to_string().contains(field), "{e} names {field}");
     }
 }
+
+/// Drives a session of `user` into an anomaly of `kind` from the owner's own browser or a
+/// thief's copy; returns the owner's browser.
+fn trigger(g: &mut Gate, kind: &str) -> Browser {
+    let mut b = Browser::default();
+    let user = if kind == "refusals" { BOB } else { ALICE };
+    sign_in_from(g, &mut b, user, UA1, IP1);
+    let settle = |g: &mut Gate, req: Request| {
+        let mut step = g.request(&req);
+        while let Step::Call { then, .. } = step {
+            step = g.resume(*then, answer(200, ""));
+        }
+    };
+    match kind {
+        "network" => settle(g, from(orders(&b), UA1, IP2)),
+        "user_agent" => settle(g, from(orders(&b), UA2, IP1)),
+        "rate" => {
+            for _ in 0..61 {
+                settle(g, from(orders(&b), UA1, IP1));
+            }
+        }
+        "refusals" => {
+            for _ in 0..4 {
+                settle(g, from(place_order(&b), UA1, IP1));
+            }
+        }
+        _ => unreachable!(),
+    }
+    b
+}
+
+#[test]
+fn every_kind_with_every_action() {
+    for kind in ["network", "user_agent", "rate", "refusals"] {
+        for action in ["log", "step_up", "revoke"] {
+            let mut g = gate(|raw| raw["session"]["on_anomaly"] = json!({ kind: action }));
+            let b = trigger(&mut g, kind);
+            let what = format!("{kind} -> {action}");
+            let sig = anomalies(&g, kind);
+            assert_eq!(sig.len(), 1, "{what}: one signal: {sig:?}");
+            assert_eq!(sig[0]["action"], json!(action), "{what}");
+            // The owner's next request, from the browser and network it signed in with.
+            let next = g.request(&from(orders(&b), UA1, IP1));
+            match action {
+                "log" => {
+                    assert!(forwarded(next), "{what}: the session goes on");
+                    assert_eq!(g.live_sessions(), 1, "{what}");
+                }
+                "step_up" => {
+                    let r = reply(next);
+                    assert_error(&r, 401, "insufficient_user_authentication");
+                    assert_eq!(json_body(&r)["max_age"], json!(0), "{what}");
+                    assert_eq!(g.live_sessions(), 1, "{what}: kept, marked");
+                }
+                _ => {
+                    assert_error(&reply(next), 401, "unauthenticated");
+                    assert_eq!(g.live_sessions(), 0, "{what}: ended");
+                    let u = reply(g.request(&user_info(&b)));
+                    assert_eq!(
+                        json_body(&u)["reason"],
+                        json!(format!("anomaly:{kind}")),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -44,7 +44,7 @@ fn ended_text(reason: &str) -> &'static str {
 impl Engine<'_> {
     /// A keyed hash (the tracker's memo when there is one) with the binding key of cookie key
     /// `kid`; `None` when that key is no longer in the ring.
-    fn bind_hash(&self, kid: &str, domain: &str, value: &[u8]) -> Option<[u8; 8]> {
+    fn bind_hash(&self, kid: &str, domain: &'static str, value: &[u8]) -> Option<[u8; 8]> {
         let key = || self.cfg.cookie.keys.derive(kid, KEY_LABEL);
         match self.anomalies {
             Some(t) => t.hash(kid, key, domain, value),
