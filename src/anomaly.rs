@@ -17,6 +17,30 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The tables' hasher: their keys are already uniform (8 bytes of a session verifier's hash, an
+/// FNV slot), so they are folded, not hashed again (SipHash per request on the fast path). The
+/// memo is bounded (256 entries), so colliding keys an attacker might craft only cost probes.
+#[derive(Default)]
+struct Fold(u64);
+
+impl Hasher for Fold {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+type FoldMap<K, V> = HashMap<K, V, BuildHasherDefault<Fold>>;
 
 /// A kind of signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,12 +147,10 @@ pub fn keyed(key: &[u8], domain: &str, value: &[u8]) -> [u8; 8] {
 /// (Envoy appends the peer it accepted the connection from when `use_remote_address` is on, so
 /// the rightmost entry is its own view; trusted proxies in front each add one more).
 pub fn client_address(xff: &str, trusted_hops: u32) -> Option<&str> {
-    let parts: Vec<&str> = xff.split(',').map(str::trim).collect();
-    let i = parts
-        .len()
-        .checked_sub(1)?
-        .checked_sub(usize::try_from(trusted_hops).ok()?)?;
-    parts.get(i).copied().filter(|s| !s.is_empty())
+    xff.rsplit(',')
+        .nth(usize::try_from(trusted_hops).ok()?)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// The network of an address, as bytes: the /24 of an IPv4 address, the /48 of an IPv6 one (an
@@ -211,8 +233,8 @@ fn slot_of(kid: &str, domain: &str, value: &[u8]) -> u64 {
 /// does not compute an HMAC per request). Bounded: [`MAX_TRACKED`] sessions, [`MAX_MEMO`] hashes.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    tracks: RefCell<HashMap<[u8; 8], Track>>,
-    memo: RefCell<HashMap<u64, MemoEntry>>,
+    tracks: RefCell<FoldMap<[u8; 8], Track>>,
+    memo: RefCell<FoldMap<u64, MemoEntry>>,
 }
 
 impl Tracker {
@@ -225,13 +247,25 @@ impl Tracker {
         domain: &'static str,
         value: &[u8],
     ) -> Option<[u8; 8]> {
-        let slot = slot_of(kid, domain, value);
+        self.hash_of(kid, domain, value, || Some(keyed(&key()?, domain, value)))
+    }
+
+    /// The memo of [`Tracker::hash`] for a hash computed by `make` from `raw` (e.g. the hash of
+    /// the network of the address `raw`: a hit skips the parsing too).
+    pub fn hash_of(
+        &self,
+        kid: &str,
+        domain: &'static str,
+        raw: &[u8],
+        make: impl FnOnce() -> Option<[u8; 8]>,
+    ) -> Option<[u8; 8]> {
+        let (value, slot) = (raw, slot_of(kid, domain, raw));
         if let Some((k, d, v, h)) = self.memo.borrow().get(&slot) {
             if k == kid && *d == domain && v.as_slice() == value {
                 return Some(*h);
             }
         }
-        let h = keyed(&key()?, domain, value);
+        let h = make()?;
         let mut memo = self.memo.borrow_mut();
         if memo.len() >= MAX_MEMO {
             memo.clear();

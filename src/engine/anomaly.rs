@@ -60,8 +60,16 @@ impl Engine<'_> {
     fn net_hash(&self, kid: &str, req: &Request) -> Option<[u8; 8]> {
         let xff = req.client_address.as_deref()?;
         let addr = anomaly::client_address(xff, self.cfg.session.anomaly.trusted_hops)?;
-        let net = anomaly::network_of(addr)?;
-        self.bind_hash(kid, "network", &net)
+        let of_addr = || {
+            let net = anomaly::network_of(addr)?;
+            let key = self.cfg.cookie.keys.derive(kid, KEY_LABEL)?;
+            Some(anomaly::keyed(&key, "network", &net))
+        };
+        match self.anomalies {
+            // Memoized by the address itself: a hit parses nothing.
+            Some(t) => t.hash_of(kid, "network-address", addr.as_bytes(), of_addr),
+            None => of_addr(),
+        }
     }
 
     /// The binding of the browser making `req` (at the start of a login), with the current

@@ -219,17 +219,24 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         const H: MapType = MapType::HttpResponseHeaders;
-        // An upstream called with a bearer token may ask for a step-up (RFC 9470): its whole
-        // header map is read once (status, challenge and cookies in one host call).
+        // An upstream called with a bearer token may ask for a step-up (RFC 9470): one look
+        // for a challenge (nearly always absent: the cheapest host call), and the whole map
+        // (status, every challenge, the cookies) only when there is one.
         let path = self.shared.bearer.borrow_mut().remove(&self.id);
-        let map = if let Some(path) = path {
-            let map = hostcalls::get_map_bytes(H).unwrap_or_default();
-            if let Some(action) = self.upstream_step_up(&map, &path) {
-                return action;
+        let map = match path {
+            Some(path)
+                if matches!(
+                    hostcalls::get_map_value_bytes(H, "www-authenticate"),
+                    Ok(Some(_))
+                ) =>
+            {
+                let map = hostcalls::get_map_bytes(H).unwrap_or_default();
+                if let Some(action) = self.upstream_step_up(&map, &path) {
+                    return action;
+                }
+                Some(map)
             }
-            Some(map)
-        } else {
-            None
+            _ => None,
         };
         if let Some(origin) = self.shared.cors.borrow_mut().remove(&self.id) {
             for (k, v) in crate::reply::cors_headers(origin) {
