@@ -407,3 +407,20 @@ fn an_upstream_challenge_becomes_the_same_json_answer() {
     let (_, q) = url.split_once('?').unwrap();
     assert_eq!(param(q, "return_to").as_deref(), Some("/"));
 }
+
+#[test]
+fn a_plain_login_by_the_same_user_starts_afresh_and_carries_nothing() {
+    let mut g = Gate::with_config(stepup_config());
+    let mut b = Browser::default();
+    signed_in_with_acr(&mut g, &mut b, ALICE, PWD);
+    let (_, then) = call(g.request(&profile(&b)));
+    let issued = g.refresh_answer("profile", false);
+    let _ = forward(g.resume(then, issued.result()));
+    // Signing in again without asking for a level: a new session, no token carried over.
+    signed_in_with_acr(&mut g, &mut b, ALICE, PWD);
+    assert_eq!(g.live_sessions(), 1);
+    assert!(
+        matches!(g.request(&profile(&b)), Step::Call { .. }),
+        "the profile token is obtained again"
+    );
+}

@@ -564,11 +564,13 @@ impl Engine<'_> {
                 Some(flow_cookie),
             );
         }
-        // A step-up (or any new sign-in) by the same user in a browser that has a live session
-        // upgrades it: a fresh id (no fixation) that keeps the tokens of the other audiences and
-        // the absolute lifetime. A different user's session ends (below).
+        // A step-up login (one that asked for acr_values or max_age) by the same user in a
+        // browser that has a live session upgrades it: a fresh id (no fixation) that keeps the
+        // tokens of the other audiences and the absolute lifetime. Any other login starts
+        // afresh, and the session presented at the callback ends (below).
         let carried = old_session
             .as_ref()
+            .filter(|_| !login.step_up.is_empty())
             .and_then(|old| self.store.get_session(old))
             .map(|(s, _)| s)
             .filter(|s| {
