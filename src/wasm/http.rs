@@ -31,10 +31,16 @@ fn body_done(shared: &Shared, ctx: u32, body: Option<&[u8]>) -> Action {
     apply(shared, &cfg, ctx, ran.step, false)
 }
 
-/// A reply in place of an upstream's response (headers not yet sent downstream): Envoy sends
-/// it directly.
-fn respond_upstream(shared: &Shared, ctx: u32, r: crate::reply::Reply) -> Action {
-    respond(shared, ctx, r.status, &r.headers, &r.body)
+/// Appends a further value of a repeated header to what came before, with `sep`.
+fn join(into: &mut Option<String>, v: String, sep: &str) {
+    *into = Some(match into.take() {
+        None => v,
+        Some(mut all) => {
+            all.push_str(sep);
+            all.push_str(&v);
+            all
+        }
+    });
 }
 
 /// A header value as text: moved, not copied, when it is UTF-8 (nearly always).
@@ -62,15 +68,7 @@ impl Http {
                 "cookie" => {
                     // Every `cookie` header, joined with `; ` (HTTP/2 sends one per cookie).
                     cookies += 1;
-                    let v = text(value);
-                    cookie = Some(match cookie {
-                        None => v,
-                        Some(mut all) => {
-                            all.push_str("; ");
-                            all.push_str(&v);
-                            all
-                        }
-                    });
+                    join(&mut cookie, text(value), "; ");
                 }
                 "origin" => req.origin = Some(text(value)),
                 "sec-fetch-site" => req.sec_fetch_site = Some(text(value)),
@@ -81,17 +79,9 @@ impl Http {
                 "access-control-request-method" => req.cors_method = Some(text(value)),
                 "access-control-request-headers" => req.cors_headers = Some(text(value)),
                 n if n == cfg.csrf_header => req.csrf = Some(text(value)),
+                // Every value, in order (a proxy may add its own header line).
                 n if n == cfg.session.anomaly.client_address_header => {
-                    // Every value, in order (a proxy may add its own header line).
-                    let v = text(value);
-                    req.client_address = Some(match req.client_address.take() {
-                        None => v,
-                        Some(mut all) => {
-                            all.push_str(", ");
-                            all.push_str(&v);
-                            all
-                        }
-                    });
+                    join(&mut req.client_address, text(value), ", ")
                 }
                 _ => {}
             }
@@ -129,7 +119,13 @@ impl Http {
             "an upstream asked for a step-up (insufficient_user_authentication); answered for it",
         );
         self.shared.count("bffgate_upstream_step_up");
-        Some(respond_upstream(&self.shared, self.id, r))
+        Some(respond(
+            &self.shared,
+            self.id,
+            r.status,
+            &r.headers,
+            &r.body,
+        ))
     }
 
     fn paused(&self) -> bool {
