@@ -136,6 +136,16 @@ pub enum Event {
         /// Session handle, if the request had a live session.
         session: Option<String>,
     },
+    /// A route in report mode (`mode: report`) let through a request its scopes, claims or
+    /// sign-in level would have refused.
+    PolicyReport {
+        /// The refusal it would have been (contract error code).
+        code: &'static str,
+        /// Route name.
+        route: String,
+        /// Session handle.
+        session: String,
+    },
     /// Writes to the fleet store (etcd) did not apply; the request got `store_unavailable` or
     /// waited for another Envoy's renewal.
     StoreWriteFailed {
@@ -209,6 +219,13 @@ impl Event {
                 route,
                 session,
             } => json!({"event": "denied", "code": code, "route": route, "session": session}),
+            Event::PolicyReport {
+                code,
+                route,
+                session,
+            } => {
+                json!({"event": "policy_report", "would_refuse": code, "route": route, "session": session})
+            }
             Event::SessionAnomaly {
                 kind,
                 code,
@@ -265,6 +282,7 @@ impl Event {
             Event::RefreshFailed { .. } => "bffgate_refreshes_failed".into(),
             Event::RefreshCoalesced { .. } => "bffgate_refreshes_coalesced".into(),
             Event::Denied { .. } => return None,
+            Event::PolicyReport { code, .. } => format!("bffgate_policy_report_{code}"),
             Event::SessionAnomaly { kind, .. } => {
                 format!("bffgate_session_anomalies_{}", kind.as_str())
             }
@@ -275,6 +293,13 @@ impl Event {
         })
     }
 }
+
+/// The refusals a route in report mode reports instead of answering.
+pub const REPORTED: [crate::reply::ErrorCode; 3] = [
+    crate::reply::ErrorCode::InsufficientScope,
+    crate::reply::ErrorCode::Forbidden,
+    crate::reply::ErrorCode::InsufficientUserAuthentication,
+];
 
 /// Every counter name the events can produce (defined up front so they show as 0).
 pub fn all_counters() -> Vec<String> {
@@ -311,6 +336,9 @@ pub fn all_counters() -> Vec<String> {
     }
     for code in crate::reply::ErrorCode::ALL {
         v.push(format!("bffgate_denied_{}", code.as_str()));
+    }
+    for code in REPORTED {
+        v.push(format!("bffgate_policy_report_{}", code.as_str()));
     }
     for k in crate::anomaly::Kind::ALL {
         v.push(format!("bffgate_session_anomalies_{}", k.as_str()));

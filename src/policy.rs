@@ -41,6 +41,31 @@ pub struct RawPolicy {
     /// means a sign-in made for this very request (`prompt=login`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_s: Option<u64>,
+    /// `enforce` (default) or `report`: the checks on top of the session (scopes, claims,
+    /// sign-in level) are only logged and counted when they fail, not enforced (shadow mode).
+    #[serde(default, skip_serializing_if = "Mode::is_enforce")]
+    pub mode: Mode,
+}
+
+/// Whether a route's checks on top of the session are enforced or only reported.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A failed check refuses the request.
+    #[default]
+    Enforce,
+    /// Shadow mode: a failed scope, claim or sign-in-level check is logged (`policy_report`)
+    /// and counted (`bffgate_policy_report_<code>`), and the request goes on with the
+    /// session's token as if it had passed. The session, audience, token swap and CSRF are
+    /// enforced as usual.
+    Report,
+}
+
+impl Mode {
+    /// The default (for serialization).
+    pub fn is_enforce(&self) -> bool {
+        *self == Mode::Enforce
+    }
 }
 
 /// Who may call a route.
@@ -113,6 +138,8 @@ pub struct Policy {
     pub acr_values: Vec<String>,
     /// Maximum age of the sign-in in seconds (`None`: any).
     pub max_age_s: Option<u64>,
+    /// Whether scopes, claims and sign-in level are enforced or only reported.
+    pub mode: Mode,
 }
 
 /// What a route asks of the sign-in that the session does not have (RFC 9470): the answer
@@ -388,6 +415,7 @@ mod tests {
             allowed_origins: vec![],
             acr_values: vec![],
             max_age_s: None,
+            mode: Mode::Enforce,
         }
     }
 

@@ -216,6 +216,13 @@ fn run() -> Result<(), String> {
                         .map(|p| format!("{name}: {p}")),
                 );
             }
+            for (name, rp) in &raw.routes {
+                if rp.mode == bffgate::policy::Mode::Report {
+                    eprintln!(
+                        "bffgate-config: warning: routes.{name}.mode is `report`: its scopes, claims and sign-in level are only logged (policy_report), not enforced"
+                    );
+                }
+            }
             if problems.is_empty() {
                 println!(
                     "bffgate-config: ok: {} route policies, {} audiences{}",

@@ -4,7 +4,7 @@
 use super::*;
 use crate::assertion::{self, AssertionError};
 use crate::cookie::{Attributes, SameSite};
-use crate::policy::{Access, ClaimRule, Policy};
+use crate::policy::{Access, ClaimRule, Mode, Policy};
 use crate::seal::KeyRing;
 use crate::secret::Secret;
 
@@ -695,6 +695,12 @@ fn routes(raw: &RawConfig, audiences: &[Audience]) -> Result<(Routes, Vec<String
                 ));
             }
         }
+        if rp.access == Access::Public && rp.mode == Mode::Report {
+            return Err(err(
+                f("mode"),
+                "`report` applies to session routes (a public route checks nothing to report)",
+            ));
+        }
         if rp.acr_values.len() > 16 {
             return Err(err(f("acr_values"), "at most 16 values"));
         }
@@ -731,6 +737,7 @@ fn routes(raw: &RawConfig, audiences: &[Audience]) -> Result<(Routes, Vec<String
                 allowed_origins: rp.allowed_origins.clone(),
                 acr_values: rp.acr_values.clone(),
                 max_age_s: rp.max_age_s,
+                mode: rp.mode,
             },
         );
     }

@@ -4,13 +4,14 @@
 
 use super::cookies::{CookieView, SessionCookie, SessionLookup};
 use super::{header_is, Engine, Request, Resume, Step};
-use crate::policy::{is_safe_method, CsrfMode, Policy, StepUp, UnauthMode};
+use crate::policy::{is_safe_method, CsrfMode, Mode, Policy, StepUp, UnauthMode};
 use crate::redirect::sanitize_return_to;
 use crate::reply::{
     base_headers, cors_headers, error_reply, json_reply, redirect, step_up_reply,
     store_unavailable, with_cookie, ErrorCode, Reply, ReplyKind,
 };
 use crate::secret::Secret;
+use crate::session::SessionId;
 use crate::util::ct_eq;
 use serde_json::json;
 
@@ -340,7 +341,9 @@ impl Engine<'_> {
                 },
             ));
         }
-        if !policy.claims_ok(&session.claims) {
+        if !policy.claims_ok(&session.claims)
+            && !self.report_only(policy, ErrorCode::Forbidden, &id)
+        {
             self.refused(ErrorCode::Forbidden, &id);
             self.deny(ErrorCode::Forbidden, &policy.route, Some(id.handle()));
             return Step::Respond(error_reply(
@@ -349,12 +352,19 @@ impl Engine<'_> {
                 "not allowed for this user",
             ));
         }
-        if let Err(need) = policy.step_up(
+        let level = policy.step_up(
             session.acr.as_deref(),
             session.auth_time,
             self.now,
             self.cfg.provider.clock_skew_s,
-        ) {
+        );
+        let level = match level {
+            Err(_) if self.report_only(policy, ErrorCode::InsufficientUserAuthentication, &id) => {
+                Ok(())
+            }
+            other => other,
+        };
+        if let Err(need) = level {
             self.refused(ErrorCode::InsufficientUserAuthentication, &id);
             self.deny(
                 ErrorCode::InsufficientUserAuthentication,
@@ -386,6 +396,21 @@ impl Engine<'_> {
             cookie: edit,
         };
         self.obtain(resume, None)
+    }
+
+    /// For a route in report mode (shadow mode), a check on top of the session failed with
+    /// `code`: logged (`policy_report`) and counted, and `true` (the request goes on). `false`
+    /// for a route that enforces its checks.
+    pub(super) fn report_only(&mut self, policy: &Policy, code: ErrorCode, id: &SessionId) -> bool {
+        if policy.mode != Mode::Report {
+            return false;
+        }
+        self.event(crate::audit::Event::PolicyReport {
+            code: code.as_str(),
+            route: policy.route.clone(),
+            session: id.handle(),
+        });
+        true
     }
 
     /// The CSRF defence: on unsafe methods (every method with `csrf: all-methods`) the CSRF

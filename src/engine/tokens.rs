@@ -9,7 +9,7 @@ use crate::audit::{EndReason, Event};
 use crate::callout::CallResult;
 use crate::config::Acquire;
 use crate::oauth::{self, TokenError};
-use crate::policy::{Denial, Policy};
+use crate::policy::{Denial, Mode, Policy};
 use crate::reply::{error_reply, ErrorCode};
 use crate::secret::Secret;
 use crate::session::{AudienceToken, Liveness, SessionId};
@@ -244,7 +244,16 @@ impl Engine<'_> {
         token: Secret,
         cookie: CookieEdit,
     ) -> Step {
-        match policy.decide(claims, scope) {
+        let verdict = if policy.mode == Mode::Report {
+            // Claims were reported before the token was looked for: only scopes are left.
+            if !policy.scopes_ok(scope) {
+                self.report_only(policy, ErrorCode::InsufficientScope, id);
+            }
+            Ok(())
+        } else {
+            policy.decide(claims, scope)
+        };
+        match verdict {
             Ok(()) => Step::Forward {
                 authorization: Some(token),
                 cookie,

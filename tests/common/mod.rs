@@ -62,13 +62,19 @@ pub fn demo_config() -> Value {
 pub fn config_with(keys: &str, patch: impl FnOnce(&mut Value)) -> Config {
     let mut raw = demo_config();
     patch(&mut raw);
+    Config::from_json(raw.to_string().as_bytes(), &secrets_with(keys))
+        .expect("the demo config compiles")
+}
+
+/// The demo's secrets (client secret, and this cookie key ring) as the environment would hold
+/// them.
+pub fn secrets_with(keys: &str) -> impl Fn(&str) -> Option<String> {
     let keys = keys.to_string();
-    let secrets = move |name: &str| match name {
+    move |name: &str| match name {
         "BFFGATE_CLIENT_SECRET" => Some(CLIENT_SECRET.to_string()),
         "BFFGATE_COOKIE_KEYS" => Some(keys.clone()),
         _ => None,
-    };
-    Config::from_json(raw.to_string().as_bytes(), &secrets).expect("the demo config compiles")
+    }
 }
 
 pub fn config(keys: &str) -> Config {

@@ -321,6 +321,24 @@ export class Browser {
   }
 }
 
+/**
+ * The browsers of one test file: `pool.open(name, options)` makes a Browser and keeps it, and
+ * `pool.closeAll()` (in the file's `after`) closes every one.
+ */
+export function browserPool() {
+  const all = [];
+  return {
+    open(name, o = {}) {
+      const b = new Browser({ name, ...o });
+      all.push(b);
+      return b;
+    },
+    closeAll() {
+      for (const b of all.splice(0)) b.close();
+    },
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // the login flow
 
