@@ -29,6 +29,8 @@ pub mod config;
 pub mod cookie;
 pub mod discovery;
 pub mod engine;
+#[cfg(feature = "cli")]
+pub mod explain;
 pub mod jose;
 pub mod jwt;
 pub mod keyspec;
@@ -43,7 +45,7 @@ pub mod seal;
 pub mod secret;
 pub mod session;
 pub mod store;
-#[cfg(any(test, feature = "testkit"))]
+#[cfg(any(test, feature = "testkit", feature = "cli"))]
 pub mod testkit;
 pub mod util;
 pub mod vault;

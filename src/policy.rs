@@ -325,11 +325,7 @@ impl Policy {
     pub fn claims_ok(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
         self.claims
             .iter()
-            .all(|(name, accepted)| match claims.get(name) {
-                Some(serde_json::Value::Array(have)) => have.iter().any(|v| accepted.contains(v)),
-                Some(v) => accepted.contains(v),
-                None => false,
-            })
+            .all(|(name, accepted)| claim_matches(accepted, claims.get(name)))
     }
 
     /// Whether the route asks anything of the sign-in (`acr_values` or `max_age_s`).
@@ -367,9 +363,7 @@ impl Policy {
 
     /// Scopes check against the space-separated scopes of the audience token.
     pub fn scopes_ok(&self, token_scopes: &str) -> bool {
-        self.scopes
-            .iter()
-            .all(|need| token_scopes.split(' ').any(|have| have == need))
+        self.scopes.iter().all(|need| has_scope(token_scopes, need))
     }
 
     /// The whole authorization decision for a session that holds `token_scopes` for
@@ -388,6 +382,21 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// Whether a claim's value (`None`: the session has no such claim) is one of the accepted
+/// values; a list matches if any of its elements does.
+pub fn claim_matches(accepted: &[serde_json::Value], have: Option<&serde_json::Value>) -> bool {
+    match have {
+        Some(serde_json::Value::Array(have)) => have.iter().any(|v| accepted.contains(v)),
+        Some(v) => accepted.contains(v),
+        None => false,
+    }
+}
+
+/// Whether the space-separated `token_scopes` hold `need` as a whole word.
+pub fn has_scope(token_scopes: &str, need: &str) -> bool {
+    token_scopes.split(' ').any(|have| have == need)
 }
 
 /// A request method that never needs the CSRF header under `unsafe-methods`.

@@ -12,8 +12,6 @@
 mod common;
 use common::*;
 
-const MFA: &str = "urn:bffgate:demo:mfa";
-
 /// The demo configuration with `orders-write`, `admin` and a step-up route in report mode
 /// (`enforce` keeps them as shipped).
 fn gate(mode: &str) -> Gate {
@@ -21,10 +19,8 @@ fn gate(mode: &str) -> Gate {
         for r in ["orders-write", "admin"] {
             raw["routes"][r]["mode"] = json!(mode);
         }
-        raw["routes"]["orders-export"] = json!({
-            "access": "session", "audience": ORDERS, "scopes": ["orders:read"],
-            "acr_values": [MFA], "max_age_s": 300, "mode": mode
-        });
+        raw["routes"]["orders-export"] = export_policy();
+        raw["routes"]["orders-export"]["mode"] = json!(mode);
     }));
     g.token_ttl = 3600;
     g

@@ -13,16 +13,10 @@ mod common;
 use bffgate::policy::StepUp;
 use common::*;
 
-const MFA: &str = "urn:bffgate:demo:mfa";
-const PWD: &str = "urn:bffgate:demo:pwd";
-
 /// The demo configuration plus `orders-export`: orders:read, an MFA sign-in at most 300 s old.
 fn stepup_config() -> Config {
     config_with(K1, |raw| {
-        raw["routes"]["orders-export"] = json!({
-            "access": "session", "audience": ORDERS, "scopes": ["orders:read"],
-            "acr_values": [MFA], "max_age_s": 300
-        });
+        raw["routes"]["orders-export"] = export_policy();
         raw["routes"]["orders-recent"] = json!({
             "access": "session", "audience": ORDERS, "max_age_s": 0
         });

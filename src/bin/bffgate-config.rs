@@ -9,7 +9,12 @@
 //! bffgate-config json   --settings envoy/bffgate.yaml --policies policies
 //! bffgate-config check  --settings envoy/bffgate.yaml --policies policies \
 //!     --template envoy/envoy.template.yaml --envoy envoy/envoy.yaml
+//! bffgate-config explain --settings envoy/bffgate.yaml --policies policies \
+//!     --route orders-write --method POST --header 'X-CSRF: 1' --scopes 'orders:read'
 //! ```
+//!
+//! `explain` prints what the filter decides for one request to one route and every reason
+//! (see `bffgate::explain`); exit status 0 whatever the decision.
 //!
 //! Secrets are read from the environment when set (so a deployment can check its real ones);
 //! otherwise well-formed placeholders are used (a key ring for `*KEYS*`, a P-256 JWK for
@@ -30,24 +35,86 @@ struct Args {
     template: Option<PathBuf>,
     out: Option<PathBuf>,
     envoy: Option<PathBuf>,
+    /// `explain`: the request and the session it carries.
+    ask: Option<bffgate::explain::Ask>,
+    /// `explain --json`.
+    json: bool,
 }
 
 fn usage() -> String {
     "usage: bffgate-config (render|json|check) --settings FILE [--overlay FILE] --policies DIR \
-     [--template FILE] [--out FILE] [--envoy FILE]"
+     [--template FILE] [--out FILE] [--envoy FILE]\n       \
+     bffgate-config explain --settings FILE [--overlay FILE] --policies DIR --route NAME \
+     --method M [--path P] [--header 'Name: value']... [--scopes 'a b'] [--claims JSON] \
+     [--acr ACR] [--auth-age SECONDS] [--no-session] [--json]"
         .into()
 }
+
+/// Options that take no value.
+const FLAGS: [&str; 2] = ["--no-session", "--json"];
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let cmd = it.next().ok_or_else(usage)?;
     let mut map: BTreeMap<String, String> = BTreeMap::new();
+    let mut headers = Vec::new();
+    let mut flags = Vec::new();
     while let Some(k) = it.next() {
+        if FLAGS.contains(&k.as_str()) {
+            flags.push(k);
+            continue;
+        }
         let v = it
             .next()
             .ok_or_else(|| format!("{k} needs a value\n{}", usage()))?;
-        map.insert(k, v);
+        if k == "--header" {
+            let (name, value) = v
+                .split_once(':')
+                .ok_or_else(|| format!("--header `{v}`: write it as 'Name: value'"))?;
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+            continue;
+        }
+        if map.insert(k.clone(), v).is_some() {
+            return Err(format!("{k} given twice"));
+        }
     }
+    let ask = if cmd == "explain" {
+        let claims = match map.remove("--claims") {
+            None => serde_json::Map::new(),
+            Some(c) => match serde_json::from_str::<Value>(&c) {
+                Ok(Value::Object(m)) => m,
+                _ => return Err(format!("--claims `{c}`: must be a JSON object")),
+            },
+        };
+        let auth_age_s = match map.remove("--auth-age") {
+            None => None,
+            Some(a) => Some(
+                a.parse::<u64>()
+                    .map_err(|_| format!("--auth-age `{a}`: seconds, a whole number"))?,
+            ),
+        };
+        Some(bffgate::explain::Ask {
+            route: map.remove("--route").ok_or("explain needs --route NAME")?,
+            method: map.remove("--method").ok_or("explain needs --method M")?,
+            path: map.remove("--path"),
+            headers,
+            session: !flags.iter().any(|f| f == "--no-session"),
+            scopes: map
+                .remove("--scopes")
+                .map(|s| s.split_whitespace().map(str::to_string).collect()),
+            claims,
+            acr: map.remove("--acr"),
+            auth_age_s,
+        })
+    } else {
+        if let Some(f) = flags.first() {
+            return Err(format!("{f} is an option of explain\n{}", usage()));
+        }
+        if !headers.is_empty() {
+            return Err(format!("--header is an option of explain\n{}", usage()));
+        }
+        None
+    };
     let mut take = |k: &str| map.remove(k).map(PathBuf::from);
     let a = Args {
         cmd,
@@ -57,6 +124,8 @@ fn parse_args() -> Result<Args, String> {
         template: take("--template"),
         out: take("--out"),
         envoy: take("--envoy"),
+        ask,
+        json: flags.iter().any(|f| f == "--json"),
     };
     if let Some(k) = map.keys().next() {
         return Err(format!("unknown option {k}\n{}", usage()));
@@ -239,6 +308,20 @@ fn run() -> Result<(), String> {
             } else {
                 Err(problems.join("\n"))
             }
+        }
+        "explain" => {
+            let (_, _, cfg) = build(&a)?;
+            let ask = a.ask.as_ref().ok_or_else(usage)?;
+            let e = bffgate::explain::explain(&cfg, ask)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&e.to_json()).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", e.to_text());
+            }
+            Ok(())
         }
         other => Err(format!("unknown command `{other}`\n{}", usage())),
     }

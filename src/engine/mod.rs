@@ -30,7 +30,7 @@ mod tokens;
 pub use admin::sweep;
 pub use cookies::is_bff_cookie;
 pub use provider::{AfterDiscovery, DISCOVERY_RETRY};
-pub use request::{upstream_step_up_reply, FastPathMiss};
+pub use request::{csrf_check, upstream_step_up_reply, CsrfFail, CsrfPass, FastPathMiss};
 
 use crate::audit::{Decision, Event};
 use crate::callout::{CallResult, Callout};

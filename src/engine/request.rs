@@ -86,6 +86,53 @@ impl FastPathMiss {
     }
 }
 
+/// Why a request passes the CSRF defence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrfPass {
+    /// The method needs no CSRF header under the route's `csrf` mode.
+    NotNeeded,
+    /// The header is there, the request is not cross-site, its `Origin` is absent or allowed.
+    Checked,
+}
+
+/// Why a request fails the CSRF defence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrfFail {
+    /// The configured CSRF header is missing or has another value.
+    Header,
+    /// `Sec-Fetch-Site: cross-site`.
+    CrossSite,
+    /// An `Origin` that is neither `public_origin` nor one of the route's `allowed_origins`.
+    Origin,
+}
+
+/// The CSRF defence: on unsafe methods (every method with `csrf: all-methods`) the CSRF
+/// header, no `Sec-Fetch-Site: cross-site`, and no foreign `Origin`.
+pub fn csrf_check(
+    cfg: &crate::config::Config,
+    req: &Request,
+    mode: CsrfMode,
+    allowed: &[String],
+) -> Result<CsrfPass, CsrfFail> {
+    let needed = mode == CsrfMode::AllMethods || !is_safe_method(&req.method);
+    if !needed {
+        return Ok(CsrfPass::NotNeeded);
+    }
+    if !header_is(req.csrf.as_deref(), &cfg.csrf_value) {
+        return Err(CsrfFail::Header);
+    }
+    if header_is(req.sec_fetch_site.as_deref(), "cross-site") {
+        return Err(CsrfFail::CrossSite);
+    }
+    match req.origin.as_deref().map(str::trim) {
+        None => Ok(CsrfPass::Checked),
+        Some(o) if o == cfg.public_origin || allowed.iter().any(|a| a == o) => {
+            Ok(CsrfPass::Checked)
+        }
+        Some(_) => Err(CsrfFail::Origin),
+    }
+}
+
 /// The login URL that comes back to `path`, asking for the sign-in `step` names.
 fn step_up_location(cfg: &crate::config::Config, path: &str, step: &StepUp) -> String {
     let rt = sanitize_return_to(Some(path));
@@ -413,23 +460,9 @@ impl Engine<'_> {
         true
     }
 
-    /// The CSRF defence: on unsafe methods (every method with `csrf: all-methods`) the CSRF
-    /// header, no `Sec-Fetch-Site: cross-site`, and no foreign `Origin`.
+    /// The CSRF defence (see [`csrf_check`]).
     pub(super) fn csrf_ok(&self, req: &Request, mode: CsrfMode, allowed: &[String]) -> bool {
-        let needed = mode == CsrfMode::AllMethods || !is_safe_method(&req.method);
-        if !needed {
-            return true;
-        }
-        if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
-            return false;
-        }
-        if header_is(req.sec_fetch_site.as_deref(), "cross-site") {
-            return false;
-        }
-        match req.origin.as_deref().map(str::trim) {
-            None => true,
-            Some(o) => o == self.cfg.public_origin || allowed.iter().any(|a| a == o),
-        }
+        csrf_check(self.cfg, req, mode, allowed).is_ok()
     }
 
     /// A navigation is decided from Fetch Metadata first (`Sec-Fetch-Mode`, then

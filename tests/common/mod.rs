@@ -53,6 +53,17 @@ pub const IDLE: u64 = 1800;
 pub const ABSOLUTE: u64 = 8 * 3600;
 pub const LOGIN_TIMEOUT: u64 = 600;
 pub const SKEW: u64 = 30;
+/// The demo provider's `acr` for a password plus a one-time code, and for a password only.
+pub const MFA: &str = "urn:bffgate:demo:mfa";
+pub const PWD: &str = "urn:bffgate:demo:pwd";
+
+/// The demo's step-up route `orders-export` (orders:read, an MFA sign-in at most 300 s old).
+pub fn export_policy() -> Value {
+    json!({
+        "access": "session", "audience": ORDERS, "scopes": ["orders:read"],
+        "acr_values": [MFA], "max_age_s": 300
+    })
+}
 
 /// The demo configuration (`testkit::demo_json`, shared with the unit tests and fuzz targets).
 pub fn demo_config() -> Value {
