@@ -73,3 +73,47 @@ export function renderVariant(name, overrides) {
   }
   return out;
 }
+
+/**
+ * Rewrites a rendered Envoy config so that every wasm filter loads bffgate from `uri` instead of
+ * the local file (`vm_config.code.remote`: the module is fetched over HTTP through a cluster
+ * named `cluster`, added here for the host:port of `uri`, and refused unless its SHA-256 is
+ * `sha256`). `retryPolicy` is the fetch's `retry_policy` (Envoy's default: one retry). Writes
+ * .run/variants/<name>.yaml; returns { file: its path, modules: how many filters were rewritten }.
+ * Throws if the config has no local module or no `clusters:` to rewrite.
+ */
+export function remoteCodeVariant(name, renderedFile, { uri, sha256, cluster = 'bffgate_wasm_source', retryPolicy }) {
+  if (!/^[a-z0-9-]+$/.test(name)) throw new Error(`variant name ${name}: [a-z0-9-] only`);
+  const { hostname, port } = new URL(uri);
+  let text = fs.readFileSync(renderedFile, 'utf8');
+  let modules = 0;
+  text = text.replace(/^( *)code:\n +local:\n +filename: \S*bffgate\.wasm\n/gm, (_, indent) => {
+    modules += 1;
+    const i = `${indent}  `;
+    return [
+      `${indent}code:`,
+      `${i}remote:`,
+      `${i}  http_uri: ${JSON.stringify({ uri, cluster, timeout: '5s' })}`,
+      `${i}  sha256: ${sha256}`,
+      ...(retryPolicy ? [`${i}  retry_policy: ${JSON.stringify(retryPolicy)}`] : []),
+      '',
+    ].join('\n');
+  });
+  if (!modules) throw new Error(`${renderedFile}: no \`code: local: filename: …bffgate.wasm\` to rewrite`);
+  const clusters = /^( *)clusters:\n/m.exec(text);
+  if (!clusters) throw new Error(`${renderedFile}: no \`clusters:\` to add ${cluster} to`);
+  const i = `${clusters[1]}  `;
+  const endpoint = { address: { socket_address: { address: hostname, port_value: Number(port) } } };
+  const def = [
+    `${i}- name: ${cluster}`,
+    `${i}  type: STATIC`,
+    `${i}  connect_timeout: 1s`,
+    `${i}  load_assignment: ${JSON.stringify({ cluster_name: cluster, endpoints: [{ lb_endpoints: [{ endpoint }] }] })}`,
+    '',
+  ].join('\n');
+  text = text.slice(0, clusters.index + clusters[0].length) + def + text.slice(clusters.index + clusters[0].length);
+  const out = path.join(RUN_DIR, 'variants', `${name}.yaml`);
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, text);
+  return { file: out, modules };
+}
