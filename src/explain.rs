@@ -137,6 +137,22 @@ impl Explanation {
     }
 }
 
+/// The operating system's random source (a session id for a session that lives only in this
+/// process's memory; without /dev/urandom the ids are merely unique per run).
+struct OsRandom;
+
+impl crate::util::Random for OsRandom {
+    fn fill(&mut self, buf: &mut [u8]) {
+        use std::io::Read;
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf));
+        if read.is_err() {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+            }
+        }
+    }
+}
+
 /// A fixed "now" for the explanation (the result does not depend on it).
 const NOW: u64 = 1_800_000_000;
 
@@ -158,12 +174,12 @@ pub fn explain(cfg: &Config, ask: &Ask) -> Result<Explanation, String> {
     let mut checks = Vec::new();
     let policy = cfg.routes.get(&ask.route);
     // One session is all it holds: a small table (the slot count changes nothing decided).
-    let mut store = crate::testkit::memory_store(crate::config::Limits {
+    let mut store = crate::store::memory::memory_store(crate::config::Limits {
         max_sessions: 4,
         max_pending: 4,
         ..cfg.store
     });
-    let mut rng = crate::testkit::TestRandom(0x0e5b_1a1e);
+    let mut rng = OsRandom;
     if let Some(p) = policy {
         checks.push(Check {
             name: "route".into(),

@@ -45,7 +45,7 @@ pub mod seal;
 pub mod secret;
 pub mod session;
 pub mod store;
-#[cfg(any(test, feature = "testkit", feature = "cli"))]
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod util;
 pub mod vault;

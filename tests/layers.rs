@@ -7,6 +7,7 @@
 //! 2. `config`;
 //! 3. `store`, `oauth`, `render` (the config tool's);
 //! 4. `engine`;
+//! 5. `explain` (the config tool's: runs the engine on a request it describes);
 //!
 //! and `wasm` (the shell) on top, which this test does not read. Every `crate::<module>` a
 //! top-level module of `src/` mentions outside its `#[cfg(test)]` part (its files under
@@ -43,6 +44,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("oauth", 3),
     ("render", 3),
     ("engine", 4),
+    ("explain", 5),
 ];
 
 /// Modules that are not part of the layered core: the shell, the test kit, the crate root.

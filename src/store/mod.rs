@@ -11,6 +11,8 @@
 //! asks for, so the shell never chooses.
 
 pub mod etcd;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod memory;
 pub mod shared_data;
 
 pub use etcd::EtcdStore;
