@@ -12,7 +12,8 @@
 //     opaque) exchanged for a JWT access token of another audience (allowed targets:
 //     BFFGATE_EXCHANGE_TARGETS), scope limited to what the user holds for that audience;
 //   - down-scoping on the refresh_token grant (`resource` + a narrower `scope`);
-//   - GET /__stats (token-endpoint requests and grants by grant type, revocations counted),
+//   - GET /__stats (token-endpoint requests and grants by grant type, revocations counted, and
+//     the most revocation requests answered at once),
 //     GET/POST /__fault (fault injection on /token and /token/revocation, for tests) and
 //     POST /__reset (zeroes the counters and clears the faults); loopback only.
 //
@@ -858,6 +859,9 @@ function zeroStats() {
     token_requests: { authorization_code: 0, refresh_token: 0, [TOKEN_EXCHANGE]: 0, other: 0 },
     revocations: 0,
     revocation_requests: 0,
+    // revocation requests being answered now, and the most at once (a paced revoke-all)
+    revocation_inflight: 0,
+    revocation_max_inflight: 0,
     introspections: 0,
     // grants by the client's authentication method (client_secret_basic, private_key_jwt, ...)
     client_auth: {},
@@ -1275,6 +1279,12 @@ const server = http.createServer(async (req, res) => {
     if (url.pathname === '/__fault') {
       if (!isLoopback(req.socket.remoteAddress)) return sendJson(res, 403, { error: 'forbidden' });
       return await handleFaultApi(req, res);
+    }
+    if (req.method === 'POST' && url.pathname === '/token/revocation') {
+      const counted = stats;
+      counted.revocation_inflight += 1;
+      counted.revocation_max_inflight = Math.max(counted.revocation_max_inflight, counted.revocation_inflight);
+      res.on('close', () => { counted.revocation_inflight -= 1; });
     }
     if (req.method === 'POST' && Object.hasOwn(FAULT_PATHS, url.pathname)) {
       const endpoint = FAULT_PATHS[url.pathname];

@@ -136,6 +136,18 @@ pub enum Event {
         /// Session handle, if the request had a live session.
         session: Option<String>,
     },
+    /// `POST /sessions/revoke-all` ended every session; their refresh tokens are revoked at the
+    /// provider in the background (progress: `revoke-all:` log lines and counters).
+    RevokeAll {
+        /// Sessions ended.
+        sessions: usize,
+        /// Refresh tokens queued for revocation.
+        queued: usize,
+        /// Refresh tokens that cannot be revoked (no revocation endpoint known).
+        not_sent: usize,
+        /// Why not, if so.
+        why_not: Option<&'static str>,
+    },
     /// A route in report mode (`mode: report`) let through a request its scopes, claims or
     /// sign-in level would have refused.
     PolicyReport {
@@ -219,6 +231,15 @@ impl Event {
                 route,
                 session,
             } => json!({"event": "denied", "code": code, "route": route, "session": session}),
+            Event::RevokeAll {
+                sessions,
+                queued,
+                not_sent,
+                why_not,
+            } => {
+                json!({"event": "revoke_all", "sessions": sessions, "revocations_queued": queued,
+                       "revocations_not_sent": not_sent, "why_not_sent": why_not})
+            }
             Event::PolicyReport {
                 code,
                 route,
@@ -283,6 +304,7 @@ impl Event {
             Event::RefreshCoalesced { .. } => "bffgate_refreshes_coalesced".into(),
             Event::Denied { .. } => return None,
             Event::PolicyReport { code, .. } => format!("bffgate_policy_report_{code}"),
+            Event::RevokeAll { .. } => "bffgate_revoke_all".into(),
             Event::SessionAnomaly { kind, .. } => {
                 format!("bffgate_session_anomalies_{}", kind.as_str())
             }
@@ -327,6 +349,10 @@ pub fn all_counters() -> Vec<String> {
         "bffgate_store_write_unavailable",
         "bffgate_requests_allowed",
         "bffgate_requests_public",
+        "bffgate_revoke_all",
+        "bffgate_revoke_all_revoked",
+        "bffgate_revoke_all_failed",
+        "bffgate_revoke_all_not_sent",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -294,18 +294,8 @@ fn operator() -> Gate {
     g
 }
 
-/// A request from an operator's script (curl) on the machine: loopback host, the token.
 fn op(method: &str, path: &str) -> Request {
-    let mut r = get(path);
-    r.method = method.into();
-    r.authority = Some("127.0.0.1:9902".into());
-    r.authorization = Some(bffgate::secret::Secret::new(format!(
-        "Bearer {ADMIN_TOKEN}"
-    )));
-    if method == "POST" {
-        r.csrf = Some("1".into());
-    }
-    r
+    operator_request(method, path)
 }
 
 #[test]

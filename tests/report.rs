@@ -26,16 +26,6 @@ fn gate(mode: &str) -> Gate {
     g
 }
 
-/// The audit lines of one event kind seen so far.
-fn audit(g: &Gate, event: &str) -> Vec<Value> {
-    g.transcript
-        .iter()
-        .filter_map(|l| l.strip_prefix("audit "))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == json!(event))
-        .collect()
-}
-
 fn export(b: &Browser) -> Request {
     api(b, "GET", "/api/orders/export", "orders-export")
 }
@@ -51,17 +41,17 @@ fn a_missing_scope_is_reported_and_the_request_goes_on_with_the_token() {
         Some(issued.access),
         "the session's token is forwarded"
     );
-    let reports = audit(&g, "policy_report");
+    let reports = audit_events(&g, "policy_report");
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0]["would_refuse"], json!("insufficient_scope"));
     assert_eq!(reports[0]["route"], json!("orders-write"));
     assert!(reports[0]["session"]
         .as_str()
         .is_some_and(|s| !s.is_empty()));
-    assert!(audit(&g, "denied").is_empty());
+    assert!(audit_events(&g, "denied").is_empty());
     // Every such request is reported (the fast path leaves it to the full path).
     forward(g.request(&place_order(&b)));
-    assert_eq!(audit(&g, "policy_report").len(), 2);
+    assert_eq!(audit_events(&g, "policy_report").len(), 2);
 }
 
 #[test]
@@ -80,8 +70,8 @@ fn the_same_request_is_refused_when_the_route_enforces() {
         401,
         "insufficient_user_authentication",
     );
-    assert!(audit(&g, "policy_report").is_empty());
-    assert_eq!(audit(&g, "denied").len(), 3);
+    assert!(audit_events(&g, "policy_report").is_empty());
+    assert_eq!(audit_events(&g, "denied").len(), 3);
 }
 
 #[test]
@@ -93,7 +83,7 @@ fn a_claim_and_a_sign_in_level_are_reported_not_enforced() {
     assert_eq!(auth.as_deref(), Some(issued.access.as_str()));
     let (auth, _) = forward(g.request(&export(&b)));
     assert_eq!(auth.as_deref(), Some(issued.access.as_str()));
-    let codes: Vec<Value> = audit(&g, "policy_report")
+    let codes: Vec<Value> = audit_events(&g, "policy_report")
         .iter()
         .map(|v| json!([v["route"], v["would_refuse"]]))
         .collect();
@@ -115,7 +105,7 @@ fn a_request_that_passes_is_not_reported() {
     assert_eq!(auth, Some(issued.access.clone()));
     let (auth, _) = forward(g.request(&admin(&b)));
     assert_eq!(auth, Some(issued.access));
-    assert!(audit(&g, "policy_report").is_empty());
+    assert!(audit_events(&g, "policy_report").is_empty());
 }
 
 #[test]
@@ -135,7 +125,7 @@ fn report_mode_still_enforces_the_session_and_csrf() {
     let mut cross = place_order(&b);
     cross.origin = Some("https://evil.example".into());
     assert_error(&reply(g.request(&cross)), 403, "csrf");
-    assert!(audit(&g, "policy_report").is_empty());
+    assert!(audit_events(&g, "policy_report").is_empty());
 }
 
 #[test]
@@ -149,7 +139,7 @@ fn a_report_after_a_token_renewal_is_made_once() {
     let renewed = g.refresh_answer("openid offline_access orders:read", false);
     let (auth, _) = forward(g.resume(then, renewed.result()));
     assert_eq!(auth, Some(renewed.access));
-    let reports = audit(&g, "policy_report");
+    let reports = audit_events(&g, "policy_report");
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0]["would_refuse"], json!("insufficient_scope"));
 }
@@ -168,7 +158,7 @@ fn reports_are_not_refusals_for_the_anomaly_signals() {
         for _ in 0..5 {
             g.request(&place_order(&b));
         }
-        let anomalies = audit(&g, "session_anomaly");
+        let anomalies = audit_events(&g, "session_anomaly");
         if mode == "report" {
             assert!(anomalies.is_empty(), "{anomalies:?}");
         } else {

@@ -25,6 +25,9 @@ pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, 
         ));
     }
     let admin_token = admin_token(raw, secrets)?;
+    if !(1..=64).contains(&raw.admin_revoke_concurrency) {
+        return Err(err("admin_revoke_concurrency", "must be 1 to 64"));
+    }
     let cookie = cookies(&raw.cookie, secrets)?;
     session(&raw.session)?;
     let (store, etcd) = store(raw, secrets)?;
@@ -49,6 +52,7 @@ pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, 
         admin: raw.admin,
         access_log_state: raw.access_log_state,
         admin_token,
+        admin_revoke_concurrency: raw.admin_revoke_concurrency,
     })
 }
 

@@ -373,6 +373,8 @@ pub struct Config {
     pub admin: bool,
     /// The operator API's bearer token (`Some` exactly when `admin`).
     pub admin_token: Option<Secret>,
+    /// Most revocations of a revoke-all in flight at once per worker.
+    pub admin_revoke_concurrency: u32,
     /// Set the access log's filter-state values on every request.
     pub access_log_state: bool,
 }

@@ -45,12 +45,20 @@ pub struct RawConfig {
     /// characters; required when `admin` is true).
     #[serde(default = "d_admin_token_env")]
     pub admin_token_env: String,
+    /// `POST /sessions/revoke-all` (operator API): most refresh-token revocations in flight at
+    /// once per worker (1 to 64; default 4), so the provider is not flooded.
+    #[serde(default = "d_admin_revoke_concurrency")]
+    pub admin_revoke_concurrency: u32,
     /// Set the filter-state values `wasm.bffgate_decision` and `wasm.bffgate_subject` on every
     /// request, for an access log that prints them (`%FILTER_STATE(wasm.bffgate_decision:PLAIN)%`).
     /// Off by default: two host calls per request that nothing reads unless a log asks for
     /// them (`make check` warns when the Envoy config's access log asks and this is off).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub access_log_state: bool,
+}
+
+fn d_admin_revoke_concurrency() -> u32 {
+    4
 }
 
 fn d_admin_token_env() -> String {

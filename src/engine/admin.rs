@@ -61,15 +61,13 @@ impl Engine<'_> {
             }
             return r;
         }
-        let sub = match query_param(query, "sub") {
-            Ok(Some(s)) if !s.is_empty() => s,
-            _ => {
-                return error_reply(
-                    400,
-                    ErrorCode::InvalidRequest,
-                    "query parameter `sub` is required",
-                )
-            }
+        let sub = || match query_param(query, "sub") {
+            Ok(Some(s)) if !s.is_empty() => Ok(s),
+            _ => Err(error_reply(
+                400,
+                ErrorCode::InvalidRequest,
+                "query parameter `sub` is required",
+            )),
         };
         let scan = |e: &mut Self| {
             if e.store.take_scan_budget(ScanKind::Operator, e.now) {
@@ -86,6 +84,10 @@ impl Engine<'_> {
         };
         match (req.method.as_str(), path) {
             ("GET", "/sessions") => {
+                let sub = match sub() {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
                 if let Some(r) = scan(self) {
                     return r;
                 }
@@ -93,6 +95,10 @@ impl Engine<'_> {
                 json_reply(200, json!({"sub": sub, "sessions": n}))
             }
             ("POST", "/sessions/revoke") => {
+                let sub = match sub() {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
                 if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
                     return error_reply(403, ErrorCode::Csrf, "the CSRF header is required");
                 }
@@ -112,8 +118,70 @@ impl Engine<'_> {
                 }
                 json_reply(200, json!({"sub": sub, "sessions_ended": ended.len()}))
             }
+            ("POST", "/sessions/revoke-all") => {
+                if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
+                    return error_reply(403, ErrorCode::Csrf, "the CSRF header is required");
+                }
+                if self.store.remote().is_some() {
+                    return error_reply(
+                        409,
+                        ErrorCode::InvalidRequest,
+                        "revoke-all is not available in fleet mode yet: end sessions per user with POST /sessions/revoke?sub=",
+                    );
+                }
+                if let Some(r) = scan(self) {
+                    return r;
+                }
+                self.revoke_all()
+            }
             _ => error_reply(404, ErrorCode::InvalidRequest, "no such admin endpoint"),
         }
+    }
+}
+
+impl Engine<'_> {
+    /// Ends every session of the embedded store and queues their refresh tokens for
+    /// revocation at the provider, paced by the shell (`202`: the answer does not wait for
+    /// the provider). The sessions end now: their cookies are refused from this request on.
+    fn revoke_all(&mut self) -> Reply {
+        let ended = self.store.delete_where(&|_: &Session| true);
+        let mut not_sent = 0usize;
+        // Checked once here (the shell builds each request when it sends it).
+        let unsendable = match self.known_endpoints() {
+            None => Some("provider metadata unavailable"),
+            Some(ep) if ep.revocation.is_none() => Some("not supported"),
+            Some(_) => None,
+        };
+        for s in &ended {
+            self.event(Event::SessionEnded {
+                reason: EndReason::Admin,
+                session: s.handle.clone(),
+                sub: Some(s.sub.clone()),
+            });
+            if let Some(rt) = &s.refresh_token {
+                if unsendable.is_some() {
+                    not_sent += 1;
+                } else {
+                    self.background.push((rt.clone(), "refresh_token"));
+                }
+            }
+        }
+        self.event(Event::RevokeAll {
+            sessions: ended.len(),
+            queued: self.background.len(),
+            not_sent,
+            why_not: unsendable,
+        });
+        let mut body = json!({
+            "sessions_ended": ended.len(),
+            "revocations_queued": self.background.len(),
+            "revocations_not_sent": not_sent,
+            "concurrency": self.cfg.admin_revoke_concurrency,
+        });
+        if let (Some(why), Some(o)) = (unsendable, body.as_object_mut()) {
+            o.insert("why_not_sent".into(), json!(why));
+        }
+        json_reply(202, body)
     }
 }
 

@@ -6,6 +6,7 @@ use super::cookies::SessionLookup;
 use super::provider::{AfterDiscovery, JwsCheck};
 use super::{query_param, AfterCall, Engine, Request, Revoking, Step, CLOCK_LEEWAY};
 use crate::audit::{EndReason, Event};
+use crate::callout::Callout;
 use crate::policy::CsrfMode;
 use crate::reply::{
     base_headers, error_reply, json_reply, store_unavailable, with_cookie, ErrorCode, Reply,
@@ -95,7 +96,22 @@ impl Engine<'_> {
         })
     }
 
-    /// Logout: revokes the next token (bounded timeout each), then answers.
+    /// The RFC 7009 revocation request for `token` (with its `token_type_hint`), with the short
+    /// bound of `provider.revocation_timeout_ms` (someone waits for it: a logout's user, or a
+    /// paced revoke-all); `Err` says why none can be sent (`not supported`: no revocation
+    /// endpoint; `provider metadata unavailable`: discovery could not be read).
+    pub fn revocation_callout(&mut self, token: &str, hint: &str) -> Result<Callout, &'static str> {
+        let ep = self
+            .known_endpoints()
+            .ok_or("provider metadata unavailable")?;
+        let mut request = self
+            .provider(&ep)
+            .revoke_request(token, hint)
+            .ok_or("not supported")?;
+        request.timeout_ms = self.cfg.provider.revocation_timeout_ms;
+        Ok(request)
+    }
+
     /// Logout: revokes the next token (each callout with its own short bound), then answers
     /// and audits what became of each token.
     pub(super) fn next_revocation(&mut self, mut r: Revoking) -> Step {
@@ -109,24 +125,18 @@ impl Engine<'_> {
             return Step::Respond(r.reply);
         }
         let (token, hint) = r.remaining.remove(0);
-        let (request, why) = match self.known_endpoints() {
-            Some(ep) => (
-                self.provider(&ep).revoke_request(token.expose(), hint),
-                "not supported",
-            ),
-            None => (None, "provider metadata unavailable"),
-        };
-        let Some(mut request) = request else {
-            // No revocation endpoint (or none known): the provider keeps honouring these
-            // tokens (a refresh token until it expires there); said in the audit line.
-            r.results.push((hint, why.to_string()));
-            for (_, h) in r.remaining.drain(..) {
-                r.results.push((h, why.to_string()));
+        let request = match self.revocation_callout(token.expose(), hint) {
+            Ok(request) => request,
+            Err(why) => {
+                // No revocation endpoint (or none known): the provider keeps honouring these
+                // tokens (a refresh token until it expires there); said in the audit line.
+                r.results.push((hint, why.to_string()));
+                for (_, h) in r.remaining.drain(..) {
+                    r.results.push((h, why.to_string()));
+                }
+                return self.next_revocation(r);
             }
-            return self.next_revocation(r);
         };
-        // The user waits for the logout reply: each revocation has its own short bound.
-        request.timeout_ms = self.cfg.provider.revocation_timeout_ms;
         r.current = hint;
         Step::Call {
             request,

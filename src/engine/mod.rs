@@ -348,6 +348,10 @@ pub struct Engine<'a> {
     rate_counted: bool,
     /// A refusal crossed the `refusals` threshold: its session and code.
     refusal_anomaly: Option<(SessionId, &'static str)>,
+    /// Tokens to revoke at the provider after this request, paced by the shell (at most
+    /// `admin_revoke_concurrency` in flight per worker; see [`Engine::revocation_callout`]):
+    /// the refresh tokens of the sessions `POST /sessions/revoke-all` ended.
+    pub background: Vec<(Secret, &'static str)>,
 }
 
 impl<'a> Engine<'a> {
@@ -375,6 +379,7 @@ impl<'a> Engine<'a> {
             signals: Vec::new(),
             rate_counted: false,
             refusal_anomaly: None,
+            background: Vec::new(),
         }
     }
 

@@ -1,9 +1,10 @@
 //! A [`Step`] applied to a request; callouts dispatched by the root context and their answers
 //! delivered back to the engine, and to the request if it is still there.
 
-use super::{log, now_ms, run, Outgoing, Ran, Shared, DISPATCH_BATCH};
+use super::{log, now_ms, run, with_engine, Outgoing, Ran, Shared, DISPATCH_BATCH};
 use crate::audit::Decision;
 use crate::callout::CallResult;
+use crate::callout::Callout;
 use crate::config::Config;
 use crate::engine::{CookieEdit, Step};
 use crate::reply::{error_reply, ErrorCode};
@@ -172,49 +173,127 @@ pub(super) fn dispatch_outgoing(shared: &Shared, cfg: &Config, as_root: bool) {
         if as_root {
             let _ = hostcalls::set_effective_context(shared.root_id);
         }
-        let request = &o.request;
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", request.method),
-            (":path", request.path.as_str()),
-            (":authority", request.authority.as_str()),
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("accept", "application/json"),
-        ];
-        for (k, v) in &request.headers {
-            headers.push((k.as_str(), v.expose()));
-        }
-        let body = request.body.expose().as_bytes();
-        let cluster = request
-            .cluster
-            .as_deref()
-            .unwrap_or(cfg.provider.cluster.as_str());
-        // Every attempt: once the answers are in, dispatched = ok + http_error + failed.
-        shared.count("bffgate_callouts_dispatched");
-        match hostcalls::dispatch_http_call(
-            cluster,
-            headers,
-            if body.is_empty() { None } else { Some(body) },
-            vec![],
-            Duration::from_millis(request.timeout_ms),
-        ) {
-            Ok(token) => {
+        match send(shared, cfg, &o.request) {
+            Some(token) => {
                 shared
                     .calls
                     .borrow_mut()
                     .insert(token, (o.ctx, o.then, now_ms()));
             }
-            Err(_) => {
-                log(
-                    LogLevel::Warn,
-                    &format!("callout to cluster `{cluster}` could not be dispatched"),
-                );
+            None => {
                 // Feed the engine a failed call so locks are released and state stays right.
-                shared.count("bffgate_callouts_failed");
                 let ran = run(shared, cfg, |e| e.on_callout(o.then, CallResult::Failed));
                 deliver(shared, cfg, o.ctx, ran, true);
             }
         }
     }
+}
+
+/// Dispatches one callout under the current effective context: its token, or `None` if the
+/// host refused it (logged and counted as failed).
+pub(super) fn send(shared: &Shared, cfg: &Config, request: &Callout) -> Option<u32> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", request.method),
+        (":path", request.path.as_str()),
+        (":authority", request.authority.as_str()),
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("accept", "application/json"),
+    ];
+    for (k, v) in &request.headers {
+        headers.push((k.as_str(), v.expose()));
+    }
+    let body = request.body.expose().as_bytes();
+    let cluster = request
+        .cluster
+        .as_deref()
+        .unwrap_or(cfg.provider.cluster.as_str());
+    // Every attempt: once the answers are in, dispatched = ok + http_error + failed.
+    shared.count("bffgate_callouts_dispatched");
+    match hostcalls::dispatch_http_call(
+        cluster,
+        headers,
+        if body.is_empty() { None } else { Some(body) },
+        vec![],
+        Duration::from_millis(request.timeout_ms),
+    ) {
+        Ok(token) => Some(token),
+        Err(_) => {
+            log(
+                LogLevel::Warn,
+                &format!("callout to cluster `{cluster}` could not be dispatched"),
+            );
+            shared.count("bffgate_callouts_failed");
+            None
+        }
+    }
+}
+
+/// Sends queued background revocations (a revoke-all's refresh tokens) while fewer than
+/// `admin_revoke_concurrency` are in flight on this worker. Each request is built when it is
+/// sent (a `private_key_jwt` assertion is short-lived). From a root callback.
+pub(super) fn pump_background(shared: &Shared, cfg: &Config) {
+    let limit = cfg.admin_revoke_concurrency as usize;
+    while shared.bg_calls.borrow().len() < limit {
+        let Some((token, hint)) = shared.background.borrow_mut().pop_front() else {
+            break;
+        };
+        let built = with_engine(cfg, |e| e.revocation_callout(token.expose(), hint));
+        let sent = match built {
+            Ok(request) => send(shared, cfg, &request),
+            Err(why) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("revoke-all: a refresh token cannot be revoked: {why}"),
+                );
+                shared.count("bffgate_revoke_all_not_sent");
+                shared.bg_progress(false);
+                continue;
+            }
+        };
+        match sent {
+            Some(t) => {
+                shared.bg_calls.borrow_mut().insert(t, now_ms());
+            }
+            None => {
+                shared.count("bffgate_revoke_all_failed");
+                shared.bg_progress(false);
+            }
+        }
+    }
+}
+
+/// A background revocation answered (or timed out).
+pub(super) fn background_done(shared: &Shared, cfg: &Config, token: u32) {
+    if shared.bg_calls.borrow_mut().remove(&token).is_none() {
+        return;
+    }
+    let ok = call_status(shared).is_some_and(|s| (200..300).contains(&s));
+    shared.count(if ok {
+        "bffgate_revoke_all_revoked"
+    } else {
+        "bffgate_revoke_all_failed"
+    });
+    shared.bg_progress(ok);
+    pump_background(shared, cfg);
+}
+
+/// The `:status` of the callout answer being delivered (counted as ok / http_error / failed).
+fn call_status(shared: &Shared) -> Option<u16> {
+    let status = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+        });
+    shared.count(match status {
+        Some(s) if (200..300).contains(&s) => "bffgate_callouts_ok",
+        Some(_) => "bffgate_callouts_http_error",
+        None => "bffgate_callouts_failed",
+    });
+    status
 }
 
 /// Hands the engine's next step for request `ctx` (after a callout, a failed dispatch or a
@@ -253,6 +332,9 @@ pub(super) fn deliver(shared: &Shared, cfg: &Config, ctx: u32, ran: Ran, failed_
 /// A callout finished (or failed): route it to its request.
 pub(super) fn on_call_done(shared: &Shared, token: u32, body_size: usize) {
     let Some((ctx, pending, started)) = shared.calls.borrow_mut().remove(&token) else {
+        if let Some(cfg) = shared.config() {
+            background_done(shared, &cfg, token);
+        }
         return;
     };
     let Some(cfg) = shared.config() else { return };
@@ -260,38 +342,19 @@ pub(super) fn on_call_done(shared: &Shared, token: u32, body_size: usize) {
         "bffgate_callout_duration_ms",
         now_ms().saturating_sub(started),
     );
-    let status = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|(k, _)| k == ":status")
-        .and_then(|(_, v)| {
-            std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse::<u16>().ok())
-        });
-    let result = match status {
-        Some(status) => {
-            shared.count(if (200..300).contains(&status) {
-                "bffgate_callouts_ok"
-            } else {
-                "bffgate_callouts_http_error"
-            });
-            CallResult::Response {
-                status,
-                body: hostcalls::get_buffer(
-                    proxy_wasm::types::BufferType::HttpCallResponseBody,
-                    0,
-                    body_size.min(crate::oauth::MAX_BODY + 1),
-                )
-                .ok()
-                .flatten()
-                .unwrap_or_default(),
-            }
-        }
-        None => {
-            shared.count("bffgate_callouts_failed");
-            CallResult::Failed
-        }
+    let result = match call_status(shared) {
+        Some(status) => CallResult::Response {
+            status,
+            body: hostcalls::get_buffer(
+                proxy_wasm::types::BufferType::HttpCallResponseBody,
+                0,
+                body_size.min(crate::oauth::MAX_BODY + 1),
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+        },
+        None => CallResult::Failed,
     };
     // The engine records the result in the session whether or not the request is still there.
     let ran = run(shared, &cfg, |e| e.on_callout(pending, result));

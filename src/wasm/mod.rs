@@ -165,6 +165,13 @@ struct Shared {
     verified: VerifiedCookies,
     /// Session anomaly counters of this VM (rate and refusals per session, binding hashes).
     anomalies: crate::anomaly::Tracker,
+    /// Refresh tokens a revoke-all ended, to revoke at the provider (paced by the root).
+    background: RefCell<VecDeque<(crate::secret::Secret, &'static str)>>,
+    /// Background revocations in flight: token -> start in ms.
+    bg_calls: RefCell<IdMap<u64>>,
+    /// Background revocations finished on this worker since the queue was last empty:
+    /// (revoked, not revoked).
+    bg_counts: Cell<(u64, u64)>,
 }
 
 impl Shared {
@@ -236,6 +243,30 @@ impl Shared {
             }
         }
     }
+    /// One background revocation finished (`ok`: the provider answered 2xx); progress in the
+    /// log every 100, and when this worker's queue is done.
+    fn bg_progress(&self, ok: bool) {
+        let (mut revoked, mut not) = self.bg_counts.get();
+        if ok {
+            revoked += 1;
+        } else {
+            not += 1;
+        }
+        let done = self.background.borrow().is_empty() && self.bg_calls.borrow().is_empty();
+        if done || (revoked + not) % 100 == 0 {
+            let left = self.background.borrow().len() + self.bg_calls.borrow().len();
+            log(
+                LogLevel::Info,
+                &format!(
+                    "revoke-all: {} on this worker: {revoked} revoked, {not} not revoked, {left} left",
+                    if done { "done" } else { "progress" }
+                ),
+            );
+        }
+        self.bg_counts
+            .set(if done { (0, 0) } else { (revoked, not) });
+    }
+
     fn config(&self) -> Option<Rc<Config>> {
         self.config.borrow().clone()
     }
@@ -283,8 +314,12 @@ where
             notes,
             events,
             fast_path,
+            background,
             ..
         } = engine;
+        if !background.is_empty() {
+            shared.background.borrow_mut().extend(background);
+        }
         (step, subject, cors, notes, events, fast_path)
     };
     // Which path a request to a session route took, and why it left the fast path.
@@ -305,6 +340,20 @@ where
         subject,
         cors,
     }
+}
+
+/// Runs `f` on an engine with host clock, randomness and store, outside any request (its
+/// audit lines are logged; nothing else of the run is kept).
+fn with_engine<T>(cfg: &Config, f: impl FnOnce(&mut Engine<'_>) -> T) -> T {
+    let mut rng = HostRandom;
+    let now = now_ms();
+    let mut store = crate::store::open(cfg, HostData, now, HostRandom);
+    let mut engine = Engine::new(cfg, now / 1000, &mut rng, &mut store);
+    let out = f(&mut engine);
+    for n in &engine.notes {
+        log(LogLevel::Info, n);
+    }
+    out
 }
 
 fn now_ms() -> u64 {

@@ -1,7 +1,7 @@
 //! The root context: the configuration (refused at load with a line naming the field), the
 //! timer (sweeps, gauges, waiting requests, the VM's memory), and this worker's callout queue.
 
-use super::apply::{deliver, dispatch_outgoing, on_call_done};
+use super::apply::{deliver, dispatch_outgoing, on_call_done, pump_background};
 use super::http::Http;
 use super::{env_secret, log, now_ms, now_secs, run, HostData, HostRandom, Shared, TICK};
 use crate::config::Config;
@@ -124,6 +124,9 @@ impl RootContext for Root {
         // A safety net: anything queued whose notification went missing.
         if !shared.outgoing.borrow().is_empty() {
             dispatch_outgoing(shared, &cfg, true);
+        }
+        if !shared.background.borrow().is_empty() {
+            pump_background(shared, &cfg);
         }
         // In fleet mode etcd's leases end sessions; the cache needs no sweep.
         if self.ticks % SWEEP_EVERY == 0 {

@@ -463,6 +463,8 @@ pub struct Gate {
     pub verified: VerifiedCookies,
     /// The VM's session anomaly counters, kept across requests as the wasm shell keeps them.
     pub anomalies: bffgate::anomaly::Tracker,
+    /// Tokens the last request left for background revocation (a revoke-all), exposed.
+    pub background: Vec<(String, &'static str)>,
 }
 
 impl Gate {
@@ -484,6 +486,7 @@ impl Gate {
             transcript: Vec::new(),
             verified: VerifiedCookies::default(),
             anomalies: Default::default(),
+            background: Vec::new(),
         };
         g.register(CLIENT_SECRET);
         g
@@ -523,6 +526,11 @@ impl Gate {
             .with_anomalies(&self.anomalies);
         let step = e.on_request(req);
         let notes = std::mem::take(&mut e.notes);
+        let background = std::mem::take(&mut e.background);
+        self.background = background
+            .into_iter()
+            .map(|(t, hint)| (t.expose().to_string(), hint))
+            .collect();
         self.observe(&step, &notes);
         step
     }
@@ -794,6 +802,32 @@ impl Gate {
         assert!(b.get(SESSION).is_some(), "no session cookie after login");
         issued
     }
+}
+
+/// The audit events of one kind seen so far (from the audit lines in the transcript).
+pub fn audit_events(g: &Gate, event: &str) -> Vec<Value> {
+    g.transcript
+        .iter()
+        .filter_map(|l| l.strip_prefix("audit "))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == json!(event))
+        .collect()
+}
+
+/// A request from an operator's script (curl) on the machine: loopback host, the operator
+/// token, and the CSRF header on a POST.
+pub fn operator_request(method: &str, path: &str) -> Request {
+    let mut r = get(path);
+    r.method = method.into();
+    r.authority = Some("127.0.0.1:9902".into());
+    r.authorization = Some(bffgate::secret::Secret::new(format!(
+        "Bearer {}",
+        bffgate::testkit::ADMIN_TOKEN
+    )));
+    if method == "POST" {
+        r.csrf = Some("1".into());
+    }
+    r
 }
 
 pub fn signed_in(user: User) -> (Gate, Browser, Issued) {
