@@ -139,6 +139,9 @@ pub enum Event {
     /// `POST /sessions/revoke-all` ended every session; their refresh tokens are revoked at the
     /// provider in the background (progress: `revoke-all:` log lines and counters).
     RevokeAll {
+        /// `operator` (`POST /sessions/revoke-all`) or `key_change` (the cookie key ring's
+        /// first key changed, with `cookie.revoke_on_key_change`).
+        trigger: &'static str,
         /// Sessions ended.
         sessions: usize,
         /// Refresh tokens queued for revocation.
@@ -232,12 +235,13 @@ impl Event {
                 session,
             } => json!({"event": "denied", "code": code, "route": route, "session": session}),
             Event::RevokeAll {
+                trigger,
                 sessions,
                 queued,
                 not_sent,
                 why_not,
             } => {
-                json!({"event": "revoke_all", "sessions": sessions, "revocations_queued": queued,
+                json!({"event": "revoke_all", "trigger": trigger, "sessions": sessions, "revocations_queued": queued,
                        "revocations_not_sent": not_sent, "why_not_sent": why_not})
             }
             Event::PolicyReport {

@@ -91,6 +91,7 @@ fn every_session_ends_and_every_refresh_token_is_queued_for_revocation() {
     let summary = audit_events(&g, "revoke_all");
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0]["sessions"], json!(3));
+    assert_eq!(summary[0]["trigger"], json!("operator"));
     assert_eq!(summary[0]["revocations_queued"], json!(3));
 }
 
@@ -190,4 +191,33 @@ fn the_concurrency_is_bounded_at_load() {
     }
     let cfg = operator_config(|raw| raw["admin_revoke_concurrency"] = json!(16));
     assert_eq!(cfg.admin_revoke_concurrency, 16);
+}
+
+#[test]
+fn a_key_change_revokes_the_same_way_from_the_shell() {
+    // The shell calls this when the ring's first key changed (cookie.revoke_on_key_change).
+    let mut g = Gate::new();
+    let (browsers, refresh) = three_sessions(&mut g);
+    let cfg = config_with(K0, |raw| {
+        raw["cookie"]["revoke_on_key_change"] = json!(true)
+    });
+    assert!(cfg.cookie.revoke_on_key_change);
+    let mut e = Engine::new(&cfg, g.now, &mut g.rng, &mut g.store);
+    let counts = e.revoke_all_sessions("key_change");
+    assert_eq!((counts.ended, counts.queued, counts.not_sent), (3, 3, 0));
+    let mut queued: Vec<String> = e
+        .background
+        .iter()
+        .map(|(t, _)| t.expose().to_string())
+        .collect();
+    queued.sort();
+    let mut want = refresh;
+    want.sort();
+    assert_eq!(queued, want);
+    assert!(e.notes.iter().any(
+        |n| n.contains("\"event\":\"revoke_all\"") && n.contains("\"trigger\":\"key_change\"")
+    ));
+    drop(e);
+    assert_rejected_and_cleared(g.request(&orders(&browsers[2])));
+    assert!(!config(K1).cookie.revoke_on_key_change, "off unless asked");
 }

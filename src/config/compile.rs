@@ -441,6 +441,7 @@ fn cookies(ck: &RawCookie, secrets: &dyn Secrets) -> Result<CookieConfig, Config
             domain: None,
         },
         keys,
+        revoke_on_key_change: ck.revoke_on_key_change,
     })
 }
 

@@ -317,6 +317,8 @@ pub struct CookieConfig {
     pub attrs: Attributes,
     /// MAC keys.
     pub keys: KeyRing,
+    /// End every session (and revoke their grants) when the ring's first key changes.
+    pub revoke_on_key_change: bool,
 }
 
 /// An audience, compiled.

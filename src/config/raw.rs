@@ -234,6 +234,12 @@ pub struct RawCookie {
     /// Name of the environment variable holding the key ring `kid:base64url[,kid:base64url]`.
     #[serde(default = "d_keys_env")]
     pub keys_env: String,
+    /// When the key ring's first (signing) key changes under a running Envoy (a release that
+    /// rotates keys), end every session and revoke their refresh tokens at the provider, as
+    /// the operator API's revoke-all does (embedded store). Default false: a rotation keeps the
+    /// sessions the ring still verifies.
+    #[serde(default)]
+    pub revoke_on_key_change: bool,
 }
 
 impl Default for RawCookie {
@@ -243,6 +249,7 @@ impl Default for RawCookie {
             flow_prefix: d_flow_prefix(),
             same_site: d_same_site(),
             keys_env: d_keys_env(),
+            revoke_on_key_change: false,
         }
     }
 }

@@ -132,26 +132,51 @@ impl Engine<'_> {
                 if let Some(r) = scan(self) {
                     return r;
                 }
-                self.revoke_all()
+                let counts = self.revoke_all_sessions("operator");
+                let mut body = json!({
+                    "sessions_ended": counts.ended,
+                    "revocations_queued": counts.queued,
+                    "revocations_not_sent": counts.not_sent,
+                    "concurrency": self.cfg.admin_revoke_concurrency,
+                });
+                if let (Some(why), Some(o)) = (counts.why_not, body.as_object_mut()) {
+                    o.insert("why_not_sent".into(), json!(why));
+                }
+                json_reply(202, body)
             }
             _ => error_reply(404, ErrorCode::InvalidRequest, "no such admin endpoint"),
         }
     }
 }
 
+/// What a revoke-all did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokeAllCounts {
+    /// Sessions ended.
+    pub ended: usize,
+    /// Refresh tokens queued for revocation (in [`Engine::background`]).
+    pub queued: usize,
+    /// Refresh tokens that cannot be revoked (no revocation endpoint known).
+    pub not_sent: usize,
+    /// Why not, if so.
+    pub why_not: Option<&'static str>,
+}
+
 impl Engine<'_> {
     /// Ends every session of the embedded store and queues their refresh tokens for
-    /// revocation at the provider, paced by the shell (`202`: the answer does not wait for
-    /// the provider). The sessions end now: their cookies are refused from this request on.
-    fn revoke_all(&mut self) -> Reply {
+    /// revocation at the provider in [`Engine::background`] (the shell sends them paced). The
+    /// sessions end now: their cookies are refused from this run on. `trigger` (`operator`,
+    /// `key_change`) goes into the audit line.
+    pub fn revoke_all_sessions(&mut self, trigger: &'static str) -> RevokeAllCounts {
         let ended = self.store.delete_where(&|_: &Session| true);
         let mut not_sent = 0usize;
         // Checked once here (the shell builds each request when it sends it).
-        let unsendable = match self.known_endpoints() {
+        let why_not = match self.known_endpoints() {
             None => Some("provider metadata unavailable"),
             Some(ep) if ep.revocation.is_none() => Some("not supported"),
             Some(_) => None,
         };
+        let before = self.background.len();
         for s in &ended {
             self.event(Event::SessionEnded {
                 reason: EndReason::Admin,
@@ -159,29 +184,27 @@ impl Engine<'_> {
                 sub: Some(s.sub.clone()),
             });
             if let Some(rt) = &s.refresh_token {
-                if unsendable.is_some() {
+                if why_not.is_some() {
                     not_sent += 1;
                 } else {
                     self.background.push((rt.clone(), "refresh_token"));
                 }
             }
         }
-        self.event(Event::RevokeAll {
-            sessions: ended.len(),
-            queued: self.background.len(),
+        let counts = RevokeAllCounts {
+            ended: ended.len(),
+            queued: self.background.len() - before,
             not_sent,
-            why_not: unsendable,
+            why_not,
+        };
+        self.event(Event::RevokeAll {
+            trigger,
+            sessions: counts.ended,
+            queued: counts.queued,
+            not_sent,
+            why_not,
         });
-        let mut body = json!({
-            "sessions_ended": ended.len(),
-            "revocations_queued": self.background.len(),
-            "revocations_not_sent": not_sent,
-            "concurrency": self.cfg.admin_revoke_concurrency,
-        });
-        if let (Some(why), Some(o)) = (unsendable, body.as_object_mut()) {
-            o.insert("why_not_sent".into(), json!(why));
-        }
-        json_reply(202, body)
+        counts
     }
 }
 

@@ -27,7 +27,7 @@ mod provider;
 mod request;
 mod tokens;
 
-pub use admin::sweep;
+pub use admin::{sweep, RevokeAllCounts};
 pub use cookies::is_bff_cookie;
 pub use provider::{AfterDiscovery, DISCOVERY_RETRY};
 pub use request::{csrf_check, upstream_step_up_reply, CsrfFail, CsrfPass, FastPathMiss};

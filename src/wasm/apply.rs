@@ -237,7 +237,7 @@ pub(super) fn pump_background(shared: &Shared, cfg: &Config) {
         let Some((token, hint)) = shared.background.borrow_mut().pop_front() else {
             break;
         };
-        let built = with_engine(cfg, |e| e.revocation_callout(token.expose(), hint));
+        let built = with_engine(shared, cfg, |e| e.revocation_callout(token.expose(), hint));
         let sent = match built {
             Ok(request) => send(shared, cfg, &request),
             Err(why) => {

@@ -343,8 +343,8 @@ where
 }
 
 /// Runs `f` on an engine with host clock, randomness and store, outside any request (its
-/// audit lines are logged; nothing else of the run is kept).
-fn with_engine<T>(cfg: &Config, f: impl FnOnce(&mut Engine<'_>) -> T) -> T {
+/// audit lines are logged, its events counted, its background revocations queued).
+fn with_engine<T>(shared: &Shared, cfg: &Config, f: impl FnOnce(&mut Engine<'_>) -> T) -> T {
     let mut rng = HostRandom;
     let now = now_ms();
     let mut store = crate::store::open(cfg, HostData, now, HostRandom);
@@ -352,6 +352,13 @@ fn with_engine<T>(cfg: &Config, f: impl FnOnce(&mut Engine<'_>) -> T) -> T {
     let out = f(&mut engine);
     for n in &engine.notes {
         log(LogLevel::Info, n);
+    }
+    shared.account(&engine.events);
+    if !engine.background.is_empty() {
+        shared
+            .background
+            .borrow_mut()
+            .extend(std::mem::take(&mut engine.background));
     }
     out
 }

@@ -6,6 +6,7 @@ use super::http::Http;
 use super::{env_secret, log, now_ms, now_secs, run, HostData, HostRandom, Shared, TICK};
 use crate::config::Config;
 use crate::engine::Step;
+use crate::store::SharedData;
 use crate::util::Random;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -74,6 +75,7 @@ impl RootContext for Root {
                 // Create the slot table (only the slots not there yet: another VM of this Envoy
                 // may have done it, and sessions in it must survive a VM reload).
                 crate::store::open(&c, HostData, now_ms(), HostRandom).init_slots();
+                ring_head(&self.shared, &c);
                 for name in crate::audit::all_counters() {
                     self.shared.metric(MetricType::Counter, &name);
                 }
@@ -177,6 +179,45 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// Shared-data key: the first key id of the cookie key ring this Envoy's sessions were made
+/// under (embedded store).
+const RING_HEAD: &str = "bffgate:ring_head";
+
+/// Notes the key ring's first key; when it changed under a running Envoy (a new configuration
+/// with a rotated ring) and `cookie.revoke_on_key_change` is set, ends every session and queues
+/// their refresh tokens for revocation, once per Envoy (the VM whose compare-and-swap of the
+/// key id wins does it; the others see the new id).
+fn ring_head(shared: &Shared, cfg: &Config) {
+    if cfg.etcd.is_some() {
+        return;
+    }
+    let kid = cfg.cookie.keys.current_kid();
+    let (old, cas) = HostData.get(RING_HEAD);
+    let old = old.map(|v| String::from_utf8_lossy(&v).into_owned());
+    if old.as_deref() == Some(kid) {
+        return;
+    }
+    if HostData.set(RING_HEAD, kid.as_bytes(), cas).is_err() {
+        return; // another VM noted it first, and acts on it
+    }
+    let Some(old) = old else { return };
+    if !cfg.cookie.revoke_on_key_change {
+        log(
+            LogLevel::Info,
+            &format!("cookie key ring: first key `{old}` -> `{kid}`; sessions kept (cookie.revoke_on_key_change is off)"),
+        );
+        return;
+    }
+    let counts = super::with_engine(shared, cfg, |e| e.revoke_all_sessions("key_change"));
+    log(
+        LogLevel::Warn,
+        &format!(
+            "cookie key ring: first key `{old}` -> `{kid}`: ended {} sessions, {} refresh tokens queued for revocation (cookie.revoke_on_key_change)",
+            counts.ended, counts.queued
+        ),
+    );
 }
 
 impl Root {
