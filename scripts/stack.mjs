@@ -21,7 +21,7 @@ import path from 'node:path';
 
 import { runCli } from './lib/cli.mjs';
 import { expect200 } from './lib/http.mjs';
-import { adminReady } from './lib/admin.mjs';
+import { adminReady, revokeAllAndWait } from './lib/admin.mjs';
 import {
   DEMO_USERS, PORTS, ROOT, SECRET_KEYS, TLS_CERT, URLS, findEnvoy, readSecrets, rel,
 } from './lib/paths.mjs';
@@ -260,7 +260,15 @@ await runCli({
   script: import.meta.url,
   usage:
     'usage: node scripts/stack.mjs run|start|stop [--pidfile F] [--config envoy/envoy.yaml] [--concurrency N]\n' +
-    '       [--log-level info] [--component-log-level wasm:debug] [--base-id N] [--log-dir .run/logs]',
+    '       [--log-level info] [--component-log-level wasm:debug] [--base-id N] [--log-dir .run/logs]\n' +
+    '       node scripts/stack.mjs revoke-all [--timeout-s 60]   (end every session and revoke its grant; run before stop)',
+  commands: {
+    async 'revoke-all'(flags) {
+      const r = await revokeAllAndWait({ timeoutMs: 1000 * Number(flags['timeout-s'] ?? 60) });
+      console.log(`stack: revoke-all: ${r.ended} sessions ended; of ${r.queued} refresh tokens ${r.revoked} revoked, ${r.failed} failed, ${r.notSent} not sent, in ${r.ms} ms`);
+      if (!r.done) throw new Error(`revoke-all: ${r.queued - r.revoked - r.failed - r.notSent} revocations still unanswered after the timeout`);
+    },
+  },
   start: startStack,
   optsFromFlags,
   banner,

@@ -912,3 +912,20 @@ fn pending_logins_in_etcd_are_bounded_per_envoy() {
     assert_eq!(start_login(&mut f, A).status, 302);
     assert_error(&start_login(&mut f, A), 503, "login_failed");
 }
+
+#[test]
+fn revoke_on_shutdown_is_refused_in_fleet_mode() {
+    let mut raw = demo_config();
+    raw["store"] = json!({
+        "backend": "etcd", "revoke_on_shutdown": true,
+        "etcd": {"cluster": ETCD, "timeout_ms": 300}
+    });
+    let secrets = |name: &str| match name {
+        "BFFGATE_STORE_KEYS" => Some(STORE_KEYS.to_string()),
+        other => secrets_with(K1)(other),
+    };
+    let e = Config::from_json(raw.to_string().as_bytes(), &secrets).unwrap_err();
+    assert!(e.to_string().contains("store.revoke_on_shutdown"), "{e}");
+    raw["store"]["revoke_on_shutdown"] = json!(false);
+    assert!(Config::from_json(raw.to_string().as_bytes(), &secrets).is_ok());
+}

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 
 import { expect200, request, sleep } from './http.mjs';
-import { OPERATOR, readSecrets } from './paths.mjs';
+import { ADMIN, OPERATOR, readSecrets } from './paths.mjs';
 
 /** /stats as a Map name -> number (counters and gauges; `filter` regex optional). */
 export async function adminStats(adminUrl, filter) {
@@ -114,4 +114,40 @@ export function operatorRevoke(sub, { csrf = true, base } = {}) {
     headers: csrf ? { 'x-csrf': '1' } : {},
     base,
   });
+}
+
+/**
+ * POST /sessions/revoke-all, then waits until every refresh token it queued has been answered
+ * by the provider (revoked, refused or timed out: the counters bffgate_revoke_all_revoked,
+ * _failed and _not_sent moved by as many as were queued), or `timeoutMs` passed. Run it before
+ * stopping an Envoy whose sessions must not leave live grants behind.
+ * Returns { ended, queued, revoked, failed, notSent, done, ms }.
+ */
+export async function revokeAllAndWait({ base = OPERATOR, adminUrl = ADMIN, timeoutMs = 60_000 } = {}) {
+  const names = ['revoked', 'failed', 'not_sent'].map((k) => `wasmcustom.bffgate_revoke_all_${k}`);
+  const counts = async () => {
+    const st = await adminStats(adminUrl, 'bffgate_revoke_all_');
+    return names.map((n) => st.get(n) ?? 0);
+  };
+  const before = await counts();
+  const started = Date.now();
+  const r = await operatorRequest('POST', '/sessions/revoke-all', { headers: { 'x-csrf': '1' }, base });
+  if (r.status !== 202) throw new Error(`POST /sessions/revoke-all: ${r.status} ${r.text}`);
+  const queued = r.json.revocations_queued;
+  let now = before;
+  while (Date.now() - started < timeoutMs) {
+    now = await counts();
+    if (now.reduce((a, v, i) => a + v - before[i], 0) >= queued) break;
+    await sleep(100);
+  }
+  const [revoked, failed, notSent] = now.map((v, i) => v - before[i]);
+  return {
+    ended: r.json.sessions_ended,
+    queued,
+    revoked,
+    failed,
+    notSent,
+    done: revoked + failed + notSent >= queued,
+    ms: Date.now() - started,
+  };
 }

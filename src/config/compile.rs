@@ -31,6 +31,12 @@ pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, 
     let cookie = cookies(&raw.cookie, secrets)?;
     session(&raw.session)?;
     let (store, etcd) = store(raw, secrets)?;
+    if raw.store.revoke_on_shutdown && etcd.is_some() {
+        return Err(err(
+            "store.revoke_on_shutdown",
+            "applies to the embedded store only (fleet sessions outlive an Envoy: revoking them would sign users out of the other Envoys)",
+        ));
+    }
     csrf(&raw.csrf)?;
     let (audiences, login_audience) = audiences(raw)?;
     let (routes, keep_claims) = routes(raw, &audiences)?;
@@ -53,6 +59,7 @@ pub(super) fn compile(raw: &RawConfig, secrets: &dyn Secrets) -> Result<Config, 
         access_log_state: raw.access_log_state,
         admin_token,
         admin_revoke_concurrency: raw.admin_revoke_concurrency,
+        revoke_on_shutdown: raw.store.revoke_on_shutdown,
     })
 }
 

@@ -377,6 +377,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Most revocations of a revoke-all in flight at once per worker.
     pub admin_revoke_concurrency: u32,
+    /// Revoke the held refresh tokens when Envoy shuts the VM down (embedded store).
+    pub revoke_on_shutdown: bool,
     /// Set the access log's filter-state values on every request.
     pub access_log_state: bool,
 }

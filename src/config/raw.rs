@@ -407,6 +407,10 @@ pub struct RawStore {
     /// The etcd backend's settings (required with `backend: etcd`, refused without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<RawEtcd>,
+    /// Embedded store: when Envoy shuts the VM down, revoke the refresh tokens of the sessions
+    /// it holds at the provider (they would outlive the process there), bounded in time.
+    #[serde(default)]
+    pub revoke_on_shutdown: bool,
 }
 
 impl Default for RawStore {
@@ -417,6 +421,7 @@ impl Default for RawStore {
             when_full: WhenFull::default(),
             backend: Backend::default(),
             etcd: None,
+            revoke_on_shutdown: false,
         }
     }
 }

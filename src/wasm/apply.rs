@@ -232,7 +232,12 @@ pub(super) fn send(shared: &Shared, cfg: &Config, request: &Callout) -> Option<u
 /// `admin_revoke_concurrency` are in flight on this worker. Each request is built when it is
 /// sent (a `private_key_jwt` assertion is short-lived). From a root callback.
 pub(super) fn pump_background(shared: &Shared, cfg: &Config) {
-    let limit = cfg.admin_revoke_concurrency as usize;
+    pump_background_up_to(shared, cfg, cfg.admin_revoke_concurrency as usize);
+}
+
+/// [`pump_background`] with another bound (a shutdown sends everything at once: Envoy's event
+/// loop has stopped, so nothing would be sent later).
+pub(super) fn pump_background_up_to(shared: &Shared, cfg: &Config, limit: usize) {
     while shared.bg_calls.borrow().len() < limit {
         let Some((token, hint)) = shared.background.borrow_mut().pop_front() else {
             break;

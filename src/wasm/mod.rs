@@ -172,6 +172,9 @@ struct Shared {
     /// Background revocations finished on this worker since the queue was last empty:
     /// (revoked, not revoked).
     bg_counts: Cell<(u64, u64)>,
+    /// Envoy is shutting this VM down and it revokes what it held (`store.revoke_on_shutdown`):
+    /// since when (ms), and how many it queued.
+    shutdown: Cell<Option<(u64, usize)>>,
 }
 
 impl Shared {
@@ -265,6 +268,29 @@ impl Shared {
         }
         self.bg_counts
             .set(if done { (0, 0) } else { (revoked, not) });
+        if done {
+            self.finish_shutdown(revoked, false);
+        }
+    }
+
+    /// Tells the host a shutdown revocation is over (all answered, or `timed_out`).
+    fn finish_shutdown(&self, revoked: u64, timed_out: bool) {
+        let Some((since, queued)) = self.shutdown.take() else {
+            return;
+        };
+        log(
+            LogLevel::Info,
+            &format!(
+                "shutdown: revoked {revoked} of {queued} refresh tokens in {} ms{}",
+                now_ms().saturating_sub(since),
+                if timed_out {
+                    " (time bound reached)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        let _ = hostcalls::done();
     }
 
     fn config(&self) -> Option<Rc<Config>> {

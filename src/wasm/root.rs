@@ -1,7 +1,9 @@
 //! The root context: the configuration (refused at load with a line naming the field), the
 //! timer (sweeps, gauges, waiting requests, the VM's memory), and this worker's callout queue.
 
-use super::apply::{deliver, dispatch_outgoing, on_call_done, pump_background};
+use super::apply::{
+    deliver, dispatch_outgoing, on_call_done, pump_background, pump_background_up_to,
+};
 use super::http::Http;
 use super::{env_secret, log, now_ms, now_secs, run, HostData, HostRandom, Shared, TICK};
 use crate::config::Config;
@@ -32,7 +34,39 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
         on_call_done(&self.shared, token, body_size);
     }
+
+    /// Envoy is shutting the VM down. With `store.revoke_on_shutdown` (embedded store), the
+    /// sessions this Envoy holds end and their refresh tokens are revoked at the provider
+    /// before the VM goes (paced like a revoke-all; bounded by `SHUTDOWN_BOUND_MS` after the
+    /// revocation timeout); each VM takes the sessions it manages to delete first.
+    fn on_done(&mut self) -> bool {
+        let shared = &self.shared;
+        let Some(cfg) = shared.config() else {
+            return true;
+        };
+        if !cfg.revoke_on_shutdown || cfg.etcd.is_some() || shared.shutdown.get().is_some() {
+            return true;
+        }
+        let counts = super::with_engine(shared, &cfg, |e| e.revoke_all_sessions("shutdown"));
+        let queued = shared.background.borrow().len() + shared.bg_calls.borrow().len();
+        log(
+            LogLevel::Info,
+            &format!(
+                "shutdown: {} sessions ended, {queued} refresh tokens to revoke",
+                counts.ended
+            ),
+        );
+        if queued == 0 {
+            return true;
+        }
+        shared.shutdown.set(Some((now_ms(), queued)));
+        pump_background_up_to(shared, &cfg, usize::MAX);
+        false
+    }
 }
+
+/// How long past `provider.revocation_timeout_ms` a shutdown waits for its revocations.
+const SHUTDOWN_BOUND_MS: u64 = 2000;
 
 /// Registers this worker's callout queue under a name no other worker uses (a queue name is
 /// shared by every VM of the `vm_id`; the last to register a name would get all notifications).
@@ -129,6 +163,14 @@ impl RootContext for Root {
         }
         if !shared.background.borrow().is_empty() {
             pump_background(shared, &cfg);
+        }
+        if let Some((since, _)) = shared.shutdown.get() {
+            if now_ms().saturating_sub(since)
+                > cfg.provider.revocation_timeout_ms + SHUTDOWN_BOUND_MS
+            {
+                let (revoked, _) = shared.bg_counts.get();
+                shared.finish_shutdown(revoked, true);
+            }
         }
         // In fleet mode etcd's leases end sessions; the cache needs no sweep.
         if self.ticks % SWEEP_EVERY == 0 {

@@ -4,14 +4,18 @@
 // - every session ends at once (each browser gets 401 and its cookie cleared on its next call);
 // - every refresh token is revoked at the provider, in the background, never more than
 //   `admin_revoke_concurrency` (4) at once, while the answer came at once (202);
-// - progress is in the log (`revoke-all: ... done`) and in counters; no token in the log.
+// - progress is in the log (`revoke-all: ... done`) and in counters; no token in the log;
+// - before a stop: `node scripts/stack.mjs revoke-all` ends the sessions and waits for the
+//   provider's answers, so an Envoy stopped after it leaves no live grant behind.
 
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 
 import {
-  APP, IDP, browserPool, envoyStats, idpStats, loginOk, rawRequest,
+  APP, IDP, ROOT, browserPool, envoyStats, idpStats, loginOk, rawRequest,
 } from '../lib/client.mjs';
 import {
   CSRF, assertJsonError, bootStack, eventually, readLogSince,
@@ -97,4 +101,19 @@ test('revoke-all needs the CSRF header, and signing in again works after it', as
   const b = pool.open('after');
   await loginOk(b, 'alice');
   assert.equal((await b.fetchApi('GET', `${APP}/api/orders`)).status, 200);
+});
+
+test('before a stop: stack.mjs revoke-all waits for the provider, then Envoy stops with no live grant', async () => {
+  for (let i = 0; i < 5; i++) await loginOk(pool.open(`stop-${i}`), i % 2 ? 'bob' : 'alice');
+  await idp('POST', '/__reset');
+  await idp('POST', '/__fault', { endpoint: 'revocation', mode: 'slow', delay_ms: SLOW_MS, count: 20 });
+  const { stdout } = await promisify(execFile)('node', ['scripts/stack.mjs', 'revoke-all', '--timeout-s', '30'], { cwd: ROOT });
+  const m = /revoke-all: (\d+) sessions ended; of (\d+) refresh tokens (\d+) revoked, 0 failed, 0 not sent/.exec(stdout);
+  assert.ok(m, stdout);
+  assert.ok(Number(m[1]) >= 6 && m[2] === m[1] && m[3] === m[2], stdout);
+  // Every revocation was answered before the command returned: stopping Envoy now loses none.
+  assert.equal((await idpStats()).revocations, Number(m[3]));
+  await boot.stack.stopEnvoy();
+  assert.equal((await idpStats()).revocations, Number(m[3]));
+  await idp('POST', '/__fault', { endpoint: 'revocation', mode: 'none' });
 });
