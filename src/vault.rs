@@ -1,7 +1,11 @@
 //! Records at rest in a shared store (etcd): XChaCha20-Poly1305 with key ids, so keys can rotate
 //! and a backup or a read-only store user reveals no token.
 //!
-//! Envelope: `"V1" || len(kid) as u8 || kid || nonce (24 bytes, random) || ciphertext+tag`.
+//! Envelope: `"V2" || len(handle) as u8 || handle || len(kid) as u8 || kid || nonce (24 bytes,
+//! random) || ciphertext+tag`; `"V1"` envelopes (without the handle) are still read. The handle
+//! (the session's audit handle, as in the logs; not a secret) is written in the clear so that an
+//! operator's scan of the store can open a record without its cookie (`POST
+//! /sessions/revoke-all` in fleet mode); it is in the associated data either way.
 //! Associated data: `lp("bffgate-store-v1") || lp(store key) || lp(kid) || lp(session handle)`
 //! (`lp` = big-endian u32 length prefix, as in `seal`): a record copied to another key, or
 //! presented for another session, does not open. The first key of the ring seals; every key
@@ -11,7 +15,8 @@ use crate::util::Random;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-const MAGIC: &[u8] = b"V1";
+const MAGIC: &[u8] = b"V2";
+const MAGIC_V1: &[u8] = b"V1";
 const DOMAIN: &[u8] = b"bffgate-store-v1";
 const NONCE_LEN: usize = 24;
 
@@ -133,8 +138,11 @@ impl Vault {
         ) else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(MAGIC.len() + 1 + kid.len() + NONCE_LEN + ct.len());
+        let mut out =
+            Vec::with_capacity(MAGIC.len() + 2 + handle.len() + kid.len() + NONCE_LEN + ct.len());
         out.extend_from_slice(MAGIC);
+        out.push(u8::try_from(handle.len()).unwrap_or(0));
+        out.extend_from_slice(handle.as_bytes());
         out.push(u8::try_from(kid.len()).unwrap_or(0));
         out.extend_from_slice(kid.as_bytes());
         out.extend_from_slice(&nonce);
@@ -144,7 +152,27 @@ impl Vault {
 
     /// Opens an envelope sealed for `key` and `handle`.
     pub fn open(&self, key: &str, handle: &str, env: &[u8]) -> Result<Vec<u8>, VaultError> {
-        let rest = env.strip_prefix(MAGIC).ok_or(VaultError::Malformed)?;
+        if let Some(rest) = env.strip_prefix(MAGIC_V1) {
+            return self.open_body(key, handle, rest);
+        }
+        let (written, rest) = split_handle(env)?;
+        if written != handle.as_bytes() {
+            return Err(VaultError::Tampered);
+        }
+        self.open_body(key, handle, rest)
+    }
+
+    /// Opens an envelope sealed for `key`, for whichever session its handle names (an
+    /// operator's scan of the store); the handle and the record. `V1` envelopes carry no handle
+    /// and do not open this way.
+    pub fn open_any(&self, key: &str, env: &[u8]) -> Result<(String, Vec<u8>), VaultError> {
+        let (handle, rest) = split_handle(env)?;
+        let handle = std::str::from_utf8(handle).map_err(|_| VaultError::Malformed)?;
+        Ok((handle.to_string(), self.open_body(key, handle, rest)?))
+    }
+
+    /// `len(kid) || kid || nonce || ciphertext+tag`, opened.
+    fn open_body(&self, key: &str, handle: &str, rest: &[u8]) -> Result<Vec<u8>, VaultError> {
         let (&n, rest) = rest.split_first().ok_or(VaultError::Malformed)?;
         let n = usize::from(n);
         let kid = rest.get(..n).ok_or(VaultError::Malformed)?;
@@ -163,6 +191,17 @@ impl Vault {
     }
 }
 
+/// A `V2` envelope's handle and the rest.
+fn split_handle(env: &[u8]) -> Result<(&[u8], &[u8]), VaultError> {
+    let rest = env.strip_prefix(MAGIC).ok_or(VaultError::Malformed)?;
+    let (&n, rest) = rest.split_first().ok_or(VaultError::Malformed)?;
+    let n = usize::from(n);
+    Ok((
+        rest.get(..n).ok_or(VaultError::Malformed)?,
+        rest.get(n..).ok_or(VaultError::Malformed)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +209,34 @@ mod tests {
 
     const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
     const K2: &str = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8";
+
+    #[test]
+    fn the_handle_is_written_so_a_scan_opens_it_and_v1_envelopes_still_read() {
+        let v = Vault::parse(K1).unwrap();
+        let mut rng = TestRandom(9);
+        let env = v.seal("bffgate/s/ab", "h1a2", b"tokens", &mut rng);
+        assert_eq!(
+            v.open_any("bffgate/s/ab", &env).unwrap(),
+            ("h1a2".to_string(), b"tokens".to_vec())
+        );
+        assert_eq!(v.open_any("bffgate/s/cd", &env), Err(VaultError::Tampered));
+        // The handle cannot be swapped: it is in the associated data too.
+        let mut other = env.clone();
+        other[3] = b'x';
+        assert_eq!(
+            v.open_any("bffgate/s/ab", &other),
+            Err(VaultError::Tampered)
+        );
+        // A V1 envelope (the same without the handle) still opens for its session.
+        let mut v1 = b"V1".to_vec();
+        v1.extend_from_slice(&env[3 + 4..]);
+        assert_eq!(v.open("bffgate/s/ab", "h1a2", &v1).unwrap(), b"tokens");
+        assert_eq!(
+            v.open("bffgate/s/ab", "h1a3", &v1),
+            Err(VaultError::Tampered)
+        );
+        assert_eq!(v.open_any("bffgate/s/ab", &v1), Err(VaultError::Malformed));
+    }
 
     #[test]
     fn round_trip_and_binding() {

@@ -104,15 +104,21 @@ impl FakeEtcd {
 
     fn range(&self, body: &Value) -> Value {
         let keys_only = body.get("keys_only") == Some(&json!(true));
-        let kvs: Vec<Value> = self
-            .keys_in(body)
+        let keys = self.keys_in(body);
+        // As etcd: at most `limit` keys, `more` when some were left out, `count` of them all.
+        let limit = body.get("limit").map_or(usize::MAX, |l| num(l) as usize);
+        let kvs: Vec<Value> = keys
             .iter()
+            .take(limit)
             .map(|k| Self::kv_json(k, &self.kv[k], keys_only))
             .collect();
         let mut o = json!({"header": self.header()});
         if !kvs.is_empty() {
-            o["count"] = json!(kvs.len().to_string());
+            o["count"] = json!(keys.len().to_string());
             o["kvs"] = json!(kvs);
+        }
+        if keys.len() > kvs.len() {
+            o["more"] = json!(true);
         }
         o
     }
@@ -489,7 +495,7 @@ fn nothing_in_etcd_reveals_a_token_or_the_subject_and_records_have_leases() {
             assert!(!k.contains(needle), "{needle} in key {k}");
         }
         if k.starts_with("bffgate/s/") && !k.ends_with("/a") {
-            assert!(v.starts_with(b"V1"), "an AEAD envelope at {k}");
+            assert!(v.starts_with(b"V2"), "an AEAD envelope at {k}");
         }
     }
     // The session's lease is its absolute lifetime.
@@ -928,4 +934,89 @@ fn revoke_on_shutdown_is_refused_in_fleet_mode() {
     assert!(e.to_string().contains("store.revoke_on_shutdown"), "{e}");
     raw["store"]["revoke_on_shutdown"] = json!(false);
     assert!(Config::from_json(raw.to_string().as_bytes(), &secrets).is_ok());
+}
+
+#[test]
+fn an_operator_revoke_all_on_one_envoy_ends_the_whole_fleet_page_by_page() {
+    let mut f = Fleet::new("fail_closed");
+    let mut browsers = Vec::new();
+    let mut refresh = Vec::new();
+    for i in 0..40 {
+        let mut b = Browser::default();
+        let at = if i % 2 == 0 { A } else { B };
+        let (_, rt) = f.sign_in(&mut b, at, at);
+        // Half of them used on the other Envoy too (a last-use key and a cache entry there).
+        if i % 4 == 0 {
+            f.advance_ms(1_100);
+            assert!(forward(f.request(B, &orders(&b))).0.is_some());
+        }
+        refresh.push(rt);
+        browsers.push(b);
+    }
+    let mut admin_cfg = f.envoys[A].cfg.clone();
+    admin_cfg.admin = true;
+    admin_cfg.admin_token = Some(bffgate::secret::Secret::new(bffgate::testkit::ADMIN_TOKEN));
+    f.envoys[A].cfg = admin_cfg;
+    let req = operator_request("POST", "/sessions/revoke-all");
+    let n = f.etcd.calls.len();
+    // The operator's request through its callouts, keeping what each run queued.
+    let mut queued: Vec<String> = Vec::new();
+    let mut grab = |e: &mut Engine<'_>, step: Step| {
+        queued.extend(e.background.drain(..).map(|(t, _)| t.expose().to_string()));
+        step
+    };
+    let mut step = f.with_engine(A, |e| {
+        let s = e.on_request(&req);
+        grab(e, s)
+    });
+    let r = loop {
+        match step {
+            Step::Call { request, then } => {
+                assert_eq!(request.cluster.as_deref(), Some(ETCD));
+                let result = f.etcd.handle(&request);
+                step = f.with_engine(A, |e| {
+                    let s = e.on_callout(*then, result);
+                    grab(e, s)
+                });
+            }
+            other => break reply(other),
+        }
+    };
+    assert_eq!(r.status, 202, "{r:?}");
+    let body = json_body(&r);
+    assert_eq!(body["sessions_ended"], json!(40));
+    assert_eq!(body["revocations_queued"], json!(40));
+    assert_eq!(body["revocations_not_sent"], json!(0));
+    queued.sort();
+    refresh.sort();
+    assert_eq!(queued, refresh, "every grant of the fleet, once");
+    let calls = f.etcd_calls_since(n);
+    assert!(
+        calls.iter().filter(|c| *c == "/v3/kv/range").count() >= 2,
+        "several pages: {calls:?}"
+    );
+    // Nothing of any session is left in etcd: records, last use, locks, indexes.
+    let left: Vec<String> = f
+        .etcd
+        .dump()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            ["bffgate/s/", "bffgate/u/", "bffgate/i/", "bffgate/l/"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    f.envoys[A].cfg = fleet_config("fail_closed");
+    // A refuses at once (its cache was marked); B once its cache entry is older than the bound.
+    assert_error(
+        &reply(f.request(A, &orders(&browsers[0]))),
+        401,
+        "unauthenticated",
+    );
+    f.advance_ms(CACHE_TTL_MS + 1);
+    for b in &browsers {
+        assert_error(&reply(f.request(B, &orders(b))), 401, "unauthenticated");
+    }
 }

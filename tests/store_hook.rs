@@ -120,6 +120,18 @@ impl RemoteSync for Remote {
     }
     fn absorb_pending(&mut self, _state: &str, _flow_hash: &str, _result: &CallResult) {}
     fn revoke_everywhere(&mut self, _sub: Option<&str>, _sid: Option<&str>) {}
+    fn start_revoke_all(&mut self) -> Callout {
+        self.fetch_session(&SessionId::generate(&mut TestRandom(0), 0))
+    }
+    fn next_revoke_page(&mut self, _after: &str) -> Callout {
+        self.start_revoke_all()
+    }
+    fn revoke_page(
+        &mut self,
+        _result: &CallResult,
+    ) -> Result<bffgate::store::RevokePage, bffgate::store::StoreError> {
+        Err(bffgate::store::StoreError::Unavailable)
+    }
     fn take_outbox(&mut self) -> Option<Outbox> {
         None
     }

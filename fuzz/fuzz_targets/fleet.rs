@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         status: 200,
         body: rest.to_vec(),
     };
-    match pick % 4 {
+    match pick % 5 {
         0 => {
             // A session read: nothing the fuzzer writes opens under our key.
             store.absorb(&id, &answer);
@@ -96,10 +96,25 @@ fuzz_target!(|data: &[u8]| {
                 flush = store.advance(&mut ob, Some(&answer));
             }
         }
+        3 => {
+            // A page of an operator's revoke-all: whatever etcd answers, no session the store
+            // did not seal comes out, and a next page only ever starts after a key it named.
+            let _ = store.start_revoke_all();
+            if let Ok(page) = store.revoke_page(&answer) {
+                assert!(page.sessions.is_empty(), "a forged record was opened");
+                if let Some(after) = &page.next {
+                    let _ = store.next_revoke_page(after);
+                }
+            }
+        }
         _ => {
             assert!(
                 etcd.keys.open("bffgate/s/x", "h", rest).is_err(),
                 "a forged envelope opened"
+            );
+            assert!(
+                etcd.keys.open_any("bffgate/s/x", rest).is_err(),
+                "a forged envelope opened for its own handle"
             );
         }
     }

@@ -1,9 +1,11 @@
 //! The operator API (a filter instance with `admin: true`, on a loopback listener) and the
 //! sweep that reclaims dead sessions of the embedded store.
 
-use super::{header_is, query_param, Engine, Request};
+use super::{header_is, query_param, AfterCall, Engine, Request, Step};
 use crate::audit::{EndReason, Event};
+use crate::callout::CallResult;
 use crate::reply::{error_reply, json_reply, ErrorCode, Reply};
+use crate::secret::Secret;
 use crate::session::Session;
 use crate::store::{ScanKind, SharedData, SharedStore};
 use crate::util::ct_eq;
@@ -16,14 +18,22 @@ impl Engine<'_> {
     /// constant time), a loopback `Host` (a page that rebinds its name to 127.0.0.1 still sends
     /// its own name) and no sign of a browser (no `Origin`, `Sec-Fetch-Site` absent or `none`).
     /// A scan of the store runs at most once a second per Envoy (`429` otherwise).
-    pub(super) fn admin_endpoint(&mut self, req: &Request, path: &str, query: &str) -> Reply {
+    pub(super) fn admin_endpoint(&mut self, req: &Request, path: &str, query: &str) -> Step {
+        match self.operator_api(req, path, query) {
+            Ok(step) => step,
+            Err(r) => Step::Respond(r),
+        }
+    }
+
+    /// [`Engine::admin_endpoint`]; `Err` is a local answer (a refusal or a result).
+    fn operator_api(&mut self, req: &Request, path: &str, query: &str) -> Result<Step, Reply> {
         if !req.authority.as_deref().is_some_and(is_loopback_authority) {
             self.deny(ErrorCode::Forbidden, "admin", None);
-            return error_reply(
+            return Err(error_reply(
                 403,
                 ErrorCode::Forbidden,
                 "the operator API answers loopback host names only",
-            );
+            ));
         }
         let from_browser = req.origin.is_some()
             || req
@@ -32,11 +42,11 @@ impl Engine<'_> {
                 .is_some_and(|s| s.trim() != "none");
         if from_browser {
             self.deny(ErrorCode::Forbidden, "admin", None);
-            return error_reply(
+            return Err(error_reply(
                 403,
                 ErrorCode::Forbidden,
                 "the operator API does not answer browsers",
-            );
+            ));
         }
         let presented = req
             .authorization
@@ -59,7 +69,7 @@ impl Engine<'_> {
                     *v = "Bearer realm=\"bffgate-admin\"".into();
                 }
             }
-            return r;
+            return Err(r);
         }
         let sub = || match query_param(query, "sub") {
             Ok(Some(s)) if !s.is_empty() => Ok(s),
@@ -84,26 +94,24 @@ impl Engine<'_> {
         };
         match (req.method.as_str(), path) {
             ("GET", "/sessions") => {
-                let sub = match sub() {
-                    Ok(s) => s,
-                    Err(r) => return r,
-                };
+                let sub = sub()?;
                 if let Some(r) = scan(self) {
-                    return r;
+                    return Err(r);
                 }
                 let n = self.store.count_live_of(&sub, self.now);
-                json_reply(200, json!({"sub": sub, "sessions": n}))
+                Err(json_reply(200, json!({"sub": sub, "sessions": n})))
             }
             ("POST", "/sessions/revoke") => {
-                let sub = match sub() {
-                    Ok(s) => s,
-                    Err(r) => return r,
-                };
+                let sub = sub()?;
                 if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
-                    return error_reply(403, ErrorCode::Csrf, "the CSRF header is required");
+                    return Err(error_reply(
+                        403,
+                        ErrorCode::Csrf,
+                        "the CSRF header is required",
+                    ));
                 }
                 if let Some(r) = scan(self) {
-                    return r;
+                    return Err(r);
                 }
                 if let Some(r) = self.store.remote() {
                     r.revoke_everywhere(Some(&sub), None);
@@ -116,35 +124,37 @@ impl Engine<'_> {
                         sub: Some(s.sub.clone()),
                     });
                 }
-                json_reply(200, json!({"sub": sub, "sessions_ended": ended.len()}))
+                Err(json_reply(
+                    200,
+                    json!({"sub": sub, "sessions_ended": ended.len()}),
+                ))
             }
             ("POST", "/sessions/revoke-all") => {
                 if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
-                    return error_reply(403, ErrorCode::Csrf, "the CSRF header is required");
-                }
-                if self.store.remote().is_some() {
-                    return error_reply(
-                        409,
-                        ErrorCode::InvalidRequest,
-                        "revoke-all is not available in fleet mode yet: end sessions per user with POST /sessions/revoke?sub=",
-                    );
+                    return Err(error_reply(
+                        403,
+                        ErrorCode::Csrf,
+                        "the CSRF header is required",
+                    ));
                 }
                 if let Some(r) = scan(self) {
-                    return r;
+                    return Err(r);
+                }
+                if let Some(r) = self.store.remote() {
+                    // The whole fleet's sessions, a page at a time, from etcd.
+                    return Ok(Step::Call {
+                        request: r.start_revoke_all(),
+                        then: Box::new(AfterCall::RevokeAll(Box::default())),
+                    });
                 }
                 let counts = self.revoke_all_sessions("operator");
-                let mut body = json!({
-                    "sessions_ended": counts.ended,
-                    "revocations_queued": counts.queued,
-                    "revocations_not_sent": counts.not_sent,
-                    "concurrency": self.cfg.admin_revoke_concurrency,
-                });
-                if let (Some(why), Some(o)) = (counts.why_not, body.as_object_mut()) {
-                    o.insert("why_not_sent".into(), json!(why));
-                }
-                json_reply(202, body)
+                Err(self.revoke_all_reply(&counts))
             }
-            _ => error_reply(404, ErrorCode::InvalidRequest, "no such admin endpoint"),
+            _ => Err(error_reply(
+                404,
+                ErrorCode::InvalidRequest,
+                "no such admin endpoint",
+            )),
         }
     }
 }
@@ -162,7 +172,128 @@ pub struct RevokeAllCounts {
     pub why_not: Option<&'static str>,
 }
 
+/// A fleet-wide revoke-all in progress (carried by the operator's request between callouts).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FleetRevokeAll {
+    /// Refresh tokens of the sessions read so far.
+    tokens: Vec<Secret>,
+    /// Sessions ended so far (opened or not).
+    ended: usize,
+    /// Records that did not open: deleted, their grants not revoked.
+    unopened: usize,
+    /// `Some(next)` while the page just read is being deleted: where the next page starts
+    /// (`Some(None)`: it was the last).
+    deleting: Option<Option<String>>,
+}
+
 impl Engine<'_> {
+    /// The operator's answer to a revoke-all.
+    fn revoke_all_reply(&self, counts: &RevokeAllCounts) -> Reply {
+        let mut body = json!({
+            "sessions_ended": counts.ended,
+            "revocations_queued": counts.queued,
+            "revocations_not_sent": counts.not_sent,
+            "concurrency": self.cfg.admin_revoke_concurrency,
+        });
+        if let (Some(why), Some(o)) = (counts.why_not, body.as_object_mut()) {
+            o.insert("why_not_sent".into(), json!(why));
+        }
+        json_reply(202, body)
+    }
+
+    /// Why the provider cannot be asked to revoke (no endpoint known), if so.
+    fn revocation_unavailable(&mut self) -> Option<&'static str> {
+        match self.known_endpoints() {
+            None => Some("provider metadata unavailable"),
+            Some(ep) if ep.revocation.is_none() => Some("not supported"),
+            Some(_) => None,
+        }
+    }
+
+    /// A page of a fleet-wide revoke-all answered (`run.deleting` says which call it was):
+    /// the sessions it read are ended and their records deleted, then the next page; at the end
+    /// the refresh tokens are queued like the embedded store's, and the operator answered.
+    pub(super) fn fleet_revoke_all(
+        &mut self,
+        mut run: FleetRevokeAll,
+        result: &CallResult,
+    ) -> Step {
+        let Some(remote) = self.store.remote() else {
+            return self.fleet_revoke_all_done(run, false);
+        };
+        if let Some(next) = run.deleting.take() {
+            let deleted = matches!(result, CallResult::Response { status: 200, .. });
+            return match (deleted, next) {
+                (true, Some(after)) => Step::Call {
+                    request: remote.next_revoke_page(&after),
+                    then: Box::new(AfterCall::RevokeAll(Box::new(run))),
+                },
+                (ok, _) => self.fleet_revoke_all_done(run, !ok),
+            };
+        }
+        let Ok(page) = remote.revoke_page(result) else {
+            return self.fleet_revoke_all_done(run, true);
+        };
+        for s in &page.sessions {
+            self.event(Event::SessionEnded {
+                reason: EndReason::Admin,
+                session: s.handle.clone(),
+                sub: Some(s.sub.clone()),
+            });
+            if let Some(rt) = &s.refresh_token {
+                run.tokens.push(rt.clone());
+            }
+        }
+        run.ended += page.sessions.len() + page.unopened;
+        run.unopened += page.unopened;
+        match (page.delete, page.next) {
+            (Some(request), next) => {
+                run.deleting = Some(next);
+                Step::Call {
+                    request,
+                    then: Box::new(AfterCall::RevokeAll(Box::new(run))),
+                }
+            }
+            (None, _) => self.fleet_revoke_all_done(run, false),
+        }
+    }
+
+    /// The end of a fleet-wide revoke-all (`failed`: etcd stopped answering part way).
+    fn fleet_revoke_all_done(&mut self, run: FleetRevokeAll, failed: bool) -> Step {
+        let why_not = self.revocation_unavailable();
+        let mut counts = RevokeAllCounts {
+            ended: run.ended,
+            queued: 0,
+            not_sent: run.unopened,
+            why_not,
+        };
+        if why_not.is_some() {
+            counts.not_sent += run.tokens.len();
+        } else {
+            counts.queued = run.tokens.len();
+            self.background
+                .extend(run.tokens.into_iter().map(|t| (t, "refresh_token")));
+        }
+        self.event(Event::RevokeAll {
+            trigger: "operator",
+            sessions: counts.ended,
+            queued: counts.queued,
+            not_sent: counts.not_sent,
+            why_not,
+        });
+        if failed {
+            return Step::Respond(error_reply(
+                503,
+                ErrorCode::StoreUnavailable,
+                &format!(
+                    "etcd stopped answering: {} sessions ended so far, {} refresh tokens queued for revocation; run it again",
+                    counts.ended, counts.queued
+                ),
+            ));
+        }
+        Step::Respond(self.revoke_all_reply(&counts))
+    }
+
     /// Ends every session of the embedded store and queues their refresh tokens for
     /// revocation at the provider in [`Engine::background`] (the shell sends them paced). The
     /// sessions end now: their cookies are refused from this run on. `trigger` (`operator`,
@@ -171,11 +302,7 @@ impl Engine<'_> {
         let ended = self.store.delete_where(&|_: &Session| true);
         let mut not_sent = 0usize;
         // Checked once here (the shell builds each request when it sends it).
-        let why_not = match self.known_endpoints() {
-            None => Some("provider metadata unavailable"),
-            Some(ep) if ep.revocation.is_none() => Some("not supported"),
-            Some(_) => None,
-        };
+        let why_not = self.revocation_unavailable();
         let before = self.background.len();
         for s in &ended {
             self.event(Event::SessionEnded {

@@ -27,7 +27,7 @@ mod provider;
 mod request;
 mod tokens;
 
-pub use admin::{sweep, RevokeAllCounts};
+pub use admin::{sweep, FleetRevokeAll, RevokeAllCounts};
 pub use cookies::is_bff_cookie;
 pub use provider::{AfterDiscovery, DISCOVERY_RETRY};
 pub use request::{csrf_check, upstream_step_up_reply, CsrfFail, CsrfPass, FastPathMiss};
@@ -226,6 +226,9 @@ pub enum AfterCall {
     Logout(Box<Revoking>),
     /// A request waiting for the provider's discovery document.
     Discovery(AfterDiscovery),
+    /// An operator's revoke-all in fleet mode, reading and deleting the fleet's sessions a
+    /// page at a time.
+    RevokeAll(Box<admin::FleetRevokeAll>),
 }
 
 /// A logout revoking its session's tokens one after the other.
@@ -476,6 +479,7 @@ impl<'a> Engine<'a> {
                 self.next_revocation(*r)
             }
             AfterCall::Discovery(then) => self.after_discovery(then, &result),
+            AfterCall::RevokeAll(run) => self.fleet_revoke_all(*run, &result),
         };
         self.finish(step)
     }
@@ -571,7 +575,7 @@ impl<'a> Engine<'a> {
     fn decide(&mut self, req: &Request) -> Step {
         let (path, query) = split_path(&req.path);
         if self.cfg.admin {
-            return Step::Respond(self.admin_endpoint(req, path, query));
+            return self.admin_endpoint(req, path, query);
         }
         let prefix = self.cfg.auth_prefix.as_str();
         if let Some(rest) = path.strip_prefix(prefix) {

@@ -32,7 +32,7 @@
 
 use super::{
     random_u32, Cas, Doc, Evicted, Flush, Outbox, Outcome, PendingLogin, RemoteState, RemoteSync,
-    ScanKind, SharedData, SharedStore, Store, StoreError,
+    RevokePage, ScanKind, SharedData, SharedStore, Store, StoreError,
 };
 use crate::callout::{CallResult, Callout};
 use crate::config::{Config, Etcd, Limits, WhenUnavailable};
@@ -240,6 +240,10 @@ const RETRY_AFTER_FAILURE_MS: u64 = 250;
 const WAIT_REREAD_MS: u64 = 200;
 /// Bounded CAS retries on a cache slot.
 const RETRIES: usize = 4;
+/// Keys read per page of a fleet-wide revoke-all: at most 32 sessions, whose deletes (record and
+/// last use, lock, two index entries: 4 operations each) fit in one etcd transaction (at most 128
+/// operations by default).
+const REVOKE_PAGE: usize = 32;
 
 fn cache_key(slot: u32) -> String {
     format!("bffgate:c:{slot}")
@@ -605,6 +609,17 @@ impl<'c, D: SharedData, R: Random> EtcdStore<'c, D, R> {
             // Unreachable combinations (a phase that an op never has): a harmless read.
             (_, _) => self.call("/v3/maintenance/status", json!({})),
         }
+    }
+
+    /// The callout that reads up to [`REVOKE_PAGE`] session records from `from` to the end of
+    /// the session keys.
+    fn revoke_page_call(&self, from: &str) -> Callout {
+        self.call(
+            "/v3/kv/range",
+            json!({"key": b64(from.as_bytes()),
+                   "range_end": b64(&prefix_end(&self.s_key(""))),
+                   "limit": REVOKE_PAGE.to_string()}),
+        )
     }
 
     /// A transaction that writes a session compared on `rev`; with `lock`, also takes
@@ -1069,6 +1084,85 @@ impl<D: SharedData, R: Random> RemoteSync for EtcdStore<'_, D, R> {
         if let Some(p) = p {
             self.taken.push((state.to_string(), p));
         }
+    }
+
+    fn start_revoke_all(&mut self) -> Callout {
+        let now = self.now_ms;
+        for i in 0..self.slots {
+            let key = cache_key(i);
+            for _ in 0..RETRIES {
+                let (v, cas) = self.local.data.get(&key);
+                let Some(e) = v.and_then(|v| Entry::decode(&v)).filter(|e| e.state == 1) else {
+                    break;
+                };
+                let tomb = Entry {
+                    state: 2,
+                    fetched_ms: now,
+                    owner: e.owner,
+                    ..Entry::default()
+                };
+                if self.local.data.set(&key, &tomb.encode(), cas).is_ok() {
+                    break;
+                }
+            }
+        }
+        self.revoke_page_call(&self.s_key(""))
+    }
+
+    fn next_revoke_page(&mut self, after: &str) -> Callout {
+        // The smallest key after `after`.
+        self.revoke_page_call(&format!("{after}\0"))
+    }
+
+    fn revoke_page(&mut self, result: &CallResult) -> Result<RevokePage, StoreError> {
+        let v = answer(result).ok_or(StoreError::Unavailable)?;
+        let base = self.s_key("");
+        let mut sessions = Vec::new();
+        let mut doomed = Vec::new();
+        let mut unopened = 0;
+        let mut last = None;
+        for kv in kvs_at(&v, "/kvs") {
+            let Some(key) = kv
+                .get("key")
+                .and_then(Value::as_str)
+                .and_then(|k| STANDARD.decode(k).ok())
+                .and_then(|k| String::from_utf8(k).ok())
+            else {
+                continue;
+            };
+            last = Some(key.clone());
+            // `s/<verifier>` only (not its `s/<verifier>/a` last use).
+            let Some(verifier) = key.strip_prefix(&base).filter(|v| !v.contains('/')) else {
+                continue;
+            };
+            let val = kv
+                .get("value")
+                .and_then(Value::as_str)
+                .and_then(|x| STANDARD.decode(x).ok())
+                .unwrap_or_default();
+            let opened = self.cfg.keys.open_any(&key, &val).ok().and_then(|(h, p)| {
+                let mut s = crate::record::decode(&p)?;
+                s.handle = h;
+                Some(s).filter(|s| ct_eq(s.owner.as_bytes(), verifier.as_bytes()))
+            });
+            match opened {
+                Some(s) => {
+                    doomed.push((verifier.to_string(), self.index_keys(&s, verifier)));
+                    sessions.push(s);
+                }
+                None => {
+                    unopened += 1;
+                    doomed.push((verifier.to_string(), Vec::new()));
+                }
+            }
+        }
+        let more = v.get("more") == Some(&Value::Bool(true));
+        Ok(RevokePage {
+            sessions,
+            unopened,
+            delete: (!doomed.is_empty()).then(|| self.deletes_txn(&doomed)),
+            next: if more { last } else { None },
+        })
     }
 
     fn revoke_everywhere(&mut self, sub: Option<&str>, sid: Option<&str>) {

@@ -253,11 +253,35 @@ pub trait RemoteSync {
     /// Ends, in the remote store, every session of a subject (or of a provider session id):
     /// sessions that this Envoy has never seen too.
     fn revoke_everywhere(&mut self, sub: Option<&str>, sid: Option<&str>);
+    /// Starts an operator's revoke-all of the whole fleet: marks every session this Envoy has
+    /// cached as gone (refused here at once), and returns the callout that reads the first page
+    /// of session records; its answer goes to [`RemoteSync::revoke_page`].
+    fn start_revoke_all(&mut self) -> Callout;
+    /// The callout that reads the page of session records after the key `after`.
+    fn next_revoke_page(&mut self, after: &str) -> Callout;
+    /// Takes a page read by [`RemoteSync::start_revoke_all`] or
+    /// [`RemoteSync::next_revoke_page`]: the sessions it holds (opened with the store key), the
+    /// callout that deletes them, and where the next page starts. `Err`: etcd did not answer.
+    fn revoke_page(&mut self, result: &CallResult) -> Result<RevokePage, StoreError>;
     /// Writes queued during this run, to be flushed (with [`RemoteSync::advance`]) before the
     /// request goes on.
     fn take_outbox(&mut self) -> Option<Outbox>;
     /// Takes the answer of the last flush callout (`None` at the start) and says what comes next.
     fn advance(&mut self, ob: &mut Outbox, result: Option<&CallResult>) -> Flush;
+}
+
+/// One page of a fleet-wide revoke-all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevokePage {
+    /// The sessions found (with their handles), their refresh tokens to revoke.
+    pub sessions: Vec<Session>,
+    /// Records found that do not open (sealed before envelopes carried their handle, or with a
+    /// key no longer in the ring): deleted all the same, their grants not revoked.
+    pub unopened: usize,
+    /// The transaction that deletes every record of the page (`None`: the page was empty).
+    pub delete: Option<Callout>,
+    /// The last key of the page when there are more (the next page starts after it).
+    pub next: Option<String>,
 }
 
 /// How a flush ended, worst outcome first in importance.

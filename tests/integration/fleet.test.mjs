@@ -7,7 +7,8 @@
 // restarted Envoy keeps its sessions; one etcd member down changes nothing; without quorum a
 // protected request gets 503 store_unavailable (fail_closed) within the callout timeout and the
 // session survives; records at rest are AEAD envelopes with a lease; serve_cached serves a
-// cached session only while young enough and never a miss.
+// cached session only while young enough and never a miss; an operator's revoke-all on one
+// Envoy ends the whole fleet's sessions and revokes their grants.
 //
 // One fleet for the file. The provider's access tokens live TTL = 40 s; bffgate renews a token
 // min(refresh_skew_s = 30, half its life) before expiry, so a token is fresh for 20 s, then
@@ -29,6 +30,7 @@ import {
 } from '../lib/client.mjs';
 import { JWT_RE, findSecretsInLog, secretsSeen } from '../lib/harness.mjs';
 import { logSize, sessionOf } from '../lib/observe.mjs';
+import { operatorRequest } from '../../scripts/lib/admin.mjs';
 import {
   adminPrometheus, adminStats, entropy, keyRing, loginThroughOk, openRecord, parseEnvelope,
 } from '../lib/fleet.mjs';
@@ -213,7 +215,8 @@ test('tokens at rest: every value under bffgate/ is free of tokens and names; se
   for (const s of known) {
     const kv = records.find((x) => x.key === recordKey(s));
     const env = parseEnvelope(kv.value);
-    assert.ok(env, `${kv.key}: an envelope "V1" || kid || nonce || ciphertext (${kv.value.length} bytes)`);
+    assert.ok(env, `${kv.key}: an envelope "V2" || handle || kid || nonce || ciphertext (${kv.value.length} bytes)`);
+    assert.equal(env.handle, s.handle, `${kv.key}: names its session's audit handle (what an operator's revoke-all opens it with)`);
     assert.equal(env.kid, [...ring.keys()][0], `${kv.key}: sealed with the current key id`);
     assert.ok(entropy(env.ct) > 6.5 || env.ct.length < 256, `${kv.key}: ciphertext looks random (entropy ${entropy(env.ct).toFixed(2)})`);
     let plain;
@@ -494,6 +497,32 @@ test('key rotation without logging anyone out: new cookie and store keys in fron
   // Back to the shipped secrets for the tests after this one.
   await Promise.all([fleet.restartEnvoy('a', { settings, env: {} }), fleet.restartEnvoy('b', { settings, env: {} })]);
   await envoysSeeEtcd();
+});
+
+test('revoke-all on A\'s operator API ends every session of the fleet, those only B has seen too, and revokes their grants', { timeout: 60_000 }, async () => {
+  const onB = await login('revoke-all-b', 'bob', { start: B, callback: B });
+  const onA = await login('revoke-all-a', 'alice', { start: A, callback: A });
+  assertOrdersOk(await orders(B, onB), 'a session only B has used');
+  assertOrdersOk(await orders(A, onA), 'a session on A');
+  const revocations0 = (await idpStats()).revocations;
+  const r = await operatorRequest('POST', '/sessions/revoke-all', { headers: { 'x-csrf': '1' }, base: fleet.envoys.a.operatorUrl });
+  assert.equal(r.status, 202, `${r.status} ${r.text}`);
+  assert.ok(r.json.sessions_ended >= 2, JSON.stringify(r.json));
+  assert.ok(r.json.revocations_queued >= 2, JSON.stringify(r.json));
+  assert.deepEqual((await fleet.etcdKeys('bffgate/s/')).map((kv) => kv.key), [], 'no session record left in etcd');
+  // A refuses at once; B once its cache entry is older than cache_ttl_ms.
+  assertJsonErr(await orders(A, onA), 401, 'unauthenticated', 'A after the revoke-all');
+  const deadline = Date.now() + CACHE_TTL_MS + MARGIN_MS;
+  let onBNow = await orders(B, onB);
+  while (onBNow.status !== 401 && Date.now() < deadline) {
+    await sleep(100);
+    onBNow = await orders(B, onB);
+  }
+  assertJsonErr(onBNow, 401, 'unauthenticated', 'B within cache_ttl_ms of the revoke-all');
+  // Every queued grant is revoked at the provider, in the background.
+  const until = Date.now() + 10_000;
+  while ((await idpStats()).revocations - revocations0 < r.json.revocations_queued && Date.now() < until) await sleep(100);
+  assert.equal((await idpStats()).revocations - revocations0, r.json.revocations_queued);
 });
 
 test('no token in either Envoy log; no Envoy died', async () => {

@@ -102,16 +102,22 @@ const lp = (b) => {
 };
 
 /**
- * Parses a src/vault.rs envelope: "V1" || len(kid) u8 || kid || nonce (24) || ciphertext+tag.
- * Returns { kid, nonce, ct } or undefined when `value` is not shaped like one.
+ * Parses a src/vault.rs envelope: "V2" || len(handle) u8 || handle || len(kid) u8 || kid ||
+ * nonce (24) || ciphertext+tag. Returns { handle, kid, nonce, ct } or undefined when `value` is
+ * not shaped like one.
  */
 export function parseEnvelope(value) {
-  if (value.length < 2 + 1 + 1 + 24 + 16 || value.subarray(0, 2).toString('latin1') !== 'V1') return undefined;
-  const n = value[2];
-  if (n < 1 || n > 16 || value.length < 3 + n + 24 + 16) return undefined;
-  const kid = value.subarray(3, 3 + n).toString('latin1');
+  if (value.length < 2 + 1 + 1 + 1 + 24 + 16 || value.subarray(0, 2).toString('latin1') !== 'V2') return undefined;
+  const h = value[2];
+  const handle = value.subarray(3, 3 + h).toString('latin1');
+  const at = 3 + h;
+  const n = value[at];
+  if (n < 1 || n > 16 || value.length < at + 1 + n + 24 + 16) return undefined;
+  const kid = value.subarray(at + 1, at + 1 + n).toString('latin1');
   if (!/^[A-Za-z0-9_-]+$/.test(kid)) return undefined;
-  return { kid, nonce: value.subarray(3 + n, 3 + n + 24), ct: value.subarray(3 + n + 24) };
+  return {
+    handle, kid, nonce: value.subarray(at + 1 + n, at + 1 + n + 24), ct: value.subarray(at + 1 + n + 24),
+  };
 }
 
 /** Parses `kid:base64url[,kid:base64url...]` into Map kid -> key Buffer. */
