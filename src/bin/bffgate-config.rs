@@ -35,6 +35,9 @@ struct Args {
     template: Option<PathBuf>,
     out: Option<PathBuf>,
     envoy: Option<PathBuf>,
+    /// `render --lds FILE`: the listeners go to FILE (an LDS resource file Envoy watches), the
+    /// bootstrap (`--out`) reads them from there.
+    lds: Option<PathBuf>,
     /// `explain`: the request and the session it carries.
     ask: Option<bffgate::explain::Ask>,
     /// `explain --json`.
@@ -43,7 +46,7 @@ struct Args {
 
 fn usage() -> String {
     "usage: bffgate-config (render|json|check) --settings FILE [--overlay FILE] --policies DIR \
-     [--template FILE] [--out FILE] [--envoy FILE]\n       \
+     [--template FILE] [--out FILE] [--lds FILE] [--envoy FILE]\n       \
      bffgate-config explain --settings FILE [--overlay FILE] --policies DIR --route NAME \
      --method M [--path P] [--header 'Name: value']... [--scopes 'a b'] [--claims JSON] \
      [--acr ACR] [--auth-age SECONDS] [--no-session] [--json]"
@@ -124,6 +127,7 @@ fn parse_args() -> Result<Args, String> {
         template: take("--template"),
         out: take("--out"),
         envoy: take("--envoy"),
+        lds: take("--lds"),
         ask,
         json: flags.iter().any(|f| f == "--json"),
     };
@@ -232,6 +236,85 @@ fn rendered(a: &Args, template: &std::path::Path, json: &Value) -> Result<String
     Ok(format!("{}{body}", generated_header(a, template)))
 }
 
+/// Moves the listeners of a rendered bootstrap into an LDS resource file at `lds`: the
+/// bootstrap gets `dynamic_resources.lds_config` reading that file, watched through its
+/// directory (Envoy reloads it when a file is moved into the directory: write the new file
+/// next to it and rename it over, see `write_atomically`).
+fn split_listeners(rendered: &str, lds: &Path) -> Result<(String, String), String> {
+    use serde_yaml::Value as Y;
+    let (header, body) = rendered.split_once('\n').unwrap_or(("", rendered));
+    let mut v: Y = serde_yaml::from_str(body).map_err(|e| format!("rendered config: {e}"))?;
+    let listeners = v
+        .get_mut("static_resources")
+        .and_then(|s| s.as_mapping_mut())
+        .and_then(|m| m.remove("listeners"))
+        .ok_or("--lds: the template has no static_resources.listeners")?;
+    let Y::Sequence(listeners) = listeners else {
+        return Err("--lds: static_resources.listeners is not a list".into());
+    };
+    let resources: Vec<Y> = listeners
+        .into_iter()
+        .map(|mut l| {
+            if let Some(m) = l.as_mapping_mut() {
+                let mut typed = serde_yaml::Mapping::new();
+                typed.insert(
+                    "@type".into(),
+                    "type.googleapis.com/envoy.config.listener.v3.Listener".into(),
+                );
+                typed.extend(std::mem::take(m));
+                *m = typed;
+            }
+            l
+        })
+        .collect();
+    // Absolute: Envoy resolves the file and the watched directory against its own working
+    // directory, which need not be this one.
+    let lds = &std::env::current_dir()
+        .map_err(|e| e.to_string())?
+        .join(lds);
+    let dir = lds.parent().unwrap_or(Path::new("/"));
+    let lds_config = serde_yaml::from_str::<Y>(&format!(
+        "lds_config:\n  resource_api_version: V3\n  path_config_source:\n    path: {}\n    watched_directory:\n      path: {}\n",
+        serde_json::to_string(&lds.display().to_string()).map_err(|e| e.to_string())?,
+        serde_json::to_string(&dir.display().to_string()).map_err(|e| e.to_string())?,
+    ))
+    .map_err(|e| e.to_string())?;
+    if let Some(m) = v.as_mapping_mut() {
+        m.insert("dynamic_resources".into(), lds_config);
+    }
+    let mut doc = serde_yaml::Mapping::new();
+    doc.insert("resources".into(), Y::Sequence(resources));
+    let bootstrap = serde_yaml::to_string(&v).map_err(|e| e.to_string())?;
+    let listeners = serde_yaml::to_string(&Y::Mapping(doc)).map_err(|e| e.to_string())?;
+    Ok((
+        format!(
+            "{header}\n# Listeners: {} (LDS, watched).\n{bootstrap}",
+            lds.display()
+        ),
+        format!("{header}\n{listeners}"),
+    ))
+}
+
+/// Writes `path` by writing a temporary file in the same directory and renaming it over: a
+/// watcher never sees half a file, and Envoy's `watched_directory` sees the move.
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn run() -> Result<(), String> {
     let a = parse_args()?;
     match a.cmd.as_str() {
@@ -246,7 +329,12 @@ fn run() -> Result<(), String> {
         "render" => {
             let (json, _, _) = build(&a)?;
             let t = a.template.as_ref().ok_or("render needs --template")?;
-            let out = rendered(&a, t, &json)?;
+            let mut out = rendered(&a, t, &json)?;
+            if let Some(lds) = &a.lds {
+                let (bootstrap, listeners) = split_listeners(&out, lds)?;
+                write_atomically(lds, &listeners)?;
+                out = bootstrap;
+            }
             match &a.out {
                 Some(p) => std::fs::write(p, out).map_err(|e| format!("{}: {e}", p.display()))?,
                 None => print!("{out}"),

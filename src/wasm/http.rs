@@ -158,6 +158,12 @@ impl HttpContext for Http {
         let Some(cfg) = self.shared.config() else {
             return fail_closed(&self.shared, self.id, "bffgate is not configured");
         };
+        if !self.shared.ring_checked.get() {
+            // The first request of this configuration on this worker (never the main thread's
+            // VM, which validates configurations but serves no request).
+            self.shared.ring_checked.set(true);
+            super::root::ring_head(&self.shared, &cfg);
+        }
         let req = self.request(&cfg);
         let mut ran = run(&self.shared, &cfg, |e| e.on_request(&req));
         if let Some(origin) = ran.cors.take() {

@@ -172,6 +172,9 @@ struct Shared {
     /// Background revocations finished on this worker since the queue was last empty:
     /// (revoked, not revoked).
     bg_counts: Cell<(u64, u64)>,
+    /// Whether a request of this root context's configuration checked the cookie key ring's
+    /// first key against the one the sessions were made under (`root::ring_head`).
+    ring_checked: Cell<bool>,
     /// Envoy is shutting this VM down and it revokes what it held (`store.revoke_on_shutdown`):
     /// since when (ms), and how many it queued.
     shutdown: Cell<Option<(u64, usize)>>,

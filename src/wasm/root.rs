@@ -109,7 +109,6 @@ impl RootContext for Root {
                 // Create the slot table (only the slots not there yet: another VM of this Envoy
                 // may have done it, and sessions in it must survive a VM reload).
                 crate::store::open(&c, HostData, now_ms(), HostRandom).init_slots();
-                ring_head(&self.shared, &c);
                 for name in crate::audit::all_counters() {
                     self.shared.metric(MetricType::Counter, &name);
                 }
@@ -223,32 +222,43 @@ impl RootContext for Root {
     }
 }
 
-/// Shared-data key: the first key id of the cookie key ring this Envoy's sessions were made
-/// under (embedded store).
+/// Shared-data key: the first key ids of the cookie key rings this Envoy's sessions were made
+/// under, oldest first, space-separated (embedded store; at most [`RING_HISTORY`]).
 const RING_HEAD: &str = "bffgate:ring_head";
+/// First key ids remembered: a configuration still draining with an earlier key never counts as
+/// a change (nor does a rollback to one of them).
+const RING_HISTORY: usize = 16;
 
-/// Notes the key ring's first key; when it changed under a running Envoy (a new configuration
-/// with a rotated ring) and `cookie.revoke_on_key_change` is set, ends every session and queues
-/// their refresh tokens for revocation, once per Envoy (the VM whose compare-and-swap of the
-/// key id wins does it; the others see the new id).
-fn ring_head(shared: &Shared, cfg: &Config) {
+/// Checks the key ring's first key, at the first request of a configuration on a worker: a key
+/// id never seen under this Envoy (a new configuration with a rotated ring reached it) is
+/// recorded, and with `cookie.revoke_on_key_change` every session ends and their refresh tokens
+/// are queued for revocation, once per Envoy (the VM whose compare-and-swap of the list wins
+/// does it; the others find the id listed).
+pub(super) fn ring_head(shared: &Shared, cfg: &Config) {
     if cfg.etcd.is_some() {
         return;
     }
     let kid = cfg.cookie.keys.current_kid();
     let (old, cas) = HostData.get(RING_HEAD);
     let old = old.map(|v| String::from_utf8_lossy(&v).into_owned());
-    if old.as_deref() == Some(kid) {
+    let seen: Vec<&str> = old.as_deref().unwrap_or("").split_whitespace().collect();
+    if seen.contains(&kid) {
         return;
     }
-    if HostData.set(RING_HEAD, kid.as_bytes(), cas).is_err() {
-        return; // another VM noted it first, and acts on it
+    let mut next: Vec<&str> = seen.clone();
+    next.push(kid);
+    let from = next.len().saturating_sub(RING_HISTORY);
+    let list = next.get(from..).unwrap_or(&[]).join(" ");
+    if HostData.set(RING_HEAD, list.as_bytes(), cas).is_err() {
+        return; // another VM recorded a change first, and acts on it
     }
-    let Some(old) = old else { return };
+    let Some(&previous) = seen.last() else {
+        return; // the first configuration this Envoy ran
+    };
     if !cfg.cookie.revoke_on_key_change {
         log(
             LogLevel::Info,
-            &format!("cookie key ring: first key `{old}` -> `{kid}`; sessions kept (cookie.revoke_on_key_change is off)"),
+            &format!("cookie key ring: first key `{previous}` -> `{kid}`; sessions kept (cookie.revoke_on_key_change is off)"),
         );
         return;
     }
@@ -256,7 +266,7 @@ fn ring_head(shared: &Shared, cfg: &Config) {
     log(
         LogLevel::Warn,
         &format!(
-            "cookie key ring: first key `{old}` -> `{kid}`: ended {} sessions, {} refresh tokens queued for revocation (cookie.revoke_on_key_change)",
+            "cookie key ring: first key `{previous}` -> `{kid}`: ended {} sessions, {} refresh tokens queued for revocation (cookie.revoke_on_key_change)",
             counts.ended, counts.queued
         ),
     );

@@ -48,8 +48,11 @@ export function shippedSettings() {
  * `overrides`. A `routes` key in `overrides` is deep-merged into the shipped policies instead
  * (written as one policy file of the variant). Returns the absolute path of the rendered file
  * (.run/variants/<name>.yaml). Throws with the tool's message if the settings are refused.
+ * `template`: another Envoy template; `lds`: put the listeners in that LDS file (watched by the
+ * rendered bootstrap; rendering again replaces it atomically, as `bffgate-config render --lds`
+ * does).
  */
-export function renderVariant(name, overrides) {
+export function renderVariant(name, overrides, { template = 'envoy/envoy.template.yaml', lds } = {}) {
   if (!/^[a-z0-9-]+$/.test(name)) throw new Error(`variant name ${name}: [a-z0-9-] only`);
   const dir = path.join(RUN_DIR, 'variants');
   fs.mkdirSync(dir, { recursive: true });
@@ -67,7 +70,7 @@ export function renderVariant(name, overrides) {
   fs.writeFileSync(settingsFile, `${JSON.stringify(mergeSettings(shippedSettings(), settingOverrides, { keepNull: true }), null, 2)}\n`);
   try {
     configTool(['render', '--settings', settingsFile, '--policies', policies,
-      '--template', 'envoy/envoy.template.yaml', '--out', out]);
+      '--template', template, '--out', out, ...(lds ? ['--lds', lds] : [])]);
   } catch (err) {
     throw new Error(`rendering variant ${name} failed: ${err.stderr || err.message}`);
   }
