@@ -353,6 +353,7 @@ pub fn all_counters() -> Vec<String> {
         "bffgate_store_write_unavailable",
         "bffgate_requests_allowed",
         "bffgate_requests_public",
+        "bffgate_config_refused",
         "bffgate_revoke_all",
         "bffgate_revoke_all_revoked",
         "bffgate_revoke_all_failed",

@@ -138,6 +138,8 @@ impl RootContext for Root {
             }
             Err(e) => {
                 log(LogLevel::Critical, &format!("configuration refused: {e}"));
+                // Envoy keeps serving the previous configuration (a listener update is rejected).
+                self.shared.count("bffgate_config_refused");
                 false
             }
         }

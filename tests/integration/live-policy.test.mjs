@@ -129,6 +129,7 @@ test('a configuration bffgate refuses leaves the previous one serving; a good on
   const good = fs.readFileSync(LDS, 'utf8');
   const offset = fs.statSync(boot.envoyLog).size;
   const rejects0 = await ldsRejects();
+  const refused0 = (await envoyStats('bffgate_config_refused')).get('wasmcustom.bffgate_config_refused') ?? 0;
   // Straight into the file, past `make config`'s checks: a policy naming an unknown audience.
   const bad = good.replaceAll('"audience": "https://orders.api.local",\\n      "scopes": [\\n        "orders:read"\\n      ]\\n    },\\n    "reports"', '"audience": "https://nowhere.example",\\n      "scopes": [\\n        "orders:read"\\n      ]\\n    },\\n    "reports"');
   const variant = bad !== good ? bad : good.replace('https://orders.api.local', 'https://nowhere.example');
@@ -136,6 +137,7 @@ test('a configuration bffgate refuses leaves the previous one serving; a good on
   moveIntoPlace(variant);
   const refused = await eventually(async () => (await ldsRejects()) > rejects0, { ms: 15_000 });
   assert.ok(refused, 'Envoy counts the rejected update (listener_manager.lds.update_rejected)');
+  assert.ok((await envoyStats('bffgate_config_refused')).get('wasmcustom.bffgate_config_refused') > refused0, 'and bffgate its refusal');
   const log = readLogSince(boot.envoyLog, offset);
   assert.match(log, /configuration refused: [^\n]*audience/, 'bffgate says which field');
   // Still the previous configuration: bob refused on orders-read, alice served, reports there.
