@@ -22,7 +22,7 @@ CONFIG_INPUTS := --settings envoy/bffgate.yaml --policies policies --template en
 FLEET_TEMPLATE := target/envoy.fleet.template.yaml
 FLEET_INPUTS := --settings envoy/bffgate.yaml --overlay envoy/fleet.yaml --policies policies --template $(FLEET_TEMPLATE)
 
-.PHONY: help setup wasm-target build repro sbom config fleet-template check lint unit fuzz fuzz-smoke integration test run run-fleet clean distclean
+.PHONY: help setup wasm-target build repro sbom config live-config fleet-template check lint unit fuzz fuzz-smoke integration test run run-fleet clean distclean
 
 # Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable via RUSTC_BOOTSTRAP=1): seconds per target.
 FUZZ_SECONDS ?= 300
@@ -53,9 +53,15 @@ sbom: setup ## CycloneDX SBOM of the crates in the .wasm: target/sbom/bffgate.cd
 	mv bffgate.cdx.json target/sbom/bffgate.cdx.json
 	node scripts/check-sbom.mjs target/sbom/bffgate.cdx.json
 
-config: fleet-template ## render envoy/envoy.yaml and envoy/envoy.fleet.yaml from the template, settings and policies
+config: fleet-template live-config ## render envoy/envoy.yaml, envoy/envoy.fleet.yaml and the live pair from the template, settings and policies
 	$(CONFIG_TOOL) render $(CONFIG_INPUTS) --out envoy/envoy.yaml
 	$(CONFIG_TOOL) render $(FLEET_INPUTS) --out envoy/envoy.fleet.yaml
+
+# `make run`'s Envoy reads its listeners from envoy/live/listeners.yaml, which it watches: rendering
+# again (this target, or `make config`) changes policies and routes in the running demo without
+# signing anyone out (docs/operations.md#changing-policies-live). Both files are git-ignored.
+live-config:
+	$(CONFIG_TOOL) render $(CONFIG_INPUTS) --out envoy/envoy.live.yaml --lds envoy/live/listeners.yaml
 
 fleet-template:
 	@node scripts/fleet.mjs template --out $(FLEET_TEMPLATE) >/dev/null
@@ -86,8 +92,8 @@ integration: setup build ## end-to-end tests against the real stack (Envoy + IdP
 
 test: lint unit check repro sbom fuzz-smoke integration ## everything CI runs, in this order
 
-run: setup build ## run the demo stack in the foreground until Ctrl-C
-	node scripts/stack.mjs run
+run: setup build live-config ## run the demo stack in the foreground until Ctrl-C (`make config` meanwhile changes its policies live)
+	node scripts/stack.mjs run --config envoy/envoy.live.yaml
 
 run-fleet: setup build ## run the fleet (3 etcd members, Envoy A and B, load balancer on 8443) until Ctrl-C
 	node scripts/fleet.mjs run

@@ -195,12 +195,17 @@ export function waitFor(proc, what, probe, deadline) {
  */
 export function envoyArgs({
   config, baseId = 0, concurrency = 2, logLevel = 'info', componentLogLevel, logPath, hotRestart = false,
+  drainTimeS = 5,
 }) {
   return [
     '-c', config,
     '--base-id', String(baseId),
     ...(hotRestart ? [] : ['--disable-hot-restart']),
     '--concurrency', String(concurrency),
+    // A listener replaced by a live configuration change (LDS) closes its open connections
+    // within this time (Envoy's default is 600 s, during which a browser's keep-alive
+    // connection would keep the old policies).
+    '--drain-time-s', String(drainTimeS), '--drain-strategy', 'immediate',
     '-l', logLevel,
     ...(componentLogLevel ? ['--component-log-level', componentLogLevel] : []),
     ...(logPath ? ['--log-path', logPath] : []),

@@ -121,6 +121,11 @@ test('a policy change and a new route apply without a restart, and every session
   assert.equal(r.json?.api, 'orders', `the reports route reaches the orders API: ${r.status} ${r.text}`);
   assert.match(String(r.json?.seen?.authorization), /^Bearer eyJ/);
   assertJsonError(await pool.open('nobody').fetchApi('GET', `${APP}/api/reports`), 401, 'unauthenticated');
+  // A connection opened before the change (a browser's keep-alive) is closed by Envoy's drain
+  // (the stack runs Envoy with --drain-time-s 5 --drain-strategy immediate): the page's next
+  // requests get the new configuration too, within seconds.
+  const keptAlive = await eventually(async () => (await bob.fetchApi('GET', `${APP}/api/orders`)).status === 403, { ms: 10_000 });
+  assert.ok(keptAlive, 'a browser connection from before the change gets the new policy within the drain time');
   assert.equal(boot.stack.envoyPid, pid, 'the same Envoy process');
   assert.equal((await envoyStats('bffgate_logins_completed')).get('wasmcustom.bffgate_logins_completed'), logins, 'no new login');
 });
