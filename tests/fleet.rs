@@ -1020,3 +1020,115 @@ fn an_operator_revoke_all_on_one_envoy_ends_the_whole_fleet_page_by_page() {
         assert_error(&reply(f.request(B, &orders(b))), 401, "unauthenticated");
     }
 }
+
+/// Runs `start` on Envoy `i` and answers its etcd callouts until it ends; the refresh tokens the
+/// runs queued for revocation, and the last step.
+fn drive(
+    f: &mut Fleet,
+    i: usize,
+    start: impl FnOnce(&mut Engine<'_>) -> Option<Step>,
+) -> (Vec<String>, Option<Step>) {
+    let mut queued = Vec::new();
+    let mut step = f.with_engine(i, |e| {
+        let s = start(e);
+        queued.extend(e.background.drain(..).map(|(t, _)| t.expose().to_string()));
+        s
+    });
+    loop {
+        match step {
+            Some(Step::Call { request, then }) => {
+                assert_eq!(request.cluster.as_deref(), Some(ETCD));
+                let result = f.etcd.handle(&request);
+                step = Some(f.with_engine(i, |e| {
+                    let s = e.on_callout(*then, result);
+                    queued.extend(e.background.drain(..).map(|(t, _)| t.expose().to_string()));
+                    s
+                }));
+            }
+            other => return (queued, other),
+        }
+    }
+}
+
+#[test]
+fn a_new_first_cookie_key_ends_the_fleets_sessions_once_with_revoke_on_key_change() {
+    let mut f = Fleet::new("fail_closed");
+    let mut browsers = Vec::new();
+    let mut refresh = Vec::new();
+    for at in [A, B, A] {
+        let mut b = Browser::default();
+        let (_, rt) = f.sign_in(&mut b, at, at);
+        refresh.push(rt);
+        browsers.push(b);
+    }
+    // Both Envoys note the key the sessions were made under: the first writes the list.
+    for i in [A, B] {
+        let (queued, _) = drive(&mut f, i, |e| e.fleet_ring_head());
+        assert!(queued.is_empty());
+    }
+    let list = |f: &Fleet| {
+        f.etcd
+            .dump()
+            .into_iter()
+            .find(|(k, _)| k == "bffgate/ring_head")
+            .map(|(_, v)| String::from_utf8(v).unwrap())
+    };
+    assert_eq!(list(&f).as_deref(), Some("k1"));
+    // A release: a new first key (the old one still verifying), revoke_on_key_change on.
+    let rotated = |revoke: bool| {
+        let mut raw = demo_config();
+        raw["store"] = json!({"backend": "etcd", "max_sessions": 64,
+                              "etcd": {"cluster": ETCD, "timeout_ms": 300, "cache_ttl_ms": CACHE_TTL_MS}});
+        raw["cookie"]["revoke_on_key_change"] = json!(revoke);
+        let secrets = |name: &str| match name {
+            "BFFGATE_COOKIE_KEYS" => Some(format!(
+                "k9:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY,{K1}"
+            )),
+            "BFFGATE_STORE_KEYS" => Some(STORE_KEYS.to_string()),
+            other => secrets_with(K1)(other),
+        };
+        Config::from_json(raw.to_string().as_bytes(), &secrets).unwrap()
+    };
+    for i in [A, B] {
+        f.envoys[i].cfg = rotated(true);
+    }
+    let (mut queued, last) = drive(&mut f, B, |e| e.fleet_ring_head());
+    assert_eq!(
+        reply(last.unwrap()).status,
+        202,
+        "the revoke-all ran to its end"
+    );
+    assert_eq!(list(&f).as_deref(), Some("k1 k9"));
+    queued.sort();
+    refresh.sort();
+    assert_eq!(queued, refresh, "every grant of the fleet");
+    assert!(!f
+        .etcd
+        .dump()
+        .iter()
+        .any(|(k, _)| k.starts_with("bffgate/s/")));
+    // The other Envoy finds the key listed: nothing more (once).
+    let (again, _) = drive(&mut f, A, |e| e.fleet_ring_head());
+    assert!(again.is_empty());
+    f.advance_ms(CACHE_TTL_MS + 1);
+    for (i, b) in browsers.iter().enumerate() {
+        assert_error(&reply(f.request(i % 2, &orders(b))), 401, "unauthenticated");
+    }
+    // Without the setting a new key is only noted.
+    let mut g = Fleet::new("fail_closed");
+    let mut b = Browser::default();
+    g.sign_in(&mut b, A, A);
+    drive(&mut g, A, |e| e.fleet_ring_head());
+    g.envoys[A].cfg = rotated(false);
+    let (queued, _) = drive(&mut g, A, |e| e.fleet_ring_head());
+    assert!(queued.is_empty());
+    assert!(g
+        .etcd
+        .dump()
+        .iter()
+        .any(|(k, _)| k.starts_with("bffgate/s/")));
+    assert!(
+        forward(g.request(A, &orders(&b))).0.is_some(),
+        "the session lives on"
+    );
+}

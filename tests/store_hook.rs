@@ -132,6 +132,21 @@ impl RemoteSync for Remote {
     ) -> Result<bffgate::store::RevokePage, bffgate::store::StoreError> {
         Err(bffgate::store::StoreError::Unavailable)
     }
+    fn read_ring_head(&mut self) -> Callout {
+        self.start_revoke_all()
+    }
+    fn ring_head_of(
+        &mut self,
+        _result: &CallResult,
+    ) -> Result<(Vec<String>, u64), bffgate::store::StoreError> {
+        Err(bffgate::store::StoreError::Unavailable)
+    }
+    fn claim_ring_head(&mut self, _list: &[String], _rev: u64) -> Callout {
+        self.start_revoke_all()
+    }
+    fn claimed(&mut self, _result: &CallResult) -> Result<bool, bffgate::store::StoreError> {
+        Err(bffgate::store::StoreError::Unavailable)
+    }
     fn take_outbox(&mut self) -> Option<Outbox> {
         None
     }

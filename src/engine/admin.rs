@@ -1,6 +1,7 @@
 //! The operator API (a filter instance with `admin: true`, on a loopback listener) and the
 //! sweep that reclaims dead sessions of the embedded store.
 
+use super::provider::AfterDiscovery;
 use super::{header_is, query_param, AfterCall, Engine, Request, Step};
 use crate::audit::{EndReason, Event};
 use crate::callout::CallResult;
@@ -172,9 +173,32 @@ pub struct RevokeAllCounts {
     pub why_not: Option<&'static str>,
 }
 
+/// A fleet's check of the cookie key ring's first key in progress (see
+/// [`Engine::fleet_ring_head`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RingHead {
+    /// Reading the fleet's list of first key ids.
+    Read,
+    /// Writing it with this configuration's key id added; the last id before it, if any.
+    Claim(Option<String>),
+}
+
+/// The end of a chain of callouts the shell started by itself (no request waits for it).
+fn background_done() -> Step {
+    Step::Respond(Reply {
+        status: 204,
+        headers: Vec::new(),
+        body: String::new(),
+        kind: crate::reply::ReplyKind::Endpoint,
+    })
+}
+
 /// A fleet-wide revoke-all in progress (carried by the operator's request between callouts).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FleetRevokeAll {
+    /// `key_change` when a new first key of the cookie key ring started it (`None`: the
+    /// operator).
+    trigger: Option<&'static str>,
     /// Refresh tokens of the sessions read so far.
     tokens: Vec<Secret>,
     /// Sessions ended so far (opened or not).
@@ -184,6 +208,8 @@ pub struct FleetRevokeAll {
     /// `Some(next)` while the page just read is being deleted: where the next page starts
     /// (`Some(None)`: it was the last).
     deleting: Option<Option<String>>,
+    /// The provider's discovery document was asked for (an Envoy just started has none yet).
+    discovered: bool,
 }
 
 impl Engine<'_> {
@@ -258,8 +284,84 @@ impl Engine<'_> {
         }
     }
 
+    /// Fleet mode: the check of this configuration's cookie key ring against the fleet's list
+    /// of first key ids (etcd key `ring_head`), which the shell starts at a configuration's
+    /// first request on a worker and again every minute (a failed read is retried that way).
+    /// A key id the fleet has not seen is added with a compare-and-swap; the one Envoy whose
+    /// write wins, when the list was not empty and `cookie.revoke_on_key_change` is set, ends
+    /// every session of the fleet and queues their grants, as the operator's revoke-all does.
+    /// `None` for the embedded store (the shell checks shared data itself).
+    pub fn fleet_ring_head(&mut self) -> Option<Step> {
+        let r = self.store.remote()?;
+        Some(Step::Call {
+            request: r.read_ring_head(),
+            then: Box::new(AfterCall::RingHead(RingHead::Read)),
+        })
+    }
+
+    /// A step of [`Engine::fleet_ring_head`] answered.
+    pub(super) fn ring_head_step(&mut self, stage: RingHead, result: &CallResult) -> Step {
+        let cfg = self.cfg;
+        let kid = cfg.cookie.keys.current_kid();
+        let Some(r) = self.store.remote() else {
+            return background_done();
+        };
+        match stage {
+            RingHead::Read => {
+                let Ok((mut list, rev)) = r.ring_head_of(result) else {
+                    return background_done();
+                };
+                if list.iter().any(|k| k == kid) {
+                    return background_done();
+                }
+                let previous = list.last().cloned();
+                list.push(kid.to_string());
+                Step::Call {
+                    request: r.claim_ring_head(&list, rev),
+                    then: Box::new(AfterCall::RingHead(RingHead::Claim(previous))),
+                }
+            }
+            RingHead::Claim(previous) => {
+                let won = matches!(r.claimed(result), Ok(true));
+                let Some(previous) = previous.filter(|_| won) else {
+                    return background_done();
+                };
+                if !cfg.cookie.revoke_on_key_change {
+                    self.notes.push(format!(
+                        "cookie key ring: first key `{previous}` -> `{kid}` in the fleet; sessions kept (cookie.revoke_on_key_change is off)"
+                    ));
+                    return background_done();
+                }
+                let request = r.start_revoke_all();
+                self.notes.push(format!(
+                    "cookie key ring: first key `{previous}` -> `{kid}` in the fleet: ending every session of the fleet (cookie.revoke_on_key_change)"
+                ));
+                Step::Call {
+                    request,
+                    then: Box::new(AfterCall::RevokeAll(Box::new(FleetRevokeAll {
+                        trigger: Some("key_change"),
+                        ..FleetRevokeAll::default()
+                    }))),
+                }
+            }
+        }
+    }
+
     /// The end of a fleet-wide revoke-all (`failed`: etcd stopped answering part way).
-    fn fleet_revoke_all_done(&mut self, run: FleetRevokeAll, failed: bool) -> Step {
+    pub(super) fn fleet_revoke_all_done(&mut self, mut run: FleetRevokeAll, failed: bool) -> Step {
+        if !run.discovered && !run.tokens.is_empty() && self.known_endpoints().is_none() {
+            // No revocation endpoint known yet (a freshly started Envoy): read the discovery
+            // document first, once.
+            run.discovered = true;
+            let mut held = Some((run, failed));
+            let asked = self
+                .endpoints(|| AfterDiscovery::RevokeAll(Box::new(held.take().unwrap_or_default())));
+            match (asked, held) {
+                (Err(step), None) if matches!(*step, Step::Call { .. }) => return *step,
+                (_, Some((r, f))) => return self.fleet_revoke_all_done(r, f),
+                (_, None) => return background_done(),
+            }
+        }
         let why_not = self.revocation_unavailable();
         let mut counts = RevokeAllCounts {
             ended: run.ended,
@@ -275,7 +377,7 @@ impl Engine<'_> {
                 .extend(run.tokens.into_iter().map(|t| (t, "refresh_token")));
         }
         self.event(Event::RevokeAll {
-            trigger: "operator",
+            trigger: run.trigger.unwrap_or("operator"),
             sessions: counts.ended,
             queued: counts.queued,
             not_sent: counts.not_sent,

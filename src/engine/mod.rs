@@ -27,7 +27,7 @@ mod provider;
 mod request;
 mod tokens;
 
-pub use admin::{sweep, FleetRevokeAll, RevokeAllCounts};
+pub use admin::{sweep, FleetRevokeAll, RevokeAllCounts, RingHead};
 pub use cookies::is_bff_cookie;
 pub use provider::{AfterDiscovery, DISCOVERY_RETRY};
 pub use request::{csrf_check, upstream_step_up_reply, CsrfFail, CsrfPass, FastPathMiss};
@@ -229,6 +229,8 @@ pub enum AfterCall {
     /// An operator's revoke-all in fleet mode, reading and deleting the fleet's sessions a
     /// page at a time.
     RevokeAll(Box<admin::FleetRevokeAll>),
+    /// A fleet's check of the cookie key ring's first key.
+    RingHead(admin::RingHead),
 }
 
 /// A logout revoking its session's tokens one after the other.
@@ -480,6 +482,7 @@ impl<'a> Engine<'a> {
             }
             AfterCall::Discovery(then) => self.after_discovery(then, &result),
             AfterCall::RevokeAll(run) => self.fleet_revoke_all(*run, &result),
+            AfterCall::RingHead(stage) => self.ring_head_step(stage, &result),
         };
         self.finish(step)
     }

@@ -40,6 +40,9 @@ pub enum AfterDiscovery {
         /// The logout token.
         token: String,
     },
+    /// A fleet-wide revoke-all whose refresh tokens wait for the revocation endpoint (and
+    /// whether etcd failed part way).
+    RevokeAll(Box<(super::admin::FleetRevokeAll, bool)>),
 }
 
 /// Outcome of a JWS check against the cached key set.
@@ -187,6 +190,10 @@ impl Engine<'_> {
             AfterDiscovery::Request(req) => self.decide(&req),
             AfterDiscovery::Obtain(r) => self.obtain(*r, None),
             AfterDiscovery::Backchannel { token } => self.backchannel_known(token),
+            AfterDiscovery::RevokeAll(b) => {
+                let (run, failed) = *b;
+                self.fleet_revoke_all_done(run, failed)
+            }
         }
     }
 

@@ -244,6 +244,9 @@ const RETRIES: usize = 4;
 /// last use, lock, two index entries: 4 operations each) fit in one etcd transaction (at most 128
 /// operations by default).
 const REVOKE_PAGE: usize = 32;
+/// First key ids of the cookie key ring remembered in `ring_head` (a configuration still
+/// rolling out with an earlier key never counts as a change).
+pub const RING_HISTORY: usize = 16;
 
 fn cache_key(slot: u32) -> String {
     format!("bffgate:c:{slot}")
@@ -1163,6 +1166,53 @@ impl<D: SharedData, R: Random> RemoteSync for EtcdStore<'_, D, R> {
             delete: (!doomed.is_empty()).then(|| self.deletes_txn(&doomed)),
             next: if more { last } else { None },
         })
+    }
+
+    fn read_ring_head(&mut self) -> Callout {
+        let key = format!("{}ring_head", self.cfg.prefix);
+        self.call("/v3/kv/range", json!({"key": b64(key.as_bytes())}))
+    }
+
+    fn ring_head_of(&mut self, result: &CallResult) -> Result<(Vec<String>, u64), StoreError> {
+        let v = answer(result).ok_or(StoreError::Unavailable)?;
+        let Some(kv) = kvs_at(&v, "/kvs").into_iter().next() else {
+            return Ok((Vec::new(), 0));
+        };
+        let value = kv
+            .get("value")
+            .and_then(Value::as_str)
+            .and_then(|x| STANDARD.decode(x).ok())
+            .unwrap_or_default();
+        let list = String::from_utf8_lossy(&value)
+            .split_whitespace()
+            .take(RING_HISTORY)
+            .map(str::to_string)
+            .collect();
+        Ok((list, kv.get("mod_revision").and_then(int).unwrap_or(0)))
+    }
+
+    fn claim_ring_head(&mut self, list: &[String], rev: u64) -> Callout {
+        let key = format!("{}ring_head", self.cfg.prefix);
+        let compare = if rev == 0 {
+            json!({"target": "CREATE", "result": "EQUAL", "key": b64(key.as_bytes()),
+                   "create_revision": "0"})
+        } else {
+            json!({"target": "MOD", "result": "EQUAL", "key": b64(key.as_bytes()),
+                   "mod_revision": rev.to_string()})
+        };
+        let from = list.len().saturating_sub(RING_HISTORY);
+        let value = list.get(from..).unwrap_or(&[]).join(" ");
+        self.call(
+            "/v3/kv/txn",
+            json!({"compare": [compare],
+                   "success": [{"request_put": {"key": b64(key.as_bytes()),
+                                                "value": b64(value.as_bytes())}}]}),
+        )
+    }
+
+    fn claimed(&mut self, result: &CallResult) -> Result<bool, StoreError> {
+        let v = answer(result).ok_or(StoreError::Unavailable)?;
+        Ok(v.get("succeeded") == Some(&Value::Bool(true)))
     }
 
     fn revoke_everywhere(&mut self, sub: Option<&str>, sid: Option<&str>) {

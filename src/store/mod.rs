@@ -263,6 +263,16 @@ pub trait RemoteSync {
     /// [`RemoteSync::next_revoke_page`]: the sessions it holds (opened with the store key), the
     /// callout that deletes them, and where the next page starts. `Err`: etcd did not answer.
     fn revoke_page(&mut self, result: &CallResult) -> Result<RevokePage, StoreError>;
+    /// The callout that reads the fleet's list of cookie-key-ring first key ids (the key ids
+    /// the fleet's sessions were made under); its answer goes to [`RemoteSync::ring_head_of`].
+    fn read_ring_head(&mut self) -> Callout;
+    /// The list read, and its revision (0: absent). `Err`: etcd did not answer.
+    fn ring_head_of(&mut self, result: &CallResult) -> Result<(Vec<String>, u64), StoreError>;
+    /// The transaction that writes `list` if the list is still at revision `rev` (0: absent);
+    /// its answer goes to [`RemoteSync::claimed`].
+    fn claim_ring_head(&mut self, list: &[String], rev: u64) -> Callout;
+    /// Whether a [`RemoteSync::claim_ring_head`] won. `Err`: etcd did not answer.
+    fn claimed(&mut self, result: &CallResult) -> Result<bool, StoreError>;
     /// Writes queued during this run, to be flushed (with [`RemoteSync::advance`]) before the
     /// request goes on.
     fn take_outbox(&mut self) -> Option<Outbox>;

@@ -163,6 +163,8 @@ impl HttpContext for Http {
             // VM, which validates configurations but serves no request).
             self.shared.ring_checked.set(true);
             super::root::ring_head(&self.shared, &cfg);
+            // A fleet check's first callout goes out at the next turn (the root's tick or
+            // this request's own queue notification).
         }
         let req = self.request(&cfg);
         let mut ran = run(&self.shared, &cfg, |e| e.on_request(&req));

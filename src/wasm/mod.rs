@@ -173,8 +173,11 @@ struct Shared {
     /// (revoked, not revoked).
     bg_counts: Cell<(u64, u64)>,
     /// Whether a request of this root context's configuration checked the cookie key ring's
-    /// first key against the one the sessions were made under (`root::ring_head`).
+    /// first key against the one the sessions were made under (`root::ring_head`): only VMs
+    /// that serve requests do (never the main thread's, which only validates configurations).
     ring_checked: Cell<bool>,
+    /// Fleet mode: when the root's tick checks the fleet's key ring list again (ms).
+    ring_next_ms: Cell<u64>,
     /// Envoy is shutting this VM down and it revokes what it held (`store.revoke_on_shutdown`):
     /// since when (ms), and how many it queued.
     shutdown: Cell<Option<(u64, usize)>>,

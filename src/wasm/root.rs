@@ -165,6 +165,11 @@ impl RootContext for Root {
         if !shared.background.borrow().is_empty() {
             pump_background(shared, &cfg);
         }
+        if cfg.etcd.is_some() && shared.ring_checked.get() && now_ms() >= shared.ring_next_ms.get()
+        {
+            ring_head(shared, &cfg);
+            dispatch_outgoing(shared, &cfg, true);
+        }
         if let Some((since, _)) = shared.shutdown.get() {
             if now_ms().saturating_sub(since)
                 > cfg.provider.revocation_timeout_ms + SHUTDOWN_BOUND_MS
@@ -227,6 +232,8 @@ impl RootContext for Root {
 /// Shared-data key: the first key ids of the cookie key rings this Envoy's sessions were made
 /// under, oldest first, space-separated (embedded store; at most [`RING_HISTORY`]).
 const RING_HEAD: &str = "bffgate:ring_head";
+/// Fleet mode: how often a serving VM checks the fleet's key ring list again.
+const RING_RECHECK_MS: u64 = 60_000;
 /// First key ids remembered: a configuration still draining with an earlier key never counts as
 /// a change (nor does a rollback to one of them).
 const RING_HISTORY: usize = 16;
@@ -238,6 +245,20 @@ const RING_HISTORY: usize = 16;
 /// does it; the others find the id listed).
 pub(super) fn ring_head(shared: &Shared, cfg: &Config) {
     if cfg.etcd.is_some() {
+        // The fleet's list lives in etcd: a chain of callouts of the root's own (checked
+        // again every minute, which also retries one that failed).
+        shared
+            .ring_next_ms
+            .set(now_ms().saturating_add(RING_RECHECK_MS));
+        if let Some(Step::Call { request, then }) =
+            super::with_engine(shared, cfg, |e| e.fleet_ring_head())
+        {
+            shared.outgoing.borrow_mut().push_back(super::Outgoing {
+                ctx: shared.root_id,
+                request,
+                then: *then,
+            });
+        }
         return;
     }
     let kid = cfg.cookie.keys.current_kid();

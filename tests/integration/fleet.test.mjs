@@ -525,6 +525,45 @@ test('revoke-all on A\'s operator API ends every session of the fleet, those onl
   assert.equal((await idpStats()).revocations - revocations0, r.json.revocations_queued);
 });
 
+test('a release with a new first cookie key and revoke_on_key_change ends the fleet\'s sessions once', { timeout: 90_000 }, async () => {
+  const s1 = await login('keychange-a', 'alice', { start: A, callback: A });
+  const s2 = await login('keychange-b', 'bob', { start: B, callback: B });
+  assertOrdersOk(await orders(A, s1), 'before the release');
+  const revocations0 = (await idpStats()).revocations;
+  const old = readSecrets().BFFGATE_COOKIE_KEYS;
+  const env = { BFFGATE_COOKIE_KEYS: `r3:${crypto.randomBytes(32).toString('base64url')},${old}` };
+  const settings = { store: { etcd: { when_unavailable: 'fail_closed' } }, cookie: { revoke_on_key_change: true } };
+  // Rolling release: A first. Its first request notes the new key in etcd and, winning that
+  // write, ends every session of the fleet.
+  await fleet.restartEnvoy('a', { settings, env });
+  await envoysSeeEtcd();
+  const deadline = Date.now() + 10_000;
+  let r = await orders(A, s1);
+  while (r.status !== 401 && Date.now() < deadline) {
+    await sleep(100);
+    r = await orders(A, s1);
+  }
+  assertJsonErr(r, 401, 'unauthenticated', 'a session made before the release, on A');
+  await sleep(CACHE_TTL_MS + MARGIN_MS);
+  assertJsonErr(await orders(B, s2), 401, 'unauthenticated', 'a session made before the release, on B (not yet released)');
+  const list = (await fleet.etcdKeys('bffgate/ring_head'))[0]?.value.toString();
+  assert.match(String(list), /(^| )r3$/, `the fleet's list ends with the new key id: ${list}`);
+  const until = Date.now() + 10_000;
+  while ((await idpStats()).revocations - revocations0 < 2 && Date.now() < until) await sleep(100);
+  const revoked = (await idpStats()).revocations - revocations0;
+  assert.ok(revoked >= 2, `the grants were revoked at the provider: ${revoked}`);
+  // B next: the key is listed, nothing more is ended (a session made now survives B's restart).
+  const s3 = await login('keychange-after', 'alice', { start: A, callback: A });
+  await fleet.restartEnvoy('b', { settings, env });
+  await envoysSeeEtcd();
+  assertOrdersOk(await orders(B, s3), 'a session made after the release survives the rest of the rollout');
+  assertOrdersOk(await orders(B, s3), 'and B\'s check');
+  assert.equal((await idpStats()).revocations - revocations0, revoked, 'once: no second revoke-all');
+  // Back to the shipped secrets and settings for the tests after this one.
+  await Promise.all([fleet.restartEnvoy('a', { env: {} }), fleet.restartEnvoy('b', { env: {} })]);
+  await envoysSeeEtcd();
+});
+
 test('no token in either Envoy log; no Envoy died', async () => {
   const secrets = secretsSeen();
   assert.ok(secrets.size > 0, 'there are secrets to look for');
