@@ -13,6 +13,7 @@ use crate::util::Random;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
+use std::cell::Cell;
 use std::rc::Rc;
 
 pub(super) struct Root {
@@ -21,6 +22,16 @@ pub(super) struct Root {
     pub(super) sweep_at: u32,
     /// The VM's linear memory at the last look, KiB (it only grows).
     pub(super) memory_kib: usize,
+}
+
+thread_local! {
+    /// Root contexts of this VM whose configuration was accepted and that have not ended. A root
+    /// context ends (`on_done`) when Envoy shuts the VM down, and also when a new configuration
+    /// of the same plugin replaces it (a live update reuses the VM, measured on Envoy 1.40: the
+    /// new root context is configured first, the old one ends once its listener has drained);
+    /// the operator API's plugin is another root context of the same VM. Only the last one
+    /// going is a shutdown.
+    static LIVE_ROOTS: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Sweep a batch every this many ticks (about once a second).
@@ -44,6 +55,21 @@ impl Context for Root {
         let Some(cfg) = shared.config() else {
             return true;
         };
+        let others = LIVE_ROOTS.with(|n| {
+            n.set(n.get().saturating_sub(1));
+            n.get()
+        });
+        if others > 0 {
+            // A configuration replaced (or the first of several going at a shutdown): the
+            // sessions stay in shared data; the last root context decides.
+            log(
+                LogLevel::Info,
+                &format!(
+                    "a configuration ended, {others} still live in this VM: sessions are kept"
+                ),
+            );
+            return true;
+        }
         if !cfg.revoke_on_shutdown || cfg.etcd.is_some() || shared.shutdown.get().is_some() {
             return true;
         }
@@ -127,6 +153,9 @@ impl RootContext for Root {
                     .metric(MetricType::Histogram, "bffgate_callout_duration_ms");
                 if self.shared.queue.get().is_none() {
                     self.shared.queue.set(register_queue());
+                }
+                if self.shared.config.borrow().is_none() {
+                    LIVE_ROOTS.with(|n| n.set(n.get().saturating_add(1)));
                 }
                 *self.shared.config.borrow_mut() = Some(Rc::new(c));
                 // Workers sweep from different places.

@@ -29,6 +29,7 @@ import { ROOT, RUN_DIR, readSecrets } from '../../scripts/lib/paths.mjs';
 
 const LIVE = path.join(RUN_DIR, 'live');
 const LDS = path.join(LIVE, 'lds', 'listeners.yaml');
+const SETTINGS = { store: { revoke_on_shutdown: true } };
 const NEXT_KEYS = `k9:${crypto.randomBytes(32).toString('base64url')}`;
 
 let boot;
@@ -75,7 +76,9 @@ function moveIntoPlace(text) {
 before(async () => {
   fs.rmSync(LIVE, { recursive: true, force: true });
   fs.mkdirSync(path.dirname(LDS), { recursive: true });
-  const bootstrap = renderVariant('live', {}, { lds: LDS, template: liveTemplate() });
+  // revoke_on_shutdown on: a replaced configuration's end (its listener drained) must not be
+  // taken for a shutdown.
+  const bootstrap = renderVariant('live', SETTINGS, { lds: LDS, template: liveTemplate() });
   boot = await bootStack({
     envoyConfig: bootstrap,
     envoyEnv: { BFFGATE_COOKIE_KEYS_NEXT: `${NEXT_KEYS},${readSecrets().BFFGATE_COOKIE_KEYS}` },
@@ -97,11 +100,13 @@ test('a policy change and a new route apply without a restart, and every session
   assert.equal(none.status, 404, 'no reports route yet');
   assert.equal(none.json?.error_description, 'no such API route', 'Envoy\'s own 404: no route');
   const pid = boot.stack.envoyPid;
+  const offset = fs.statSync(boot.envoyLog).size;
   const logins = (await envoyStats('bffgate_logins_completed')).get('wasmcustom.bffgate_logins_completed');
   const updates0 = await ldsUpdates();
 
   // `make config` for the new policies, rendered next to the live file and renamed over it.
   renderVariant('live-2', {
+    ...SETTINGS,
     routes: {
       'orders-read': { scopes: ['orders:read', 'orders:write'] },
       reports: { access: 'session', audience: 'https://orders.api.local', scopes: ['orders:read'] },
@@ -127,6 +132,14 @@ test('a policy change and a new route apply without a restart, and every session
   const keptAlive = await eventually(async () => (await bob.fetchApi('GET', `${APP}/api/orders`)).status === 403, { ms: 10_000 });
   assert.ok(keptAlive, 'a browser connection from before the change gets the new policy within the drain time');
   assert.equal(boot.stack.envoyPid, pid, 'the same Envoy process');
+  // The replaced configuration ends once its listener has drained (5 s): with
+  // revoke_on_shutdown on, that is not a shutdown, and the sessions live on.
+  const ended = await eventually(() => /a configuration ended, \d+ still live in this VM: sessions are kept/
+    .test(readLogSince(boot.envoyLog, offset)), { ms: 15_000 });
+  assert.ok(ended, 'the old configuration ended');
+  assert.doesNotMatch(readLogSince(boot.envoyLog, offset), /shutdown: \d+ sessions ended/);
+  assert.equal((await get(alice, '/api/orders')).status, 200, 'alice after the old configuration ended');
+  assert.equal((await get(bob, '/auth/user')).status, 200, 'bob is still signed in');
   assert.equal((await envoyStats('bffgate_logins_completed')).get('wasmcustom.bffgate_logins_completed'), logins, 'no new login');
 });
 
@@ -151,7 +164,7 @@ test('a configuration bffgate refuses leaves the previous one serving; a good on
   assert.equal((await get(alice, '/api/reports')).json?.api, 'orders');
   // The shipped policies again: applied, bob reads orders again, the sessions still live.
   const updates0 = await ldsUpdates();
-  renderVariant('live-3', {}, { lds: LDS, template: liveTemplate() });
+  renderVariant('live-3', SETTINGS, { lds: LDS, template: liveTemplate() });
   const back = await eventually(async () => (await ldsUpdates()) > updates0
     && (await get(bob, '/api/orders')).status === 200, { ms: 15_000 });
   assert.ok(back, 'the good configuration applies after the refused one');
@@ -168,6 +181,7 @@ test('with cookie.revoke_on_key_change, a configuration whose ring has another f
   const updates0 = await ldsUpdates();
   // The rotated ring (new key first, the old one still verifying) in a variable the VM sees.
   renderVariant('live-4', {
+    ...SETTINGS,
     cookie: { keys_env: 'BFFGATE_COOKIE_KEYS_NEXT', revoke_on_key_change: true },
   }, { lds: LDS, template: liveTemplate() });
   const ended = await eventually(async () => (await ldsUpdates()) > updates0
