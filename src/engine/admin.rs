@@ -93,6 +93,19 @@ impl Engine<'_> {
                 Some(r)
             }
         };
+        // A call that ends sessions: the CSRF header (a page cannot send it to this port),
+        // then the scan budget.
+        let change = |e: &mut Self| {
+            if header_is(req.csrf.as_deref(), &e.cfg.csrf_value) {
+                scan(e)
+            } else {
+                Some(error_reply(
+                    403,
+                    ErrorCode::Csrf,
+                    "the CSRF header is required",
+                ))
+            }
+        };
         match (req.method.as_str(), path) {
             ("GET", "/sessions") => {
                 let sub = sub()?;
@@ -104,14 +117,7 @@ impl Engine<'_> {
             }
             ("POST", "/sessions/revoke") => {
                 let sub = sub()?;
-                if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
-                    return Err(error_reply(
-                        403,
-                        ErrorCode::Csrf,
-                        "the CSRF header is required",
-                    ));
-                }
-                if let Some(r) = scan(self) {
+                if let Some(r) = change(self) {
                     return Err(r);
                 }
                 if let Some(r) = self.store.remote() {
@@ -131,14 +137,7 @@ impl Engine<'_> {
                 ))
             }
             ("POST", "/sessions/revoke-all") => {
-                if !header_is(req.csrf.as_deref(), &self.cfg.csrf_value) {
-                    return Err(error_reply(
-                        403,
-                        ErrorCode::Csrf,
-                        "the CSRF header is required",
-                    ));
-                }
-                if let Some(r) = scan(self) {
+                if let Some(r) = change(self) {
                     return Err(r);
                 }
                 if let Some(r) = self.store.remote() {
