@@ -39,6 +39,7 @@ wasm-target:
 
 build: wasm-target ## build the filter: target/wasm32-wasip1/release/bffgate.wasm; prints its sha256
 	cargo build --locked --release --target wasm32-wasip1
+	@node scripts/wasm-exports.mjs $(WASM)
 	@ls -l $(WASM)
 	@echo "bffgate.wasm sha256 $$(sha256sum $(WASM) | cut -d' ' -f1)"
 

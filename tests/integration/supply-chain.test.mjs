@@ -26,6 +26,7 @@ import {
 import { ACCEPT_JSON, bootStack, readLogSince } from '../lib/harness.mjs';
 import { accessEntries, logSize, operatorCount, operatorRequest } from '../lib/observe.mjs';
 import { remoteCodeVariant, renderVariant } from '../lib/variant.mjs';
+import { REQUIRED, UNUSED, exportsOf } from '../../scripts/wasm-exports.mjs';
 
 const WASM = path.join(ROOT, 'target/wasm32-wasip1/release/bffgate.wasm');
 // This file's Envoys log into their own directory: the log lines read here are this file's only.
@@ -89,6 +90,12 @@ after(async () => {
   if (boot) await boot.stack.stop();
   server?.close();
 }, { timeout: 30_000 });
+
+test('the built module exports the callbacks bffgate implements and none it leaves to the SDK (make build removes them: Envoy then never calls them)', () => {
+  const names = exportsOf(original);
+  for (const n of REQUIRED) assert.ok(names.includes(n), `exports ${n}`);
+  for (const n of UNUSED) assert.ok(!names.includes(n), `does not export ${n}`);
+});
 
 test('the module fetched over HTTP with its sha256 pinned runs bffgate: login, token swap, operator API', async () => {
   served = original;
