@@ -349,6 +349,7 @@ pub fn all_counters() -> Vec<String> {
         "bffgate_callouts_failed",
         "bffgate_store_evictions",
         "bffgate_store_cas_retries",
+        "bffgate_store_record_cache_misses",
         "bffgate_store_write_conflict",
         "bffgate_store_write_unavailable",
         "bffgate_requests_allowed",

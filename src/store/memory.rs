@@ -2,6 +2,11 @@
 //! explain` runs the engine on it) and the tests. Never in the shipped `.wasm`.
 
 /// In-memory shared data with CAS semantics like Envoy's, for the native tools and tests.
+///
+/// Like the wasm shell, it keeps write counts per shard of the session table and a record cache
+/// ([`crate::store::RecordCache`]), so every spec that runs on it runs the cached fast path too (a
+/// write that forgot to bump its shard would show as a stale session). A clone copies the data
+/// and the counts; its cache starts empty (a copy of a VM starts cold).
 #[derive(Debug, Default, Clone)]
 pub struct MemoryData {
     map: std::collections::HashMap<
@@ -10,6 +15,12 @@ pub struct MemoryData {
         std::hash::BuildHasherDefault<crate::util::IdHasher>,
     >,
     next_cas: crate::store::Cas,
+    epochs: Vec<u64>,
+    records: crate::store::RecordCache,
+    /// Reads of a key (every `get`), for tests that count host calls.
+    pub gets: std::cell::Cell<u64>,
+    /// Whether `epoch` answers (off: nothing is cached, as on a host without the gauges).
+    pub no_epochs: bool,
 }
 
 impl MemoryData {
@@ -28,7 +39,23 @@ impl MemoryData {
 }
 
 impl crate::store::SharedData for MemoryData {
+    fn epoch(&self, shard: u32) -> Option<u64> {
+        (!self.no_epochs).then(|| self.epochs.get(shard as usize).copied().unwrap_or(0))
+    }
+    fn bump(&mut self, shard: u32) {
+        let i = shard as usize;
+        if self.epochs.len() <= i {
+            self.epochs.resize(i + 1, 0);
+        }
+        if let Some(e) = self.epochs.get_mut(i) {
+            *e += 1;
+        }
+    }
+    fn records(&self) -> Option<&crate::store::RecordCache> {
+        Some(&self.records)
+    }
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<crate::store::Cas>) {
+        self.gets.set(self.gets.get() + 1);
         match self.map.get(key) {
             Some((v, c)) => (Some(v.clone()), Some(*c)),
             None => (None, None),

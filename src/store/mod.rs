@@ -62,6 +62,21 @@ pub trait SharedData {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<Cas>);
     /// Sets `key`; with `cas`, only if unchanged since that read.
     fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError>;
+    /// The write count of shard `shard` (of [`EPOCH_SHARDS`]) of the embedded store's session
+    /// table, as every VM of the process sees it at once (the shell: an Envoy gauge, read
+    /// without copying anything into the VM). `None`: the host has no such counter, and
+    /// [`SharedData::records`] is not used.
+    fn epoch(&self, _shard: u32) -> Option<u64> {
+        None
+    }
+    /// Moves shard `shard`'s write count on. The store calls it after every write of a
+    /// session slot of that shard, so a record cached under the previous count is never used
+    /// again, by any VM.
+    fn bump(&mut self, _shard: u32) {}
+    /// This VM's cache of session records, valid under [`SharedData::epoch`].
+    fn records(&self) -> Option<&RecordCache> {
+        None
+    }
 }
 
 impl<T: SharedData + ?Sized> SharedData for &mut T {
@@ -70,6 +85,106 @@ impl<T: SharedData + ?Sized> SharedData for &mut T {
     }
     fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
         (**self).set(key, value, cas)
+    }
+    fn epoch(&self, shard: u32) -> Option<u64> {
+        (**self).epoch(shard)
+    }
+    fn bump(&mut self, shard: u32) {
+        (**self).bump(shard);
+    }
+    fn records(&self) -> Option<&RecordCache> {
+        (**self).records()
+    }
+}
+
+/// Shards of the session table for [`SharedData::epoch`]: a write of slot `s` moves the count
+/// of shard `s % EPOCH_SHARDS`, and invalidates the cached records of that shard only.
+pub const EPOCH_SHARDS: u32 = 64;
+
+/// Records cached by one VM.
+pub const RECORD_CACHE_ENTRIES: usize = 1024;
+
+/// One VM's copies of session records, so that a request on the fast path reads a counter
+/// instead of the record (a shared-data read copies the record into the VM: the costliest host
+/// call of the fast path). An entry is used only while its shard's write count
+/// ([`SharedData::epoch`]) is the one it was read under; every write of a session slot moves
+/// that count on ([`SharedData::bump`]) after the write, and a reader reads the count before
+/// the record. So a record changed or emptied by any VM (logout, revocation, eviction, renewal,
+/// a new session in the slot) is never served from a copy once the write is done: what the
+/// store promised before (logout on every worker at once) still holds. Direct-mapped by slot
+/// and bounded ([`RECORD_CACHE_ENTRIES`]): a miss reads the record as before.
+#[derive(Default)]
+pub struct RecordCache {
+    entries: std::cell::RefCell<Vec<Option<CachedRecord>>>,
+}
+
+struct CachedRecord {
+    slot: u32,
+    epoch: u64,
+    cas: Cas,
+    value: Vec<u8>,
+}
+
+impl Clone for RecordCache {
+    /// An empty cache: a copy of a VM's state starts cold.
+    fn clone(&self) -> Self {
+        RecordCache::default()
+    }
+}
+
+impl std::fmt::Debug for RecordCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordCache([redacted])")
+    }
+}
+
+impl RecordCache {
+    fn index(slot: u32) -> usize {
+        slot as usize % RECORD_CACHE_ENTRIES
+    }
+
+    /// The record of `slot` if it was cached under `epoch`.
+    pub fn get(&self, slot: u32, epoch: u64) -> Option<(Vec<u8>, Cas)> {
+        let entries = self.entries.borrow();
+        let e = entries.get(Self::index(slot))?.as_ref()?;
+        (e.slot == slot && e.epoch == epoch).then(|| (e.value.clone(), e.cas))
+    }
+
+    /// Keeps `value` (read with `cas` after the shard's count was `epoch`) for `slot`.
+    pub fn put(&self, slot: u32, epoch: u64, value: &[u8], cas: Cas) {
+        let mut entries = self.entries.borrow_mut();
+        if entries.is_empty() {
+            entries.resize_with(RECORD_CACHE_ENTRIES, || None);
+        }
+        if let Some(e) = entries.get_mut(Self::index(slot)) {
+            match e {
+                Some(c) => {
+                    c.slot = slot;
+                    c.epoch = epoch;
+                    c.cas = cas;
+                    c.value.clear();
+                    c.value.extend_from_slice(value);
+                }
+                None => {
+                    *e = Some(CachedRecord {
+                        slot,
+                        epoch,
+                        cas,
+                        value: value.to_vec(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Records cached (for tests).
+    pub fn len(&self) -> usize {
+        self.entries.borrow().iter().flatten().count()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -363,6 +478,14 @@ impl<D: SharedData, R: Random> Backend<'_, D, R> {
         match self {
             Backend::Embedded(s) => s.cas_conflicts.get(),
             Backend::Etcd(s) => s.local.cas_conflicts.get(),
+        }
+    }
+
+    /// Fast-path session reads the VM's record cache missed during this run (embedded store).
+    pub fn cache_misses(&self) -> u32 {
+        match self {
+            Backend::Embedded(s) => s.cache_misses.get(),
+            Backend::Etcd(_) => 0,
         }
     }
 

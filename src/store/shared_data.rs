@@ -15,7 +15,7 @@
 
 use super::{
     random_u32, Cas, Doc, Evicted, PendingLogin, Replaced, ScanKind, SharedData, Store, StoreError,
-    FREE_SEARCH, SAMPLE,
+    EPOCH_SHARDS, FREE_SEARCH, SAMPLE,
 };
 use crate::config::{Limits, WhenFull};
 use crate::session::{Liveness, Session, SessionId};
@@ -53,6 +53,9 @@ pub struct SharedStore<D> {
     pub limits: Limits,
     /// CAS conflicts met (each one a retry or a lost race), for metrics.
     pub cas_conflicts: std::cell::Cell<u32>,
+    /// Fast-path reads the VM's record cache could not answer (read from shared data), for
+    /// metrics.
+    pub cache_misses: std::cell::Cell<u32>,
 }
 
 impl<D> SharedStore<D> {
@@ -62,6 +65,7 @@ impl<D> SharedStore<D> {
             data,
             limits,
             cas_conflicts: std::cell::Cell::new(0),
+            cache_misses: std::cell::Cell::new(0),
         }
     }
 }
@@ -103,9 +107,21 @@ impl<D: SharedData> SharedStore<D> {
     /// `data.set`, counting CAS conflicts.
     fn cas_set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
         let r = self.data.set(key, value, cas);
-        if r == Err(StoreError::CasMismatch) {
-            self.cas_conflicts
-                .set(self.cas_conflicts.get().saturating_add(1));
+        match r {
+            Err(StoreError::CasMismatch) => self
+                .cas_conflicts
+                .set(self.cas_conflicts.get().saturating_add(1)),
+            // After the write: a reader that still sees the old count may use its copy, which
+            // was true until this write (the request raced it); any later reader reads again.
+            Ok(()) => {
+                if let Some(slot) = key
+                    .strip_prefix("bffgate:s:")
+                    .and_then(|n| n.parse::<u32>().ok())
+                {
+                    self.data.bump(slot % EPOCH_SHARDS);
+                }
+            }
+            Err(_) => {}
         }
         r
     }
@@ -287,8 +303,24 @@ impl<D: SharedData> Store for SharedStore<D> {
         if id.slot() >= self.limits.max_sessions {
             return None;
         }
+        let slot = id.slot();
         let mut buf = [0u8; 24];
-        let (v, cas) = self.data.get(session_key_in(id.slot(), &mut buf));
+        let key = session_key_in(slot, &mut buf);
+        // The shard's count first, then the record: a copy is never newer than its count.
+        if let (Some(cache), Some(epoch)) =
+            (self.data.records(), self.data.epoch(slot % EPOCH_SHARDS))
+        {
+            if let Some(hit) = cache.get(slot, epoch) {
+                return Some(hit);
+            }
+            self.cache_misses
+                .set(self.cache_misses.get().saturating_add(1));
+            let (v, cas) = self.data.get(key);
+            let (v, cas) = (v.filter(|v| !v.is_empty())?, cas?);
+            cache.put(slot, epoch, &v, cas);
+            return Some((v, cas));
+        }
+        let (v, cas) = self.data.get(key);
         Some((v.filter(|v| !v.is_empty())?, cas?))
     }
 

@@ -102,6 +102,79 @@ impl SharedData for HostData {
             Err(_) => Err(StoreError::Unavailable),
         }
     }
+    fn epoch(&self, shard: u32) -> Option<u64> {
+        let id = EPOCHS.with(|e| e.borrow_mut().id(shard))?;
+        hostcalls::get_metric(id).ok()
+    }
+    fn bump(&mut self, shard: u32) {
+        // Every VM bumps (the count is the process's), whether or not it caches.
+        if let Some(id) = EPOCHS.with(|e| e.borrow_mut().writable(shard)) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+    fn records(&self) -> Option<&crate::store::RecordCache> {
+        Some(RECORDS.with(|r| *r))
+    }
+}
+
+/// The write counts of the session table's shards: Envoy gauges `bffgate_store_epoch_<i>`,
+/// one per shard, shared by name by every VM of the process (stats belong to the process, like
+/// shared data). Defined at the first use on a VM, and checked then: a gauge that does not move
+/// when added to (a stats configuration that rejects the name gives a null gauge) turns the
+/// record cache off for this VM, and a failed definition too; writes still bump what exists.
+#[derive(Default)]
+struct Epochs {
+    ids: Vec<Option<u32>>,
+    checked: bool,
+    usable: bool,
+}
+
+impl Epochs {
+    fn define(&mut self) {
+        if self.checked {
+            return;
+        }
+        self.checked = true;
+        self.ids = (0..crate::store::EPOCH_SHARDS)
+            .map(|i| {
+                hostcalls::define_metric(MetricType::Gauge, &format!("bffgate_store_epoch_{i:02}"))
+                    .ok()
+            })
+            .collect();
+        self.usable = self.ids.iter().all(|id| {
+            id.is_some_and(|id| {
+                let before = hostcalls::get_metric(id).unwrap_or(0);
+                let _ = hostcalls::increment_metric(id, 1);
+                hostcalls::get_metric(id).unwrap_or(0) > before
+            })
+        });
+        if !self.usable {
+            log(
+                LogLevel::Warn,
+                "the session record cache is off on this worker: the gauges bffgate_store_epoch_* are not usable (a stats configuration rejecting them?); every request reads its session from shared data",
+            );
+        }
+    }
+    /// The gauge of `shard` if the cache may use it.
+    fn id(&mut self, shard: u32) -> Option<u32> {
+        self.define();
+        if !self.usable {
+            return None;
+        }
+        self.ids.get(shard as usize).copied().flatten()
+    }
+    /// The gauge of `shard` to bump (even when this VM does not cache).
+    fn writable(&mut self, shard: u32) -> Option<u32> {
+        self.define();
+        self.ids.get(shard as usize).copied().flatten()
+    }
+}
+
+thread_local! {
+    static EPOCHS: RefCell<Epochs> = RefCell::new(Epochs::default());
+    /// This VM's session record cache (see [`crate::store::RecordCache`]); one per VM, for as long
+    /// as the VM lives (every configuration of the VM reads the same shared data).
+    static RECORDS: &'static crate::store::RecordCache = Box::leak(Box::default());
 }
 
 /// Maps keyed by the ids the host hands out (see [`IdHasher`]).
@@ -366,6 +439,9 @@ where
     shared.account(&events);
     for _ in 0..store.cas_conflicts().min(64) {
         shared.count("bffgate_store_cas_retries");
+    }
+    if store.cache_misses() > 0 {
+        shared.count("bffgate_store_record_cache_misses");
     }
     Ran {
         step,
