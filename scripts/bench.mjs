@@ -102,6 +102,12 @@ const ETCD_PORTS = [0, 1, 2].map((i) => ETCD_BASE + 2 * i);
  * origin; case u's origin is https but its listener plain HTTP, as behind a TLS front). */
 const CONNECT = new Map([['127.0.0.1:18448', { port: 18448, tls: false }]]);
 const NOOP_WASM = 'bench/noop/target/wasm32-wasip1/release/bench_noop.wasm';
+// Case x: another build of bffgate (`BENCH_WASM_B=path/to/bffgate.wasm`), on the bffgate Envoy's
+// listener 18549 (plain HTTP), next to case k (this tree's build) in every round.
+const WASM_B = process.env.BENCH_WASM_B || '';
+// Case q: this many bffgate sessions, each request the next one's cookie (wrk script).
+const MANY_SESSIONS = 64;
+const WASM_B_PORT = 18549;
 const IDPS = {
   bffgate: { port: 19000, origin: 'https://localhost:18443' },
   oauth2: { port: 19001, origin: 'https://localhost:18442' },
@@ -116,9 +122,9 @@ const IDPS = {
 // ---------------------------------------------------------------------------------------------
 // options
 
-const ALL_CASES = 'abcdefghijklmnopu';
-const QUICK_CASES = 'a,b,c,f,i,j,k,l';
-const INSTR_CASES = 'a,b,c,d,e,f,i,j,k,l,u,m,n,o,p';
+const ALL_CASES = 'abcdefghijklmnopqux';
+const QUICK_CASES = 'a,b,c,q,f,i,j,k,l';
+const INSTR_CASES = 'a,b,c,q,d,e,f,i,j,k,l,u,m,n,o,p';
 
 function parseOptions() {
   const env = process.env;
@@ -177,6 +183,10 @@ function parseOptions() {
   // Bounded: at most 17 cases x 9 rounds x 30 s of load.
   if (o.duration > 30 || o.rounds > 9 || o.warmup > 10) throw new Error('bounded: --duration <= 30, --rounds <= 9, --warmup <= 10');
   for (const c of o.cases) if (c.length !== 1 || !ALL_CASES.includes(c)) throw new Error(`unknown case ${c} (cases: ${ALL_CASES})`);
+  // Case x only with a second build to compare, and always when there is one.
+  if (!process.env.BENCH_WASM_B) o.cases = o.cases.filter((c) => c !== 'x');
+  else if (!o.cases.includes('x')) o.cases.push('x');
+  if (process.env.BENCH_WASM_B && !fs.existsSync(process.env.BENCH_WASM_B)) throw new Error(`BENCH_WASM_B: ${process.env.BENCH_WASM_B} not found`);
   return o;
 }
 
@@ -382,6 +392,26 @@ function withPlainListener(yaml, tlsPort, httpPort, what) {
   return [...lines.slice(0, end), ...plain, ...lines.slice(end)].join('\n');
 }
 
+/**
+ * `yaml` (the bffgate bench config, with its plain-HTTP listener on `httpPort`) with one more
+ * plain-HTTP listener on `port`, the same in every way but the module it loads: `wasm` (case x,
+ * `BENCH_WASM_B`). Same `vm_id`, so both modules read the same shared data: one sign-in serves
+ * both, and two builds are measured side by side in the same rounds.
+ */
+function withBuildB(yaml, httpPort, port, wasm) {
+  const lines = yaml.split('\n');
+  const start = lines.indexOf('    - name: http');
+  if (start < 0) throw new Error('bench bffgate config: no plain-HTTP listener');
+  let end = start + 1;
+  while (end < lines.length && !(lines[end].trim() !== '' && /^ {0,4}\S/.test(lines[end]))) end += 1;
+  const block = lines.slice(start, end).join('\n');
+  const b = block.replace('    - name: http', '    - name: http-build-b')
+    .replace(`port_value: ${httpPort}`, `port_value: ${port}`)
+    .replaceAll(`filename: ${WASM}`, `filename: ${wasm}`);
+  if (b === block || !b.includes(`filename: ${wasm}`)) throw new Error('bench bffgate config: the plain-HTTP listener is not as expected');
+  return [...lines.slice(0, end), b, ...lines.slice(end)].join('\n');
+}
+
 /** Waits (bounded) until every etcd member reports the same elected leader. */
 async function waitEtcdLeader(endpoints, timeoutMs = 30_000) {
   let seen = [];
@@ -470,9 +500,27 @@ function wrkArgs(c, seconds) {
   const t = target(c);
   const args = [`-t${OPT.threads}`, `-c${OPT.connections}`, `-d${seconds}s`, '--latency', '--timeout', '5s',
     '-H', `Host: ${t.host}`];
-  if (c.cookie()) args.push('-H', `Cookie: ${c.cookie()}`);
+  if (c.sessions) args.push('-s', manySessionsScript(c.sessions()));
+  else if (c.cookie()) args.push('-H', `Cookie: ${c.cookie()}`);
   args.push(t.url);
   return args;
+}
+
+/** A wrk script that sends each request with the next of `cookies` (case q), written once. */
+function manySessionsScript(cookies) {
+  const file = `${WORK}/many-sessions.lua`;
+  const list = cookies.map((v) => `  ${JSON.stringify(v)},`).join('\n');
+  fs.writeFileSync(file, `-- written by scripts/bench.mjs (case q): every request the next session's cookie
+local cookies = {
+${list}
+}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, { ["Cookie"] = cookies[(n % #cookies) + 1] })
+end
+`);
+  return file;
 }
 
 function wrk(args) {
@@ -578,7 +626,8 @@ async function drive(c, n) {
     while (sent < n) {
       sent += 1;
       const h = { host: t.host };
-      if (c.cookie()) h.cookie = c.cookie();
+      const cookie = c.sessions ? c.sessions()[sent % c.sessions().length] : c.cookie();
+      if (cookie) h.cookie = cookie;
       const r = await request('GET', t.url, { headers: h, agent, timeoutMs: 60_000 });
       statuses[r.status] = (statuses[r.status] ?? 0) + 1;
     }
@@ -769,10 +818,12 @@ const COMPARISONS = [
   { x: 'k', y: 'j', kind: 'added', dir: '<=', target: 1, issue: 'target', label: 'plain HTTP: bffgate fast path added CPU / oauth2 filter added CPU' },
   { x: 'o', y: 'n', kind: 'added', dir: '<=', target: 1, issue: 'target', label: '2 KB Cookie: bffgate fast path added CPU / oauth2 filter added CPU' },
   { x: 'u', y: 'j', kind: 'added', dir: '<=', target: 1, issue: 'target', label: 'user configuration (plain HTTP): bffgate added CPU / oauth2 filter added CPU' },
+  { x: 'q', y: 'b', kind: 'added', dir: '<=', target: 1, issue: 'target', label: `HTTPS, ${MANY_SESSIONS} sessions in turn: bffgate added CPU / oauth2 filter added CPU` },
   { x: 'c', y: 'f', kind: 'added', dir: '<=', target: 2, issue: 'stretch target', label: 'HTTPS, own cookie: bffgate added CPU / no-op filter added CPU' },
   { x: 'k', y: 'l', kind: 'added', dir: '<=', target: 2, issue: 'stretch target', label: 'plain HTTP: bffgate added CPU / no-op filter added CPU' },
   { x: 'o', y: 'p', kind: 'added', dir: '<=', target: 2, issue: 'stretch target', label: '2 KB Cookie: bffgate added CPU / no-op filter added CPU' },
   { x: 'u', y: 'l', kind: 'added', dir: '<=', target: 2, issue: 'stretch target', label: 'user configuration: bffgate added CPU / no-op filter added CPU (plain HTTP)' },
+  { x: 'k', y: 'x', kind: 'added', label: 'this build (k) added CPU / build B (x, BENCH_WASM_B) added CPU, plain HTTP' },
   { x: 'c', y: 'a', kind: 'rps', dir: '>=', target: 0.75, issue: 'target', label: 'HTTPS: bffgate fast path req/s / bare Envoy req/s' },
   { x: 'c', y: 'b', kind: 'rps', dir: '>=', target: 1, issue: 'target', label: 'HTTPS: bffgate fast path req/s / oauth2 filter req/s' },
   { x: 'g', y: 'c', kind: 'rps', label: 'fleet, cached: req/s / shared-data store (case c) req/s' },
@@ -1096,6 +1147,14 @@ async function signInBoth() {
   // site's other cookies (analytics, consent, preferences), as a browser sends them.
   out.big = bigCookie(out.bffgate);
   if (out.oauth2) out.bigOauth2 = bigCookie(out.oauth2);
+  // Case q: more sessions, each warmed once (its first request on a worker reads its record).
+  if (OPT.cases.includes('q')) {
+    const app = `https://localhost:${ENVOYS.bffgate.tls}`;
+    out.many = [out.bffgate];
+    while (out.many.length < MANY_SESSIONS) {
+      out.many.push(await bffgateSession(app, `http://localhost:${IDPS.bffgate.port}`, `session ${out.many.length + 1}`));
+    }
+  }
   return out;
 }
 
@@ -1383,7 +1442,9 @@ async function main() {
     '--out', ENVOYS.bffgate.config], { env });
   {
     const e = ENVOYS.bffgate;
-    fs.writeFileSync(e.config, withPlainListener(fs.readFileSync(e.config, 'utf8'), e.tls, e.http, e.config));
+    let yaml = withPlainListener(fs.readFileSync(e.config, 'utf8'), e.tls, e.http, e.config);
+    if (has('x')) yaml = withBuildB(yaml, e.http, WASM_B_PORT, WASM_B);
+    fs.writeFileSync(e.config, yaml);
   }
 
   if (has('gh')) {
@@ -1485,12 +1546,20 @@ async function main() {
     { id: 'a', name: 'bare Envoy (router only)', envoy: 'bare', ...ok200, cookie: () => S.bffgate },
     { id: 'b', name: 'Envoy oauth2 filter (AES-GCM)', envoy: 'oauth2', ...ok200, cookie: () => S.oauth2, base: 'a' },
     { id: 'c', name: 'bffgate fast path', envoy: 'bffgate', ...ok200, cookie: () => S.bffgate, base: 'a' },
+    {
+      id: 'q', name: `bffgate fast path, ${MANY_SESSIONS} sessions in turn`, envoy: 'bffgate', ...ok200,
+      cookie: () => S.bffgate, sessions: () => S.many, base: 'a',
+    },
     { id: 'd', name: 'bffgate second audience', envoy: 'bffgate', path: '/api/profile', expect: '2xx', status: 200, cookie: () => S.bffgate, base: 'a' },
     { id: 'e', name: 'bffgate forged cookie (401)', envoy: 'bffgate', path: '/api/orders', expect: '4xx', status: 401, cookie: () => S.forged, base: 'a' },
     { id: 'f', name: 'no-op proxy-wasm filter', envoy: 'noop', ...ok200, cookie: () => S.bffgate, base: 'a' },
     { id: 'i', name: 'bare Envoy, plain HTTP', envoy: 'bare', scheme: 'http', ...ok200, cookie: () => S.bffgate },
     { id: 'j', name: 'Envoy oauth2 filter, plain HTTP', envoy: 'oauth2', scheme: 'http', ...ok200, cookie: () => S.oauth2, base: 'i' },
     { id: 'k', name: 'bffgate fast path, plain HTTP', envoy: 'bffgate', scheme: 'http', ...ok200, cookie: () => S.bffgate, base: 'i' },
+    {
+      id: 'x', name: `bffgate fast path, plain HTTP, build B (${WASM_B})`, envoy: 'bffgate', scheme: 'http', port: WASM_B_PORT,
+      ...ok200, cookie: () => S.bffgate, base: 'i',
+    },
     { id: 'l', name: 'no-op proxy-wasm filter, plain HTTP', envoy: 'noop', scheme: 'http', ...ok200, cookie: () => S.bffgate, base: 'i' },
     {
       id: 'u', name: 'bffgate, user configuration, plain HTTP', envoy: 'user', scheme: 'http', path: '/api/fast',
