@@ -213,6 +213,17 @@ impl SharedData for Counting {
         self.sets.set(self.sets.get() + 1);
         self.inner.set(key, value, cas)
     }
+    // The write counts and the record cache, as the wasm shell has them: a repeated request
+    // reads its session from the VM's copy (`store::RecordCache`), not from shared data.
+    fn epoch(&self, shard: u32) -> Option<u64> {
+        self.inner.epoch(shard)
+    }
+    fn bump(&mut self, shard: u32) {
+        self.inner.bump(shard);
+    }
+    fn records(&self) -> Option<&bffgate::store::RecordCache> {
+        self.inner.records()
+    }
 }
 
 fn forwards_with_token(step: &Step) -> bool {

@@ -63,8 +63,9 @@ pub trait SharedData {
     /// Sets `key`; with `cas`, only if unchanged since that read.
     fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError>;
     /// The write count of shard `shard` (of [`EPOCH_SHARDS`]) of the embedded store's session
-    /// table, as every VM of the process sees it at once (the shell: an Envoy gauge, read
-    /// without copying anything into the VM). `None`: the host has no such counter, and
+    /// table, as every VM of the process sees it at once (the shell: an Envoy counter, read
+    /// without copying anything into the VM). It only grows: a count is never seen again for
+    /// another state of the shard. `None`: the host has no such counter, and
     /// [`SharedData::records`] is not used.
     fn epoch(&self, _shard: u32) -> Option<u64> {
         None
@@ -175,6 +176,11 @@ impl RecordCache {
                 }
             }
         }
+    }
+
+    /// Forgets every copy.
+    pub fn clear(&self) {
+        self.entries.borrow_mut().iter_mut().for_each(|e| *e = None);
     }
 
     /// Records cached (for tests).

@@ -103,8 +103,7 @@ impl SharedData for HostData {
         }
     }
     fn epoch(&self, shard: u32) -> Option<u64> {
-        let id = EPOCHS.with(|e| e.borrow_mut().id(shard))?;
-        hostcalls::get_metric(id).ok()
+        EPOCHS.with(|e| e.borrow_mut().read(shard))
     }
     fn bump(&mut self, shard: u32) {
         // Every VM bumps (the count is the process's), whether or not it caches.
@@ -117,14 +116,24 @@ impl SharedData for HostData {
     }
 }
 
-/// The write counts of the session table's shards: Envoy gauges `bffgate_store_epoch_<i>`,
+/// The write counts of the session table's shards: Envoy counters `bffgate_store_writes_<nn>`,
 /// one per shard, shared by name by every VM of the process (stats belong to the process, like
-/// shared data). Defined at the first use on a VM, and checked then: a gauge that does not move
-/// when added to (a stats configuration that rejects the name gives a null gauge) turns the
-/// record cache off for this VM, and a failed definition too; writes still bump what exists.
+/// shared data). Counters, not gauges: a counter only grows (a hot restart adds the old
+/// process's counts to the new one's and never takes them back, where it would take back a
+/// gauge's), so a count seen once is never seen again for another state of the shard. The one
+/// exception is an operator's `POST /reset_counters`, which sets every count to 0: a count lower
+/// than one this VM saw before empties the cache, on any read and on every fifth tick of the root
+/// (100 ms), which reads every shard's count (a reset would have to be followed, within 100 ms,
+/// by as many writes as every shard had seen before it to go unnoticed).
+///
+/// Defined at the first use on a VM and checked then: a counter that does not move when added to
+/// (a stats configuration that rejects the name gives a null counter) or a failed definition
+/// turns the record cache off on this VM (a warning says so); writes still bump what exists.
 #[derive(Default)]
 struct Epochs {
     ids: Vec<Option<u32>>,
+    /// The last count read per shard.
+    seen: Vec<u64>,
     checked: bool,
     usable: bool,
 }
@@ -135,39 +144,77 @@ impl Epochs {
             return;
         }
         self.checked = true;
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
         self.ids = (0..crate::store::EPOCH_SHARDS)
-            .map(|i| {
-                hostcalls::define_metric(MetricType::Gauge, &format!("bffgate_store_epoch_{i:02}"))
-                    .ok()
-            })
+            .map(|i| counter(&format!("bffgate_store_writes_{i:02}")))
             .collect();
-        self.usable = self.ids.iter().all(|id| {
+        self.seen = vec![0; self.ids.len()];
+        let moves = |id: Option<u32>| {
             id.is_some_and(|id| {
                 let before = hostcalls::get_metric(id).unwrap_or(0);
                 let _ = hostcalls::increment_metric(id, 1);
                 hostcalls::get_metric(id).unwrap_or(0) > before
             })
-        });
+        };
+        self.usable = self.ids.iter().all(|id| moves(*id));
         if !self.usable {
             log(
                 LogLevel::Warn,
-                "the session record cache is off on this worker: the gauges bffgate_store_epoch_* are not usable (a stats configuration rejecting them?); every request reads its session from shared data",
+                "the session record cache is off on this worker: the counters bffgate_store_writes_* are not usable (a stats configuration rejecting them?); every request reads its session from shared data",
             );
         }
     }
-    /// The gauge of `shard` if the cache may use it.
-    fn id(&mut self, shard: u32) -> Option<u32> {
+    /// The count of `shard` if the cache may use it; a count lower than one seen before (the
+    /// counters were reset) empties the cache first.
+    fn read(&mut self, shard: u32) -> Option<u64> {
         self.define();
         if !self.usable {
             return None;
         }
-        self.ids.get(shard as usize).copied().flatten()
+        let id = self.ids.get(shard as usize).copied().flatten()?;
+        let v = hostcalls::get_metric(id).ok()?;
+        let seen = self.seen.get_mut(shard as usize)?;
+        let back = v < *seen;
+        *seen = v;
+        if back {
+            self.reset("the counters were reset");
+        }
+        Some(v)
     }
-    /// The gauge of `shard` to bump (even when this VM does not cache).
+    /// The counter of `shard` to bump (even when this VM does not cache).
     fn writable(&mut self, shard: u32) -> Option<u32> {
         self.define();
         self.ids.get(shard as usize).copied().flatten()
     }
+    /// The root's tick: every shard's count, against the last one read (a reset shows as a
+    /// count lower than that).
+    fn check_reset(&mut self) {
+        if !self.checked || !self.usable {
+            return;
+        }
+        let mut back = false;
+        for (id, seen) in self.ids.iter().zip(self.seen.iter_mut()) {
+            if let Some(v) = id.and_then(|id| hostcalls::get_metric(id).ok()) {
+                back |= v < *seen;
+                *seen = v;
+            }
+        }
+        if back {
+            self.reset("the counters were reset");
+        }
+    }
+    fn reset(&mut self, why: &str) {
+        RECORDS.with(|r| r.clear());
+        log(
+            LogLevel::Info,
+            &format!("session record cache emptied on this worker: {why}"),
+        );
+    }
+}
+
+/// The root's tick: empties the record cache if the write counts were reset.
+fn check_epoch_reset() {
+    EPOCHS.with(|e| e.borrow_mut().check_reset());
 }
 
 thread_local! {

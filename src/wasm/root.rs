@@ -187,6 +187,9 @@ impl RootContext for Root {
         let Some(cfg) = shared.config() else { return };
         self.ticks = self.ticks.wrapping_add(1);
         shared.flush_hot_counters();
+        if self.ticks % 5 == 0 {
+            super::check_epoch_reset();
+        }
         // A safety net: anything queued whose notification went missing.
         if !shared.outgoing.borrow().is_empty() {
             dispatch_outgoing(shared, &cfg, true);

@@ -36,7 +36,9 @@ import {
   ACCEPT_JSON, CSRF, assertJsonError, assertNoSessionSet, assertSessionCleared,
   forEachLogChunk, secretsSeen, tokenLeaksInResponses,
 } from '../lib/harness.mjs';
-import { onEveryWorker, operatorRevoke } from '../lib/observe.mjs';
+import {
+  ADMIN, logSince, logSize, onEveryWorker, operatorRevoke,
+} from '../lib/observe.mjs';
 import { renderVariant } from '../lib/variant.mjs';
 
 const sleep = (ms) => new Promise((r) => { setTimeout(r, Math.max(0, ms)); });
@@ -896,6 +898,24 @@ test('row: idle and absolute expiry, logout and revocation hold on every Envoy w
   const c3 = await apiCounts();
   for (const r of await onEveryWorker(() => ordersWith(rv))) assertJsonError(r, 401, 'unauthenticated', 'revoked');
   await assertUntouched(c3, 'revoked session');
+  // An operator resets Envoy's counters: the session write counts the workers' record caches
+  // rely on start again from 0, so every worker empties its cache (a count could otherwise come
+  // back to one a copy was read under); then a logout is still refused on every worker.
+  const [, rc] = await signedIn('exp-reset', 'bob');
+  for (const r of await onEveryWorker(() => ordersWith(rc))) assert.equal(r.status, 200, d(r));
+  const at = logSize(stack.logs.envoy);
+  const reset = await rawRequest('POST', `${ADMIN}/reset_counters`);
+  assert.equal(reset.status, 200, d(reset));
+  // Envoy's log lines carry the thread: one line from each of the two workers.
+  const emptied = () => new Set(logSince(stack.logs.envoy, at).split('\n')
+    .filter((l) => l.includes('session record cache emptied on this worker: the counters were reset'))
+    .map((l) => /^\[[^\]]*\]\[(\d+)\]/.exec(l)?.[1])).size;
+  for (let i = 0; i < 50 && emptied() < 2; i += 1) await sleep(100);
+  assert.equal(emptied(), 2, 'both workers emptied their record cache within 5 s of the reset');
+  for (const r of await onEveryWorker(() => ordersWith(rc))) assert.equal(r.status, 200, `served again after the reset: ${d(r)}`);
+  const out2 = await withCookie('POST', '/auth/logout', sessionHeader(rc), CSRF);
+  assert.equal(out2.status, 200, d(out2));
+  for (const r of await onEveryWorker(() => ordersWith(rc))) assertJsonError(r, 401, 'unauthenticated', 'logout after a counter reset');
 });
 
 test('row: refresh: invalid_grant ends the session, a timeout or 5xx keeps it with idp_unavailable; concurrent requests on a stale token cause one refresh', { timeout: 150_000 }, async () => {
