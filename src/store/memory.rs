@@ -17,8 +17,6 @@ pub struct MemoryData {
     next_cas: crate::store::Cas,
     epochs: Vec<u64>,
     records: crate::store::RecordCache,
-    /// Reads of a key (every `get`), for tests that count host calls.
-    pub gets: std::cell::Cell<u64>,
     /// Whether `epoch` answers (off: nothing is cached, as on a host without the gauges).
     pub no_epochs: bool,
 }
@@ -55,7 +53,6 @@ impl crate::store::SharedData for MemoryData {
         Some(&self.records)
     }
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<crate::store::Cas>) {
-        self.gets.set(self.gets.get() + 1);
         match self.map.get(key) {
             Some((v, c)) => (Some(v.clone()), Some(*c)),
             None => (None, None),

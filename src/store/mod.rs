@@ -114,9 +114,12 @@ pub const RECORD_CACHE_ENTRIES: usize = 1024;
 /// a new session in the slot) is never served from a copy once the write is done: what the
 /// store promised before (logout on every worker at once) still holds. Direct-mapped by slot
 /// and bounded ([`RECORD_CACHE_ENTRIES`]): a miss reads the record as before.
+///
+/// Behind a `Mutex` only so that a store value can sit in a `static` (the fuzz targets' worlds):
+/// in a VM there is one thread, and the lock is never contended.
 #[derive(Default)]
 pub struct RecordCache {
-    entries: std::cell::RefCell<Vec<Option<CachedRecord>>>,
+    entries: std::sync::Mutex<Vec<Option<CachedRecord>>>,
 }
 
 struct CachedRecord {
@@ -144,16 +147,23 @@ impl RecordCache {
         slot as usize % RECORD_CACHE_ENTRIES
     }
 
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<Option<CachedRecord>>> {
+        // A panic while holding it (tests only: the wasm build aborts) leaves plain data.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The record of `slot` if it was cached under `epoch`.
     pub fn get(&self, slot: u32, epoch: u64) -> Option<(Vec<u8>, Cas)> {
-        let entries = self.entries.borrow();
+        let entries = self.entries();
         let e = entries.get(Self::index(slot))?.as_ref()?;
         (e.slot == slot && e.epoch == epoch).then(|| (e.value.clone(), e.cas))
     }
 
     /// Keeps `value` (read with `cas` after the shard's count was `epoch`) for `slot`.
     pub fn put(&self, slot: u32, epoch: u64, value: &[u8], cas: Cas) {
-        let mut entries = self.entries.borrow_mut();
+        let mut entries = self.entries();
         if entries.is_empty() {
             entries.resize_with(RECORD_CACHE_ENTRIES, || None);
         }
@@ -180,12 +190,12 @@ impl RecordCache {
 
     /// Forgets every copy.
     pub fn clear(&self) {
-        self.entries.borrow_mut().iter_mut().for_each(|e| *e = None);
+        self.entries().iter_mut().for_each(|e| *e = None);
     }
 
     /// Records cached (for tests).
     pub fn len(&self) -> usize {
-        self.entries.borrow().iter().flatten().count()
+        self.entries().iter().flatten().count()
     }
 
     /// Whether nothing is cached.
