@@ -367,6 +367,15 @@ async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
   return { name, proc, pid: proc.pid, ...e, logFile, readyMs: Date.now() - started };
 }
 
+/** [first, end) of the lines of listener `name` in a config's `static_resources.listeners`. */
+function listenerLines(lines, name, what) {
+  const start = lines.indexOf(`    - name: ${name}`);
+  if (start < 0) throw new Error(`${what}: no \`    - name: ${name}\` listener`);
+  let end = start + 1;
+  while (end < lines.length && !(lines[end].trim() !== '' && /^ {0,4}\S/.test(lines[end]))) end += 1;
+  return [start, end];
+}
+
 /**
  * `yaml` (one of the bench's Envoy configs) with a second listener, `http` on `httpPort`: a copy
  * of its `https` listener (same connection manager, filters and routes) without the TLS
@@ -374,10 +383,7 @@ async function startEnvoy(name, env, { extraArgs = [], logName = name } = {}) {
  */
 function withPlainListener(yaml, tlsPort, httpPort, what) {
   const lines = yaml.split('\n');
-  const start = lines.indexOf('    - name: https');
-  if (start < 0) throw new Error(`${what}: no \`    - name: https\` listener`);
-  let end = start + 1;
-  while (end < lines.length && !(lines[end].trim() !== '' && /^ {0,4}\S/.test(lines[end]))) end += 1;
+  const [start, end] = listenerLines(lines, 'https', what);
   const block = lines.slice(start, end);
   const ts = block.indexOf('        - transport_socket:');
   const filters = block.indexOf('          filters:');
@@ -400,10 +406,7 @@ function withPlainListener(yaml, tlsPort, httpPort, what) {
  */
 function withBuildB(yaml, httpPort, port, wasm) {
   const lines = yaml.split('\n');
-  const start = lines.indexOf('    - name: http');
-  if (start < 0) throw new Error('bench bffgate config: no plain-HTTP listener');
-  let end = start + 1;
-  while (end < lines.length && !(lines[end].trim() !== '' && /^ {0,4}\S/.test(lines[end]))) end += 1;
+  const [start, end] = listenerLines(lines, 'http', 'bench bffgate config');
   const block = lines.slice(start, end).join('\n');
   const b = block.replace('    - name: http', '    - name: http-build-b')
     .replace(`port_value: ${httpPort}`, `port_value: ${port}`)

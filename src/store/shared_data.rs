@@ -70,13 +70,21 @@ impl<D> SharedStore<D> {
     }
 }
 
+/// Keys of session slots: this, then the slot number.
+const SESSION_PREFIX: &str = "bffgate:s:";
+
 fn session_key(slot: u32) -> String {
-    format!("bffgate:s:{slot}")
+    format!("{SESSION_PREFIX}{slot}")
+}
+
+/// The slot of a session slot's key.
+fn slot_of_key(key: &str) -> Option<u32> {
+    key.strip_prefix(SESSION_PREFIX)?.parse().ok()
 }
 
 /// [`session_key`] written into `buf` (no allocation: the per-request read).
 fn session_key_in(slot: u32, buf: &mut [u8; 24]) -> &str {
-    const PREFIX: &[u8] = b"bffgate:s:";
+    const PREFIX: &[u8] = SESSION_PREFIX.as_bytes();
     let mut digits = [0u8; 10];
     let mut start = digits.len();
     let mut n = slot;
@@ -114,10 +122,7 @@ impl<D: SharedData> SharedStore<D> {
             // After the write: a reader that still sees the old count may use its copy, which
             // was true until this write (the request raced it); any later reader reads again.
             Ok(()) => {
-                if let Some(slot) = key
-                    .strip_prefix("bffgate:s:")
-                    .and_then(|n| n.parse::<u32>().ok())
-                {
+                if let Some(slot) = slot_of_key(key) {
                     self.data.bump(slot % EPOCH_SHARDS);
                 }
             }
@@ -307,21 +312,23 @@ impl<D: SharedData> Store for SharedStore<D> {
         let mut buf = [0u8; 24];
         let key = session_key_in(slot, &mut buf);
         // The shard's count first, then the record: a copy is never newer than its count.
-        if let (Some(cache), Some(epoch)) =
-            (self.data.records(), self.data.epoch(slot % EPOCH_SHARDS))
-        {
+        let cached = self
+            .data
+            .records()
+            .zip(self.data.epoch(slot % EPOCH_SHARDS));
+        if let Some((cache, epoch)) = cached {
             if let Some(hit) = cache.get(slot, epoch) {
                 return Some(hit);
             }
             self.cache_misses
                 .set(self.cache_misses.get().saturating_add(1));
-            let (v, cas) = self.data.get(key);
-            let (v, cas) = (v.filter(|v| !v.is_empty())?, cas?);
-            cache.put(slot, epoch, &v, cas);
-            return Some((v, cas));
         }
         let (v, cas) = self.data.get(key);
-        Some((v.filter(|v| !v.is_empty())?, cas?))
+        let (v, cas) = (v.filter(|v| !v.is_empty())?, cas?);
+        if let Some((cache, epoch)) = cached {
+            cache.put(slot, epoch, &v, cas);
+        }
+        Some((v, cas))
     }
 
     fn get_session(&self, id: &SessionId) -> Option<(Session, Cas)> {

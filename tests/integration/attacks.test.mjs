@@ -28,7 +28,7 @@ import { after, before, test } from 'node:test';
 import { readSecrets, startStack } from '../../scripts/stack.mjs';
 import {
   APP, Browser, FLOW_PREFIX, IDP, ROOT, SESSION_COOKIE,
-  apiCount, apiCounts, authorizeAtIdp, ca, deliverCallback, describe as d, idpStats, isDeletion, login,
+  apiCount, apiCounts, authorizeAtIdp, ca, deliverCallback, describe as d, envoyStats, idpStats, isDeletion, login,
   loginOk, parseSetCookie, rawHttp1, rawRequest, resetApis, setCookiesNamed, setsSession, startLogin,
   transcript,
 } from '../lib/client.mjs';
@@ -861,8 +861,13 @@ test('row: idle and absolute expiry, logout and revocation hold on every Envoy w
   const [, lo] = await signedIn('exp-logout', 'bob');
   assert.equal((await ordersWith(idle)).status, 200);
   // Every worker serves the session first (so each holds a copy of its record, see
-  // store::RecordCache), then a logout on one connection: refused on every worker, at once.
+  // store::RecordCache: the first request on each worker reads the record, a miss), then a
+  // logout on one connection: refused on every worker, at once.
+  const MISSES = 'bffgate_store_record_cache_misses';
+  const misses = async () => (await envoyStats(MISSES)).get(`wasmcustom.${MISSES}`) ?? 0;
+  const m0 = await misses();
   for (const r of await onEveryWorker(() => ordersWith(lo))) assert.equal(r.status, 200, d(r));
+  assert.ok(await misses() >= m0 + 2, `${MISSES}: each worker read the record once (${m0} -> ${await misses()})`);
   const c0 = await apiCounts();
   const out = await withCookie('POST', '/auth/logout', sessionHeader(lo), CSRF);
   assert.equal(out.status, 200, d(out));
