@@ -192,11 +192,18 @@ for (const ttl of [2, 8, 60]) {
       const s0 = await idpStats();
       const renewedAt = Date.now();
       const rs = await Promise.all(Array.from({ length: 30 }, () => orders(b)));
+      const batchEnd = Date.now();
       for (const r of rs) assert.equal(r.res.status, 200, d(r.res));
       const tokens = new Set(rs.map((r) => r.token));
       const s1 = await idpStats();
-      assert.equal(grants(s1) - grants(s0), 1, `ttl ${ttl}: one refresh grant for 30 requests`);
-      assert.equal(tokens.size, 1, `ttl ${ttl}: all 30 carry the same token (${tokens.size} distinct)`);
+      // The filter's clock is in whole seconds: a token obtained at 12.95 s is due (half way
+      // through a 2 s life, at least 1 s after it was obtained) at 13 s, 50 ms later. So a batch
+      // that outlasts that boundary may rightly renew the renewed token once more.
+      const earliestDueMs = (Math.floor(renewedAt / 1000) + Math.max(1, Math.floor(ttl / 2))) * 1000;
+      const most = batchEnd < earliestDueMs ? 1 : 2;
+      const n = grants(s1) - grants(s0);
+      assert.ok(n >= 1 && n <= most, `ttl ${ttl}: ${most === 1 ? 'one refresh grant' : 'one grant, or two across a due second'} for 30 requests (${n})`);
+      assert.ok(tokens.size <= most, `ttl ${ttl}: all 30 carry the same token${most === 1 ? '' : ' (or the next one)'} (${tokens.size} distinct)`);
       // The renewed token is not renewed again by the next requests while it is not due: a
       // token is due half way through its life, and never within 1 s of obtaining it (so a 2 s
       // token is due again 1 s after the renewal, which a slow machine can reach before the
@@ -205,7 +212,6 @@ for (const ttl of [2, 8, 60]) {
       // the earliest it can be due is a whole second boundary after the batch started.
       const again = await Promise.all(Array.from({ length: 10 }, () => orders(b)));
       const sinceRenewal = Date.now() - renewedAt;
-      const earliestDueMs = (Math.floor(renewedAt / 1000) + Math.max(1, Math.floor(ttl / 2))) * 1000;
       if (Date.now() < earliestDueMs) {
         assert.deepEqual(new Set(again.map((r) => r.token)), tokens, `ttl ${ttl}: ${sinceRenewal} ms after the renewal`);
         assert.equal(grants(await idpStats()) - grants(s0), 1, `ttl ${ttl}: still one grant`);
