@@ -22,7 +22,7 @@ CONFIG_INPUTS := --settings envoy/bffgate.yaml --policies policies --template en
 FLEET_TEMPLATE := target/envoy.fleet.template.yaml
 FLEET_INPUTS := --settings envoy/bffgate.yaml --overlay envoy/fleet.yaml --policies policies --template $(FLEET_TEMPLATE)
 
-.PHONY: help setup wasm-target build repro sbom config live-config fleet-template check lint unit fuzz fuzz-smoke integration test run run-fleet clean distclean
+.PHONY: help setup wasm-target build repro sbom config live-config fleet-template check lint unit module fuzz fuzz-smoke integration test run run-fleet clean distclean
 
 # Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable via RUSTC_BOOTSTRAP=1): seconds per target.
 FUZZ_SECONDS ?= 300
@@ -88,10 +88,13 @@ fuzz: setup ## run every fuzz target for FUZZ_SECONDS (default 300) each, 2 at a
 fuzz-smoke: setup ## short fuzz run of every target (FUZZ_SMOKE_SECONDS, default 15): a crash fails
 	bash scripts/fuzz.sh -t $(FUZZ_SMOKE_SECONDS)
 
+module: build ## the built .wasm's fast path, counted: its host calls and calls into the VM per request (tests/module)
+	node --test --test-concurrency=1 tests/module/*.test.mjs
+
 integration: setup build ## end-to-end tests against the real stack (Envoy + IdP + APIs)
 	node --test --test-concurrency=1 tests/integration/*.test.mjs
 
-test: lint unit check repro sbom fuzz-smoke integration ## everything CI runs, in this order
+test: lint unit check repro sbom fuzz-smoke module integration ## everything CI runs, in this order
 
 run: setup build live-config ## run the demo stack in the foreground until Ctrl-C (`make config` meanwhile changes its policies live)
 	node scripts/stack.mjs run --config envoy/envoy.live.yaml
@@ -109,7 +112,7 @@ clean: ## remove build output and the runtime dir (.run: logs, cert, secrets)
 distclean: clean ## also remove .venv and node_modules
 	rm -rf .venv node_modules
 
-.PHONY: bench bench-quick bench-instr
+.PHONY: bench bench-quick bench-instr wasm-profile
 bench: build ## side-by-side benchmark, 3 interleaved rounds (about 10 min, at most 15); writes bench/results/latest.*
 	node scripts/bench.mjs
 
@@ -118,3 +121,6 @@ bench-quick: build ## before a fast-path commit (< 2 min): bare, no-op, oauth2, 
 
 bench-instr: build ## Envoy instructions per request under callgrind: deterministic, blind to neighbours (~5 min)
 	node scripts/bench.mjs --instructions
+
+wasm-profile: build ## the fast path's instructions per request by the module's function, in Node's V8 under callgrind (~3 min)
+	node scripts/wasm-profile.mjs --instructions

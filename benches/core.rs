@@ -35,11 +35,9 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use bffgate::config::Config;
-use bffgate::engine::{Engine, Request, Step};
-use bffgate::secret::Secret;
-use bffgate::session::{AudienceToken, Session};
+use bffgate::engine::{Engine, Step};
 use bffgate::store::{Cas, SharedData, SharedStore, Store, StoreError};
+use bffgate::testkit::fast_path::{api_request, config, session, COOKIE, COOKIE_KEYS, NOW};
 use bffgate::testkit::MemoryData;
 use bffgate::testkit::TestRandom;
 use bffgate::verified::VerifiedCookies;
@@ -52,137 +50,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const NOW: u64 = 1_750_000_000;
-const COOKIE_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-const COOKIE: &str = "__Host-bff-session";
-const ORDERS: &str = "https://orders.api.local";
-const PROFILE: &str = "https://profile.api.local";
 const GROUP: &str = "core";
-
-/// The benchmark's filter configuration: the shared demo configuration with bench/bffgate.yaml's
-/// audiences and bench/policies/bench.yaml's routes (its ports do not matter natively).
-fn config() -> Config {
-    let mut raw = bffgate::testkit::demo_json();
-    raw["provider"]["jwks_uri"] = json!("http://localhost:9000/jwks");
-    raw["audiences"][PROFILE] = json!({"acquire": "exchange", "scopes": ["profile"]});
-    raw["routes"] = json!({
-        "bffgate-auth": {"access": "public"},
-        "orders-read": {"access": "session", "audience": ORDERS, "scopes": ["orders:read"]},
-        "profile": {"access": "session", "audience": PROFILE, "scopes": ["profile"]},
-        "other": {"access": "public"}
-    });
-    let secrets = |name: &str| match name {
-        "BFFGATE_CLIENT_SECRET" => Some("bench-client-secret-0123456789abcdef".to_string()),
-        "BFFGATE_COOKIE_KEYS" => Some(COOKIE_KEYS.to_string()),
-        _ => None,
-    };
-    Config::from_json(raw.to_string().as_bytes(), &secrets).expect("the bench config compiles")
-}
-
-fn b64(v: &Value) -> String {
-    URL_SAFE_NO_PAD.encode(v.to_string())
-}
-
-/// A JWT of the demo IdP's shape and size (ES256: 64-byte signature). Never verified here.
-fn jwt(header: &Value, claims: &Value) -> String {
-    let sig: Vec<u8> = (0u8..64).collect();
-    format!(
-        "{}.{}.{}",
-        b64(header),
-        b64(claims),
-        URL_SAFE_NO_PAD.encode(sig)
-    )
-}
-
-const KID: &str = "m1Qk8wH2f5mC0nJ3vXo6yT9rB4sL7aZ1eD2gU5iP8kQ";
-
-fn access_token(aud: &str, scope: &str) -> String {
-    jwt(
-        &json!({"alg": "ES256", "typ": "at+jwt", "kid": KID}),
-        &json!({
-            "jti": "Zr3dYk0bQ8uV1nJ6xW2cF5tH9mL4pA7sE0gK3iO6qR1",
-            "sub": "alice",
-            "iat": NOW,
-            "exp": NOW + 3600,
-            "scope": scope,
-            "client_id": "bffgate",
-            "iss": "http://localhost:19000",
-            "aud": aud,
-            "name": "Alice Example",
-            "preferred_username": "alice",
-            "email": "alice@example.test"
-        }),
-    )
-}
-
-/// The server-side record of a signed-in demo user with both audiences' tokens cached.
-fn session() -> Session {
-    let id_token = jwt(
-        &json!({"alg": "ES256", "typ": "JWT", "kid": KID}),
-        &json!({
-            "sub": "alice",
-            "name": "Alice Example",
-            "preferred_username": "alice",
-            "email": "alice@example.test",
-            "email_verified": true,
-            "nonce": "u2Jf8sKq1xVb6nZ0cW4yT7rH3mE9pL5aG1dS8iO2kQ0",
-            "at_hash": "x7Hq2LmN9bV4cR1tY6uE3o",
-            "sid": "c3b1d5e7-9f2a-4b6c-8d0e-1f3a5b7c9d2e",
-            "auth_time": NOW,
-            "iat": NOW,
-            "exp": NOW + 3600,
-            "aud": "bffgate",
-            "iss": "http://localhost:19000"
-        }),
-    );
-    let mut claims = serde_json::Map::new();
-    claims.insert("name".into(), json!("Alice Example"));
-    claims.insert("preferred_username".into(), json!("alice"));
-    claims.insert("email".into(), json!("alice@example.test"));
-    Session {
-        owner: String::new(),
-        handle: String::new(),
-        sub: "alice".into(),
-        claims,
-        created: NOW,
-        last_seen: NOW,
-        expires: NOW + 8 * 3600,
-        refresh_token: Some(Secret::new("Yq8pF2nW5vK1xR7cT4mB9jL3hG6dS0aZ2eU8iO5kN1s")),
-        id_token: Some(Secret::new(id_token)),
-        tokens: vec![
-            AudienceToken {
-                aud: ORDERS.into(),
-                token: Secret::new(access_token(ORDERS, "orders:read orders:write")),
-                exp: NOW + 3600,
-                obtained: NOW,
-                scope: "orders:read orders:write".into(),
-            },
-            AudienceToken {
-                aud: PROFILE.into(),
-                token: Secret::new(access_token(PROFILE, "profile")),
-                exp: NOW + 3600,
-                obtained: NOW,
-                scope: "profile".into(),
-            },
-        ],
-        ..Default::default()
-    }
-}
-
-/// An API request (a page's fetch) for `path` on `route`, with the session cookie among others.
-fn api_request(path: &str, route: &str, session_cookie: &str) -> Request {
-    Request {
-        method: "GET".into(),
-        path: path.into(),
-        route: Some(route.into()),
-        cookie: Some(format!("theme=dark; {COOKIE}={session_cookie}")),
-        accept: Some("application/json".into()),
-        sec_fetch_site: Some("same-origin".into()),
-        sec_fetch_mode: Some("cors".into()),
-        sec_fetch_dest: Some("empty".into()),
-        ..Default::default()
-    }
-}
 
 /// In-memory shared data that counts what the store does with it.
 #[derive(Default)]

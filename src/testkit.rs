@@ -23,6 +23,8 @@ impl crate::util::Random for TestRandom {
 
 pub use crate::store::memory::{memory_store, MemoryData};
 
+pub mod fast_path;
+
 /// The demo stack's filter configuration without secrets and JWKS, as JSON: the one example the
 /// unit tests, the engine suites and the fuzz targets share (each patches what it needs).
 pub fn demo_json() -> serde_json::Value {
