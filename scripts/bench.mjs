@@ -3,7 +3,7 @@
 // judged against the performance targets in docs/performance.md.
 //
 //   node scripts/bench.mjs [--duration S] [--connections N] [--threads N] [--rounds N] [--warmup S]
-//                          [--sessions N] [--cases a,b,c,...] [--no-core] [--no-renewal]
+//                          [--sessions N] [--cases a,b,c,...] [--no-core] [--no-renewal] [--perf]
 //   node scripts/bench.mjs --quick     (`make bench-quick`: cases a,b,c,f,i,j,k,l, 3 rounds of 3 s)
 //   node scripts/bench.mjs --probe [--duration S] [--rounds N]    (host-call prices, see below)
 //   (the same knobs as environment variables: BENCH_DURATION, BENCH_CONNECTIONS, BENCH_THREADS,
@@ -170,6 +170,7 @@ function parseOptions() {
     else if (a === '--no-pin') o.pin = false;
     else if (a === '--no-renewal') o.renewal = false;
     else if (a === '--probe') o.probe = true;
+    else if (a === '--perf') o.perf = true;
     else if (a === '--quick' || a === '--instructions') { /* applied above */ } else if (a === '-h' || a === '--help') {
       process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n')
         .slice(1, 9).map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
@@ -526,6 +527,44 @@ end
   return file;
 }
 
+/**
+ * --perf: samples the Envoy with `perf record` (cpu-clock, kernel and user, call chains) during
+ * a measured run; `stop()` resolves to the share of the samples in each of: the VM's compiled
+ * code (V8's JIT, i.e. the filter's own code), code called from it (host calls: Envoy's side and
+ * V8's), the kernel, and the rest of Envoy (its request path, and V8 entering and leaving the VM).
+ */
+function perfStart(pid, c) {
+  fs.mkdirSync(`${WORK}/perf`, { recursive: true });
+  const file = `${WORK}/perf/${c.id}-${Date.now()}.data`;
+  const child = spawn('perf', ['record', '-q', '-F', '997', '-e', 'cpu-clock', '-g', '-p', String(pid), '-o', file],
+    { stdio: 'ignore' });
+  return {
+    stop: () => new Promise((resolve) => {
+      child.on('exit', () => resolve(perfShares(file)));
+      child.kill('SIGINT');
+    }),
+  };
+}
+
+/** Shares of a `perf record -g` file's samples by where they fell (see perfStart). */
+function perfShares(file) {
+  const r = run('perf', ['script', '-i', file, '-F', 'ip,dso'], { quiet: true, allowFail: true, timeoutMs: 120_000 });
+  const counts = { 'VM code (JIT)': 0, 'called from the VM (host calls)': 0, kernel: 0, 'Envoy, rest': 0 };
+  let n = 0;
+  for (const block of r.stdout.split('\n\n')) {
+    const frames = block.split('\n').map((l) => l.trim()).filter(Boolean);
+    if (!frames.length) continue;
+    n += 1;
+    const jit = (f) => /\(\/tmp\/perf-\d+\.map\)|\[JIT\]/.test(f);
+    if (jit(frames[0])) counts['VM code (JIT)'] += 1;
+    else if (frames.some(jit)) counts['called from the VM (host calls)'] += 1;
+    else if (frames[0].includes('[kernel')) counts.kernel += 1;
+    else counts['Envoy, rest'] += 1;
+  }
+  fs.rmSync(file, { force: true });
+  return n ? Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, v / n])) : null;
+}
+
 function wrk(args) {
   return new Promise((resolve, reject) => {
     const [bin, argv] = OPT.pin ? ['taskset', ['-c', String(OPT.pin.wrk), 'wrk', ...args]] : ['wrk', args];
@@ -549,8 +588,10 @@ async function measure(c) {
     ? STACK.etcd.pids().filter(Boolean).reduce((a, pid) => a + cpuNs(pid), 0) : NaN);
   const cpu0 = cpuNs(envoy.pid);
   const etcd0 = etcdCpu();
+  const perf = OPT.perf ? perfStart(envoy.pid, c) : null;
   const out = await wrk(wrkArgs(c, OPT.duration));
   const cpu1 = cpuNs(envoy.pid);
+  const perfShare = perf ? await perf.stop() : null;
   const etcd1 = etcdCpu();
   const after = await stats(envoy);
   const w = parseWrk(out);
@@ -575,6 +616,9 @@ async function measure(c) {
     expected_share: expected,
     socket_errors: w.socketErrors,
     fast_path: Object.keys(fp).length ? fp : undefined,
+    // --perf: Envoy's CPU per request by where it was spent (µs).
+    perf: perfShare && requests ? Object.fromEntries(Object.entries(perfShare)
+      .map(([k, v]) => [k, (v * (cpu1 - cpu0)) / 1000 / requests])) : undefined,
     ok: expected >= 0.999 && requests > 0,
   };
 }
@@ -590,7 +634,8 @@ const CALLGRIND_DIR = `${WORK}/callgrind`;
 const INSTR_WINDOWS = [250, 1250];
 
 function valgrindArgs(name) {
-  return ['--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', `--callgrind-out-file=${CALLGRIND_DIR}/${name}.%p.out`];
+  const extra = (process.env.BENCH_CALLGRIND_ARGS || '').split(' ').filter(Boolean);
+  return ['--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', ...extra, `--callgrind-out-file=${CALLGRIND_DIR}/${name}.%p.out`];
 }
 
 function callgrindControl(pid, ...args) {
@@ -944,6 +989,20 @@ function markdown(R) {
     }
     L.push('- "bffgate fast path" shows bffgate\'s own counters (`bffgate_fast_path_taken`, `bffgate_fast_path_missed_<reason>`) '
       + 'over the measured runs: which share of the requests took the fast path, and why the others left it.', '');
+  }
+  const perfCases = R.cases.filter((c) => c.runs.some((r) => r.perf));
+  if (perfCases.length) {
+    const kinds = Object.keys(perfCases[0].runs.find((r) => r.perf).perf);
+    L.push('## Where Envoy\'s CPU goes (`--perf`: perf samples of the Envoy during each run, µs per request, median of rounds)', '');
+    L.push(`| case | ${kinds.join(' | ')} | total |`, `|---|${kinds.map(() => '---:').join('|')}|---:|`);
+    for (const c of perfCases) {
+      const med = (k) => median(c.runs.map((r) => r.perf?.[k]).filter(Number.isFinite));
+      L.push(`| ${c.id}. ${c.name} | ${kinds.map((k) => fmt(med(k), 1)).join(' | ')} | ${fmt(c.cpu_us_per_req, 1)} |`);
+    }
+    L.push('', 'VM code: the filter\'s compiled code (V8\'s JIT). Called from the VM: the host calls (Envoy\'s side and V8\'s '
+      + 'wrappers). Envoy, rest: the request\'s path through Envoy outside the VM, and V8 entering and leaving it. Compare the '
+      + 'rest with bare Envoy\'s: a filter whose code and host calls fill the instruction cache also slows Envoy\'s own code '
+      + '(bench/README.md).', '');
   }
   if (R.core) {
     L.push('## Core, natively (criterion, `cargo bench --bench core`)', '');
