@@ -656,7 +656,7 @@ async function counted(envoy, fn, keepAs) {
   callgrindControl(envoy.pid, '-d');
   const files = dumps();
   if (files.length !== 1) throw new Error(`callgrind: expected one dump of ${envoy.name}, found ${files.length}`);
-  const r = run('callgrind_annotate', [`${CALLGRIND_DIR}/${files[0]}`], { quiet: true });
+  const r = run('callgrind_annotate', ['--show=Ir', `${CALLGRIND_DIR}/${files[0]}`], { quiet: true });
   const m = /([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS/.exec(r.stdout);
   if (!m) throw new Error(`callgrind_annotate: no program totals in ${files[0]}`);
   if (keepAs) fs.renameSync(`${CALLGRIND_DIR}/${files[0]}`, `${CALLGRIND_DIR}/${keepAs}`);

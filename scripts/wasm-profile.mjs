@@ -214,7 +214,8 @@ class Host {
 
 /** Writes the fixture with the native test that also checks it (see the header). */
 export function writeFixture(file) {
-  const r = spawnSync('cargo', ['test', '--quiet', '--test', 'fast_path_fixture'], {
+  // With the features `make unit` builds with, so that its build is reused.
+  const r = spawnSync('cargo', ['test', '--quiet', '--features', 'cli', '--test', 'fast_path_fixture'], {
     cwd: ROOT, env: { ...process.env, BFFGATE_WASM_FIXTURE: file }, encoding: 'utf8', timeout: 600_000,
   });
   if (r.status !== 0 || !fs.existsSync(file)) {
