@@ -135,12 +135,34 @@ pub struct Scan<'a> {
 
 /// [`find`] for `name`, and what [`without`] would do with `drop`, in one pass.
 pub fn scan<'a>(header: &'a str, name: &str, drop: impl Fn(&str) -> bool) -> Scan<'a> {
+    scan_parts(header, name, drop, false).0
+}
+
+/// [`scan`], and in the same pass [`without`]'s answer when it would drop a part and keep
+/// another (`ours` and `others`), otherwise `None`: the header is read once for both (a request
+/// with a session cookie among a site's cookies needs both).
+pub fn scan_without<'a>(
+    header: &'a str,
+    name: &str,
+    drop: impl Fn(&str) -> bool,
+) -> (Scan<'a>, Option<String>) {
+    scan_parts(header, name, drop, true)
+}
+
+fn scan_parts<'a>(
+    header: &'a str,
+    name: &str,
+    drop: impl Fn(&str) -> bool,
+    rebuild: bool,
+) -> (Scan<'a>, Option<String>) {
     let mut s = Scan {
         count: 0,
         first: None,
         ours: false,
         others: false,
     };
+    // The kept parts, as `without` joins them (built only with `rebuild`).
+    let mut kept = String::new();
     for part in split_semicolons(header) {
         if let Some((n, v)) = pair(part) {
             if n == name {
@@ -150,15 +172,24 @@ pub fn scan<'a>(header: &'a str, name: &str, drop: impl Fn(&str) -> bool) -> Sca
                 }
             }
         }
-        if let Some((_, n)) = part_named(part) {
+        if let Some((trimmed, n)) = part_named(part) {
             if drop(n) {
                 s.ours = true;
             } else {
                 s.others = true;
+                if rebuild {
+                    if kept.is_empty() {
+                        kept.reserve(header.len());
+                    } else {
+                        kept.push_str("; ");
+                    }
+                    kept.push_str(trimmed);
+                }
             }
         }
     }
-    s
+    let rest = (rebuild && s.ours && s.others).then_some(kept);
+    (s, rest)
 }
 
 /// Every part of a `Cookie` header, well-formed or not, trimmed, with the name it is dropped by
@@ -296,6 +327,32 @@ mod tests {
             without("__Host-bff-session=abc", |n| n.starts_with("__Host-bff-")),
             None
         );
+    }
+
+    #[test]
+    fn scan_without_rebuilds_exactly_what_without_does_when_it_drops_and_keeps() {
+        let ours = |n: &str| n.starts_with("__Host-bff-");
+        for h in [
+            "theme=dark; __Host-bff-session=abc; __Host-bff-flow-x=y; lang=en",
+            "__Host-bff-session=abc",
+            "theme=dark",
+            "  a=1 ;;__Host-bff-session=x;\tb = 2 ; junk ; =v; __Host-bff-flow-q",
+            "__Host-bff-session=a; __Host-bff-session=b; c=\"q\"",
+            "",
+            " ; ; ",
+        ] {
+            let (s, rest) = scan_without(h, "__Host-bff-session", ours);
+            assert_eq!(s, scan(h, "__Host-bff-session", ours), "{h:?}");
+            let want = if s.ours && s.others {
+                without(h, ours)
+            } else {
+                None
+            };
+            assert_eq!(rest, want, "{h:?}");
+        }
+        let (s, rest) = scan_without("x=1; __Host-bff-session=v; y=2", "__Host-bff-session", ours);
+        assert_eq!((s.count, s.first), (1, Some("v")));
+        assert_eq!(rest.as_deref(), Some("x=1; y=2"));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `Cookie` header parsing: `cookie::pairs`, `cookie::find`, `cookie::without`.
 //! Invariants: no panic; `find` agrees with `pairs`; `without` never keeps a cookie it was told
 //! to drop (as `pairs` or an upstream splitting on `;` would read it), keeps every other pair, and
-//! its output parses to the same pairs minus the dropped ones; `set_cookie` output parses back.
+//! its output parses to the same pairs minus the dropped ones; `scan_without` agrees with `scan`
+//! and rebuilds exactly `without`'s output whenever it drops a part and keeps another;
+//! `set_cookie` output parses back.
 #![no_main]
 
-use bffgate::cookie::{find, pairs, set_cookie, without, Attributes};
+use bffgate::cookie::{find, pairs, scan, scan_without, set_cookie, without, Attributes};
 use bffgate_fuzz::upstream_cookie_names;
 use libfuzzer_sys::fuzz_target;
 
@@ -27,6 +29,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(!n.is_empty() && !n.contains(';') && !v.contains(';'));
     }
     let drop = |n: &str| n.to_ascii_lowercase().starts_with("__host-bff");
+    let (s, rest) = scan_without(h, "__Host-bff-session", drop);
+    assert_eq!(s, scan(h, "__Host-bff-session", drop));
+    let want = if s.ours && s.others { without(h, drop) } else { None };
+    assert_eq!(rest, want, "{h:?}: the scan's rebuilt header differs from without's");
     match without(h, drop) {
         None => assert!(
             all.iter().all(|(n, _)| drop(n)),

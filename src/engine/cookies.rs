@@ -33,6 +33,9 @@ pub(super) struct CookieView<'r> {
     /// Whether the header has bffgate cookies, and other cookies.
     ours: bool,
     others: bool,
+    /// The header without bffgate's cookies when it has both (built by the scan; taken by the
+    /// first [`CookieView::strip_edit`], a later one rebuilds it).
+    rest: std::cell::Cell<Option<String>>,
 }
 
 impl<'r> CookieView<'r> {
@@ -45,15 +48,17 @@ impl<'r> CookieView<'r> {
                 session: None,
                 ours: false,
                 others: false,
+                rest: std::cell::Cell::new(None),
             };
         };
-        let s = cookie::scan(h, &cfg.cookie.name, |n| is_bff_cookie(cfg, n));
+        let (s, rest) = cookie::scan_without(h, &cfg.cookie.name, |n| is_bff_cookie(cfg, n));
         CookieView {
             header: Some(h),
             sessions: s.count,
             session: s.first,
             ours: s.ours,
             others: s.others,
+            rest: std::cell::Cell::new(rest),
         }
     }
 
@@ -64,7 +69,11 @@ impl<'r> CookieView<'r> {
             (None, ..) | (_, false, _) => CookieEdit::Keep,
             // Nothing would be left: no need to build the rest.
             (Some(_), true, false) => CookieEdit::Remove,
-            (Some(h), true, true) => match cookie::without(h, |n| is_bff_cookie(cfg, n)) {
+            (Some(h), true, true) => match self
+                .rest
+                .take()
+                .or_else(|| cookie::without(h, |n| is_bff_cookie(cfg, n)))
+            {
                 Some(rest) => CookieEdit::Set(rest),
                 None => CookieEdit::Remove,
             },
