@@ -356,6 +356,28 @@ mod tests {
     }
 
     #[test]
+    fn find_counts_exactly_the_pairs_of_the_name_whatever_the_whitespace() {
+        for h in [
+            "a=1; a=2",
+            "\u{a0}a=1;a\u{3000}=2; \ta =3;\r\na=4; a; =a; a==5; \"a\"=6",
+            " a = \"q\" ; b=; a",
+            "\u{85}a\u{85}=x\u{85}",
+        ] {
+            for name in ["a", "b", ""] {
+                let want: Vec<&str> = pairs(h)
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, v)| v)
+                    .collect();
+                assert_eq!(
+                    find(h, name),
+                    (want.len(), want.first().copied()),
+                    "{h:?} {name:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn find_byte_finds_the_first_match_at_every_offset() {
         for len in 0..40 {
             for at in 0..len {
