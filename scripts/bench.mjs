@@ -625,7 +625,7 @@ async function measure(c) {
 
 // ---------------------------------------------------------------------------------------------
 // --instructions: Envoy's instructions per request, counted by callgrind. Deterministic (the
-// same within a fraction of a percent run to run) and blind to neighbours, unlike CPU time on a
+// same within about 2 % run to run: the filter's timers run inside the windows) and blind to neighbours, unlike CPU time on a
 // shared machine; it does not see what makes an instruction slow (cache misses, V8's generated
 // code being larger), so it complements CPU time rather than replacing it.
 
@@ -723,7 +723,7 @@ async function instructionsMain(R, CASES) {
   const L = [`# Envoy instructions per request (callgrind): ${R.date}`, '',
     `Envoy ${R.machine.envoy} --concurrency 1 under \`valgrind --tool=callgrind\`, counting only while requests are sent: `
     + `windows of ${n1} and ${n2} requests (4 keep-alive connections), per request = the difference / ${n2 - n1}, less what the `
-    + 'Envoy executes idle in the extra time (its timers). Counts are deterministic to a fraction of a percent and blind to '
+    + 'Envoy executes idle in the extra time (its timers). Counts repeat within about 2 % between runs (the filters\' timers run inside the windows) and are blind to '
     + 'other load on the machine; they do not weigh what makes an instruction slow (cache and TLB misses).', '',
     '| case | instructions / request | added over bare | status |', '|---|---:|---:|---|'];
   for (const c of R.cases) {
