@@ -32,6 +32,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const DEFAULT_WASM = path.join(ROOT, 'target/wasm32-wasip1/release/bffgate.wasm');
@@ -407,26 +408,26 @@ function instructions(o, fixture) {
 }
 
 function options() {
-  const o = { requests: 20000, wasm: DEFAULT_WASM, fixture: null, instructions: false, tick: true };
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i += 1) {
-    const a = argv[i];
-    const val = () => {
-      i += 1;
-      if (i >= argv.length) throw new Error(`${a} needs a value`);
-      return argv[i];
-    };
-    if (a === '--requests') o.requests = Number(val());
-    else if (a === '--wasm') o.wasm = path.resolve(val());
-    else if (a === '--fixture') o.fixture = path.resolve(val());
-    else if (a === '--instructions') o.instructions = true;
-    else if (a === '--no-tick') o.tick = false;
-    else throw new Error(`unknown option ${a}`);
-  }
-  if (!Number.isInteger(o.requests) || o.requests < 100 || o.requests > 1_000_000) {
+  const { values: v } = parseArgs({
+    options: {
+      requests: { type: 'string', default: '20000' },
+      wasm: { type: 'string' },
+      fixture: { type: 'string' },
+      instructions: { type: 'boolean', default: false },
+      'no-tick': { type: 'boolean', default: false },
+    },
+  });
+  const requests = Number(v.requests);
+  if (!Number.isInteger(requests) || requests < 100 || requests > 1_000_000) {
     throw new Error('--requests: an integer in 100..1000000');
   }
-  return o;
+  return {
+    requests,
+    wasm: v.wasm ? path.resolve(v.wasm) : DEFAULT_WASM,
+    fixture: v.fixture ? path.resolve(v.fixture) : null,
+    instructions: v.instructions,
+    tick: !v['no-tick'],
+  };
 }
 
 async function main() {
