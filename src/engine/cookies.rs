@@ -39,8 +39,18 @@ pub(super) struct CookieView<'r> {
 }
 
 impl<'r> CookieView<'r> {
-    /// Scans the Cookie header once.
+    /// Scans the Cookie header once, rebuilding it without bffgate's cookies on the way (for
+    /// a request that is forwarded: [`CookieView::strip_edit`]).
     pub(super) fn scan(cfg: &Config, header: Option<&'r str>) -> CookieView<'r> {
+        Self::scan_inner(cfg, header, true)
+    }
+
+    /// Scans the Cookie header once, for the session cookie only (a request bffgate answers).
+    pub(super) fn scan_session(cfg: &Config, header: Option<&'r str>) -> CookieView<'r> {
+        Self::scan_inner(cfg, header, false)
+    }
+
+    fn scan_inner(cfg: &Config, header: Option<&'r str>, rebuild: bool) -> CookieView<'r> {
         let Some(h) = header else {
             return CookieView {
                 header: None,
@@ -51,7 +61,12 @@ impl<'r> CookieView<'r> {
                 rest: std::cell::Cell::new(None),
             };
         };
-        let (s, rest) = cookie::scan_without(h, &cfg.cookie.name, |n| is_bff_cookie(cfg, n));
+        let ours = |n: &str| is_bff_cookie(cfg, n);
+        let (s, rest) = if rebuild {
+            cookie::scan_without(h, &cfg.cookie.name, ours)
+        } else {
+            (cookie::scan(h, &cfg.cookie.name, ours), None)
+        };
         CookieView {
             header: Some(h),
             sessions: s.count,
@@ -145,7 +160,7 @@ impl Engine<'_> {
 
     /// The session cookie of a request that is not on a session route (a bffgate endpoint).
     pub(super) fn session_cookie_of(&mut self, req: &Request) -> SessionCookie {
-        let view = CookieView::scan(self.cfg, req.cookie.as_deref());
+        let view = CookieView::scan_session(self.cfg, req.cookie.as_deref());
         self.session_of(&view)
     }
 

@@ -34,6 +34,12 @@ impl MemoryData {
     pub fn values(&self) -> impl Iterator<Item = &[u8]> {
         self.map.values().map(|(v, _)| v.as_slice())
     }
+    /// Every key with its value (to hand shared data to another host in tests).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.map
+            .iter()
+            .map(|(k, (v, _))| (k.as_str(), v.as_slice()))
+    }
 }
 
 impl crate::store::SharedData for MemoryData {

@@ -156,38 +156,15 @@ pub fn api_request(path: &str, route: &str, session_cookie: &str) -> Request {
     }
 }
 
-/// Shared data that remembers every key's last written value (what the filter's store wrote).
-#[derive(Default)]
-pub struct Recording {
-    inner: super::MemoryData,
-    written: std::collections::BTreeMap<String, Vec<u8>>,
-}
-
-impl crate::store::SharedData for Recording {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<crate::store::Cas>) {
-        self.inner.get(key)
-    }
-    fn set(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        cas: Option<crate::store::Cas>,
-    ) -> Result<(), crate::store::StoreError> {
-        self.inner.set(key, value, cas)?;
-        self.written.insert(key.to_string(), value.to_vec());
-        Ok(())
-    }
-}
-
 /// What a host needs to run this fast-path request through the built `.wasm`: the plugin
 /// configuration and its secrets, shared data as the filter's store wrote it for a signed-in
 /// session, the request's headers (the session cookie next to a site cookie), its route, and
 /// the clock (one second after the session's last use: no last-use write due). Also returns
 /// the store, so a caller can check natively that the request takes the fast path.
-pub fn wasm_fixture() -> (Value, crate::store::SharedStore<Recording>, Request) {
+pub fn wasm_fixture() -> (Value, crate::store::SharedStore<super::MemoryData>, Request) {
     use crate::store::Store as _;
     let cfg = config();
-    let mut store = crate::store::SharedStore::new(Recording::default(), cfg.store);
+    let mut store = crate::store::SharedStore::new(super::MemoryData::default(), cfg.store);
     store.init_slots();
     let mut rng = super::TestRandom(7);
     let (id, _) = store
@@ -197,9 +174,8 @@ pub fn wasm_fixture() -> (Value, crate::store::SharedStore<Recording>, Request) 
     let req = api_request("/api/orders?page=1", "orders-read", &sealed);
     let shared: serde_json::Map<String, Value> = store
         .data
-        .written
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(URL_SAFE_NO_PAD.encode(v))))
+        .entries()
+        .map(|(k, v)| (k.to_string(), json!(URL_SAFE_NO_PAD.encode(v))))
         .collect();
     let fixture = json!({
         "configuration": raw_config().to_string(),
